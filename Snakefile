@@ -1,0 +1,25 @@
+# Alice benchmark harness: the whole DAG.
+#
+#   snakemake --cores all                      # default target (see rule all)
+#   snakemake --cores all results/data/flare22/folds.json
+#   snakemake --configfile config/paper.yaml --workflow-profile workflow/profiles/slurm ...
+#
+# Every rule runs one `alice <stage>` command; the stage's settings are passed as JSON params,
+# so a rule re-runs exactly when its own settings change.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/data/{dataset}/folds.json", dataset=DATASETS),
+        "results/figures/phantom.png",

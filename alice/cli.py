@@ -1,0 +1,152 @@
+"""The `alice` command: one subcommand per pipeline stage.
+
+Every Snakemake rule runs one of these, and each works without Snakemake. Settings come from a
+config file (`--config`, default config/config.yaml) or, as the rules pass them, from a JSON
+string of just the section the stage needs (`--settings`), so a rule re-runs only when its own
+settings change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from alice import config as cfg
+from alice.errors import ConfigError, HarnessError
+
+log = logging.getLogger("alice")
+
+
+def _settings(args, from_config) -> dict:
+    if getattr(args, "settings", None):
+        try:
+            settings = json.loads(args.settings)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("--settings", f"not valid JSON: {exc}") from None
+        if not isinstance(settings, dict):
+            raise ConfigError("--settings", "must be a JSON object")
+        return settings
+    return from_config(cfg.load_config(args.config))
+
+
+def cmd_phantom(args) -> None:
+    from alice.data.phantom import write_dataset
+
+    settings = _settings(args, lambda c: cfg.phantom_settings(c, args.dataset))
+    seed = args.seed if args.seed is not None else settings["seed"]
+    start = time.perf_counter()
+    summary = write_dataset(args.dataset, args.out, settings["counts"], seed=seed,
+                            geometry=settings.get("geometry"))
+    n = sum(v for v in summary.get("counts", {}).values() if isinstance(v, int))
+    log.info("phantom %s: %s cases in %s (%.1f s)", args.dataset, n or "?", args.out,
+             time.perf_counter() - start)
+
+
+def cmd_prepare(args) -> None:
+    from alice.data.preprocess import prepare
+
+    settings = _settings(args, lambda c: cfg.dataset_settings(c, args.dataset))
+    root = args.root
+    if root is None:
+        root = cfg.resolved_root(cfg.load_config(args.config), args.dataset)
+    manifest = prepare(args.dataset, Path(root), Path(args.out), settings,
+                       progress=not args.no_progress)
+    log.info("prepared %s: %d cases in %s", args.dataset, len(manifest["cases"]), args.out)
+
+
+def cmd_folds(args) -> None:
+    from alice.data.folds import make_folds, write_folds
+    from alice.io import read_json
+
+    settings = _settings(args, lambda c: cfg.folds_settings(c, args.dataset))
+    data = Path(args.data)
+    manifest_path = data / "manifest.json"
+    if not manifest_path.is_file():
+        raise HarnessError(f"{manifest_path}: missing; run `alice prepare --dataset "
+                           f"{args.dataset}` first")
+    seed = args.seed if args.seed is not None else settings.pop("seed", 0)
+    settings.pop("seed", None)
+    folds = make_folds(args.dataset, read_json(manifest_path), settings, seed)
+    out = Path(args.out) if args.out else data / "folds.json"
+    write_folds(out, folds)
+    log.info("folds for %s written to %s", args.dataset, out)
+
+
+def cmd_figure(args) -> None:
+    if args.figure == "phantom":
+        from alice.figures.phantom import draw_phantom_figure
+
+        draw_phantom_figure(Path(args.flare), Path(args.mosmed), Path(args.out))
+        log.info("figure written to %s", args.out)
+
+
+def cmd_config(args) -> None:
+    import yaml
+
+    config = cfg.load_config(args.config)
+    sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alice", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    def stage(name, func, help_text, settings=True):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", default=None,
+                       help="config YAML (default: config/config.yaml of this checkout)")
+        if settings:
+            p.add_argument("--settings", default=None,
+                           help="JSON of the stage's settings (overrides --config; used by rules)")
+        p.set_defaults(func=func)
+        return p
+
+    p = stage("phantom", cmd_phantom, "write a synthetic CT dataset in the release's layout")
+    p.add_argument("--dataset", required=True, choices=["flare22", "btcv", "mosmed"])
+    p.add_argument("--out", required=True, help="release root to write")
+    p.add_argument("--seed", type=int, default=None, help="override phantom.seed")
+
+    p = stage("prepare", cmd_prepare, "validate a release and build the preprocessing cache")
+    p.add_argument("--dataset", required=True, choices=list(cfg.DATASETS))
+    p.add_argument("--root", default=None,
+                   help="release root (default: the configured root, or the phantom's folder)")
+    p.add_argument("--out", required=True, help="cache folder, e.g. results/data/flare22")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = stage("folds", cmd_folds, "write the seeded cross-validation splits of a prepared dataset")
+    p.add_argument("--dataset", required=True, choices=list(cfg.DATASETS))
+    p.add_argument("--data", required=True, help="prepared cache folder (holds manifest.json)")
+    p.add_argument("--out", default=None, help="default: DATA/folds.json")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+
+    p = stage("figure", cmd_figure, "draw a figure", settings=False)
+    figs = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+    f = figs.add_parser("phantom", help="axial/coronal/sagittal slices of two phantoms")
+    f.add_argument("--flare", default="results/phantoms/flare22", help="FLARE22 release root")
+    f.add_argument("--mosmed", default="results/phantoms/mosmed", help="MosMed release root")
+    f.add_argument("--out", default="results/figures/phantom.png")
+
+    stage("config", cmd_config, "validate a config and print it with defaults filled in",
+          settings=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.func(args)
+    except HarnessError as exc:
+        print(f"alice {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Load and validate the harness configuration.
+
+The schema lives at workflow/schemas/config.schema.yaml and is applied with Snakemake's
+`snakemake.utils.validate`, both by the Snakefile and by every CLI stage, so a bad key fails the
+same way everywhere: one line naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alice.errors import ConfigError, InputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+PHANTOM_ROOT = Path("results") / "phantoms"
+PLACEHOLDER_PREFIX = "/path/to/"
+
+# Which phantom release holds each prepared dataset, and which config key gives its root.
+RELEASE_OF = {"flare22": "flare22", "flare22_pool": "flare22", "btcv": "btcv", "mosmed": "mosmed"}
+DATASETS = tuple(RELEASE_OF)
+
+
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_config(config: dict) -> dict:
+    """Validate `config` in place (filling schema defaults) and return it.
+
+    Raises ConfigError naming the offending key, e.g. "config key 'datasets.flare22': Additional
+    properties are not allowed ('spacingg' was unexpected)".
+    """
+    import jsonschema
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    if not SCHEMA_PATH.is_file():
+        raise ConfigError("<schema>", f"schema not found at {SCHEMA_PATH}")
+    try:
+        validate(config, str(SCHEMA_PATH), set_default=True)
+    except WorkflowError as exc:
+        cause = exc.__context__
+        if not isinstance(cause, jsonschema.ValidationError):
+            raise ConfigError("<config>", str(exc).splitlines()[0]) from None
+        raise _config_error(cause) from None
+    return config
+
+
+def _config_error(error) -> ConfigError:
+    """Turn a jsonschema error into one line that names the offending key."""
+    where = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = set(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - known)
+        return ConfigError(
+            _dotted(where + unknown[:1]),
+            f"unknown key (allowed here: {', '.join(sorted(known)) or 'none'})",
+        )
+    if error.validator == "required":
+        missing = re.search(r"'([^']+)' is a required property", error.message)
+        if missing:
+            return ConfigError(_dotted(where + [missing.group(1)]), "missing required key")
+    return ConfigError(_dotted(where), error.message)
+
+
+def load_config(path: str | Path | None = None) -> dict:
+    """Read a YAML config file and validate it. `None` means the demo config."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise InputError(path, "config file does not exist")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(config, dict):
+        raise InputError(path, "a config file must hold a mapping")
+    return validate_config(config)
+
+
+def dataset_settings(config: dict, dataset: str) -> dict:
+    """The `datasets.<dataset>` section, without its root."""
+    if dataset not in DATASETS:
+        raise ConfigError("--dataset", f"unknown dataset '{dataset}' (known: {', '.join(DATASETS)})")
+    settings = copy.deepcopy(config["datasets"][dataset])
+    settings.pop("root", None)
+    return settings
+
+
+def dataset_root(config: dict, dataset: str) -> Path | None:
+    """The release folder of `dataset`, or None when the embedded phantom stands in for it."""
+    release = RELEASE_OF[dataset]
+    root = config["datasets"][release].get("root")
+    if root is None:
+        return None
+    if str(root).startswith(PLACEHOLDER_PREFIX):
+        raise ConfigError(
+            f"datasets.{release}.root",
+            f"'{root}' is a placeholder: set it to the {release} release folder",
+        )
+    return Path(root)
+
+
+def resolved_root(config: dict, dataset: str) -> Path:
+    """Where `alice prepare` reads `dataset` from: the configured root or the phantom's folder."""
+    root = dataset_root(config, dataset)
+    return root if root is not None else PHANTOM_ROOT / RELEASE_OF[dataset]
+
+
+def settings_hash(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (records which settings made an output)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def phantom_settings(config: dict, release: str) -> dict:
+    """What `alice phantom` needs for one release: counts, geometry and seed."""
+    phantom = config.get("phantom", {})
+    counts = phantom.get("counts", {}).get(release)
+    if counts is None:
+        raise ConfigError(f"phantom.counts.{release}", "missing: how many phantom cases to write")
+    return {"counts": counts, "geometry": phantom.get("geometry") or None,
+            "seed": phantom.get("seed", 0)}
+
+
+def folds_settings(config: dict, dataset: str) -> dict:
+    """What `alice folds` needs: the dataset section's split keys and the master seed."""
+    keys = {"flare22": ("folds",), "btcv": ("folds",), "flare22_pool": ("val_fraction",),
+            "mosmed": ("repeats", "split", "label_fractions")}[dataset]
+    section = config["datasets"][dataset]
+    return {**{k: section[k] for k in keys}, "seed": config["seed"]}

@@ -1,0 +1,71 @@
+# Data stage: phantom -> prepare -> folds, and the phantom figure.
+
+
+rule phantom:
+    output:
+        directory("results/phantoms/{release}"),
+    wildcard_constraints:
+        release="|".join(RELEASES),
+    params:
+        settings=lambda w: as_json(cfg.phantom_settings(config, w.release)),
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/phantom/{release}.log",
+    shell:
+        "alice phantom --dataset {wildcards.release} --out {output} "
+        "--settings {params.settings:q} 2> {log}"
+
+
+rule prepare:
+    input:
+        release_root,
+    output:
+        "results/data/{dataset}/manifest.json",
+    wildcard_constraints:
+        dataset="|".join(DATASETS),
+    params:
+        root=lambda w: str(cfg.resolved_root(config, w.dataset)),
+        settings=lambda w: as_json(cfg.dataset_settings(config, w.dataset)),
+        out=lambda w: f"results/data/{w.dataset}",
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/prepare/{dataset}.log",
+    shell:
+        "alice prepare --dataset {wildcards.dataset} --root {params.root:q} "
+        "--out {params.out} --settings {params.settings:q} --no-progress 2> {log}"
+
+
+rule folds:
+    input:
+        "results/data/{dataset}/manifest.json",
+    output:
+        "results/data/{dataset}/folds.json",
+    wildcard_constraints:
+        dataset="|".join(DATASETS),
+    params:
+        settings=lambda w: as_json(cfg.folds_settings(config, w.dataset)),
+        data=lambda w: f"results/data/{w.dataset}",
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/folds/{dataset}.log",
+    shell:
+        "alice folds --dataset {wildcards.dataset} --data {params.data} --out {output} "
+        "--settings {params.settings:q} 2> {log}"
+
+
+rule phantom_figure:
+    input:
+        flare="results/phantoms/flare22",
+        mosmed="results/phantoms/mosmed",
+    output:
+        "results/figures/phantom.png",
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/figures/phantom.log",
+    shell:
+        "alice figure phantom --flare {input.flare} --mosmed {input.mosmed} --out {output} "
+        "2> {log}"
