@@ -1,0 +1,99 @@
+"""Config validation: both shipped configs pass; bad keys fail with one line naming the key."""
+
+import copy
+
+import pytest
+import yaml
+
+from alice import config as cfg
+from alice.errors import ConfigError, InputError
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return yaml.safe_load(cfg.DEFAULT_CONFIG.read_text())
+
+
+def test_shipped_configs_validate():
+    demo = cfg.load_config()
+    paper = cfg.load_config(cfg.REPO_ROOT / "config" / "paper.yaml")
+    assert demo["scale"] == "demo" and paper["scale"] == "paper"
+    # scale changes numbers, never code paths: the same keys at both scales
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k != "counts":
+                out |= keys(v, prefix + k + ".")
+        return out
+    assert keys(demo) - {"phantom.geometry", "phantom.geometry.inplane_voxels",
+                         "phantom.geometry.fov_mm", "phantom.geometry.slice_mm"} == keys(paper)
+
+
+def test_paper_settings(tmp_path):
+    paper = cfg.load_config(cfg.REPO_ROOT / "config" / "paper.yaml")
+    assert paper["pretrain"]["crop"] == [192, 192, 64]
+    assert paper["pretrain"]["encoder"]["embed_dim"] == 768
+    assert paper["pretrain"]["optim"]["iterations"] == 100_000
+    assert paper["finetune"]["unetr"]["lr"] == 1e-4
+    assert paper["finetune"]["nnformer"]["crop"] == [128, 128, 96]
+    assert len(paper["datasets"]["flare22"]["offline_test"]) == 20
+    with pytest.raises(ConfigError, match=r"datasets\.flare22\.root.*placeholder"):
+        cfg.resolved_root(paper, "flare22")
+
+
+@pytest.mark.parametrize(
+    "edit, key, words",
+    [
+        (lambda c: c["datasets"]["flare22"].update(spacingg=[1, 1, 1]),
+         "datasets.flare22.spacingg", "unknown key"),
+        (lambda c: c.update(epochs=3), "epochs", "unknown key"),
+        (lambda c: c["datasets"]["btcv"].update(folds="five"), "datasets.btcv.folds", "integer"),
+        (lambda c: c["datasets"]["mosmed"].pop("window"), "datasets.mosmed.window", "missing"),
+        (lambda c: c["datasets"]["flare22"].update(spacing=[1, 1]), "datasets.flare22.spacing",
+         "short"),
+        (lambda c: c["finetune"]["unetr"].update(optimizer="adam"), "finetune.unetr.optimizer",
+         "not one of"),
+    ],
+)
+def test_bad_config_names_the_key(demo, edit, key, words):
+    config = copy.deepcopy(demo)
+    edit(config)
+    with pytest.raises(ConfigError) as info:
+        cfg.validate_config(config)
+    message = str(info.value)
+    assert f"'{key}'" in message and words in message
+    assert "\n" not in message
+
+
+def test_defaults_are_filled(demo):
+    config = copy.deepcopy(demo)
+    del config["datasets"]["flare22"]["validation_labels"]
+    cfg.validate_config(config)
+    assert config["datasets"]["flare22"]["validation_labels"] == "Validation/labels"
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        cfg.load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scale: [demo\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        cfg.load_config(bad)
+
+
+def test_phantom_root_when_root_is_null(demo):
+    config = copy.deepcopy(demo)
+    assert cfg.resolved_root(config, "flare22_pool").as_posix() == "results/phantoms/flare22"
+    config["datasets"]["btcv"]["root"] = "/data/btcv"
+    assert cfg.resolved_root(config, "btcv").as_posix() == "/data/btcv"
+
+
+def test_stage_settings(demo):
+    config = cfg.validate_config(copy.deepcopy(demo))
+    assert cfg.dataset_settings(config, "flare22")["spacing"] == [4.0, 4.0, 5.0]
+    assert "root" not in cfg.dataset_settings(config, "btcv")
+    assert cfg.folds_settings(config, "mosmed")["repeats"] == 10
+    assert cfg.phantom_settings(config, "mosmed")["counts"]["per_category"][0] == 10
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        cfg.dataset_settings(config, "lits")
