@@ -25,41 +25,10 @@ import surface_distance
 from sklearn.metrics import roc_auc_score
 
 from alice.errors import InputError
+from alice.labels import LABEL_NAMES
 
-LABELS: dict[str, dict[int, str]] = {
-    # FACTS.md, FLARE 2022 label ids.
-    "flare22": {
-        1: "liver",
-        2: "right_kidney",
-        3: "spleen",
-        4: "pancreas",
-        5: "aorta",
-        6: "inferior_vena_cava",
-        7: "right_adrenal_gland",
-        8: "left_adrenal_gland",
-        9: "gallbladder",
-        10: "esophagus",
-        11: "stomach",
-        12: "duodenum",
-        13: "left_kidney",
-    },
-    # FACTS.md, BTCV label ids.
-    "btcv": {
-        1: "spleen",
-        2: "right_kidney",
-        3: "left_kidney",
-        4: "gallbladder",
-        5: "esophagus",
-        6: "liver",
-        7: "stomach",
-        8: "aorta",
-        9: "inferior_vena_cava",
-        10: "portal_and_splenic_veins",
-        11: "pancreas",
-        12: "right_adrenal_gland",
-        13: "left_adrenal_gland",
-    },
-}
+# Organ names per label id (FACTS.md); one table for readers and metrics.
+LABELS = LABEL_NAMES
 
 NSD_TOLERANCE_MM: dict[str, float] = {
     # FLARE22 official evaluation tolerances (FACTS.md).

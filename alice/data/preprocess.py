@@ -1,0 +1,390 @@
+"""Preprocessing cache: one memory-mappable array per case plus a JSON record of both grids.
+
+`prepare(dataset, root, out_dir, settings)` writes, per case,
+  `{case_id}_image.npy` (settings["cache_dtype"], default float32),
+  `{case_id}_label.npy` (uint8, labeled cases only),
+  `{case_id}.json` (metadata; written last, it marks the case complete),
+and finally `manifest.json`, only when every case succeeded.
+
+Segmentation datasets and the FLARE22 pool: reorient to RAS, resample to settings["spacing"] (image
+bilinear, label nearest), clip to settings["window"] = [lo, hi] HU and scale to [0, 1].
+MosMed (paper supplementary B.2): reorient to RAS, rotate by 90° × settings["rotate90"] in the
+axial (x, y) plane (same as `np.rot90(a, k, axes=(0, 1))`), clip settings["window"], scale, resize
+to settings["size"] (trilinear); no spacing resample.
+
+Arrays are in nibabel (x, y, z) voxel order without a channel axis. The cached affine maps cached
+voxel indices to the same world (RAS+ mm) coordinates as the source file's affine, so
+`invert_to_original` can map a cached-grid label map back onto the source file's voxel grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import nibabel as nib
+import numpy as np
+
+from alice import __version__
+from alice.data.layouts import DATASETS, Case, discover
+from alice.data.validate import LoadedCase, check_headers, read_case
+from alice.errors import ConfigError, InputError
+from alice.io import read_json, save_npy, write_json
+
+# Bump when a change to this module changes cached arrays: old caches are then recomputed.
+PREPROCESS_VERSION = 1
+MANIFEST = "manifest.json"
+CACHE_DTYPES = ("float32", "float16")
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's world convention (RAS+)
+
+
+# ----------------------------------------------------------------------------------------- settings
+def _require(settings: Mapping[str, Any], key: str, dataset: str) -> Any:
+    if key not in settings or settings[key] is None:
+        raise ConfigError(key, f"required to prepare {dataset}")
+    return settings[key]
+
+
+def _floats(settings: Mapping[str, Any], key: str, dataset: str, n: int) -> list[float]:
+    value = _require(settings, key, dataset)
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be a list of {n} numbers, got {value!r}") from None
+    if len(out) != n or not all(np.isfinite(out)):
+        raise ConfigError(key, f"must be a list of {n} finite numbers, got {value!r}")
+    return out
+
+
+def preprocessing_params(dataset: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that determine the cached arrays (what the settings hash covers)."""
+    if dataset not in DATASETS:
+        raise ConfigError("dataset", f"unknown dataset '{dataset}' (known: {', '.join(DATASETS)})")
+    window = _floats(settings, "window", dataset, 2)
+    if not window[0] < window[1]:
+        raise ConfigError("window", f"must be [lo, hi] with lo < hi, got {window}")
+    cache_dtype = str(settings.get("cache_dtype") or "float32")
+    if cache_dtype not in CACHE_DTYPES:
+        raise ConfigError("cache_dtype", f"must be one of {CACHE_DTYPES}, got {cache_dtype!r}")
+    params: dict[str, Any] = {
+        "version": PREPROCESS_VERSION,
+        "dataset": dataset,
+        "orientation": "RAS",
+        "window": window,
+        "cache_dtype": cache_dtype,
+    }
+    if dataset == "mosmed":
+        rotate = _require(settings, "rotate90", dataset)
+        if isinstance(rotate, bool) or not isinstance(rotate, int):
+            raise ConfigError("rotate90", f"must be an integer number of quarter turns, got {rotate!r}")
+        size = _require(settings, "size", dataset)
+        try:
+            size_ints = [int(s) for s in size]
+        except (TypeError, ValueError):
+            raise ConfigError("size", f"must be 3 positive integers, got {size!r}") from None
+        if len(size_ints) != 3 or min(size_ints) < 1 or size_ints != [float(s) for s in size]:
+            raise ConfigError("size", f"must be 3 positive integers, got {size!r}")
+        params.update(rotate90=rotate % 4, size=size_ints)
+    else:
+        spacing = _floats(settings, "spacing", dataset, 3)
+        if min(spacing) <= 0:
+            raise ConfigError("spacing", f"must be 3 positive voxel sizes in mm, got {spacing}")
+        params["spacing"] = spacing
+    return params
+
+
+def settings_hash(params: Mapping[str, Any]) -> str:
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------------- the transforms
+def _meta_tensor(array: np.ndarray, affine: np.ndarray):
+    import torch
+    from monai.data import MetaTensor
+
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)[None]), affine=torch.as_tensor(affine))
+
+
+def _orient(mt):
+    from monai.transforms import Orientation
+
+    return Orientation(axcodes="RAS", labels=_RAS_LABELS)(mt)
+
+
+def _affine_of(mt) -> np.ndarray:
+    return np.asarray(mt.affine.detach().cpu().numpy(), dtype=np.float64)
+
+
+def _window(x: np.ndarray, window: list[float]) -> np.ndarray:
+    lo, hi = window
+    out = np.clip(x.astype(np.float32, copy=False), lo, hi)
+    out -= lo
+    out /= hi - lo
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _transform_segmentation(loaded: LoadedCase, params: Mapping[str, Any]):
+    from monai.transforms import Spacing
+
+    affine = loaded.header.affine
+    spacing = params["spacing"]
+    image = _orient(_meta_tensor(loaded.image, affine))
+    image = Spacing(pixdim=spacing, mode="bilinear", dtype=np.float32)(image)
+    image_affine = _affine_of(image)
+    image_arr = image.detach().cpu().numpy()[0]
+    del image
+    label_arr = None
+    if loaded.label is not None:
+        label = _orient(_meta_tensor(loaded.label.astype(np.float32), affine))
+        label = Spacing(pixdim=spacing, mode="nearest", dtype=np.float32)(label)
+        if tuple(label.shape[1:]) != image_arr.shape:  # the contract: one grid for both
+            raise AssertionError(
+                f"{loaded.case.case_id}: resampled label shape {tuple(label.shape[1:])} != image {image_arr.shape}"
+            )
+        if not np.allclose(_affine_of(label), image_affine, atol=1e-4):
+            raise AssertionError(f"{loaded.case.case_id}: resampled label and image affines differ")
+        label_arr = np.rint(label.detach().cpu().numpy()[0]).astype(np.uint8)
+        del label
+    return _window(image_arr, params["window"]), label_arr, image_affine
+
+
+def _transform_mosmed(loaded: LoadedCase, params: Mapping[str, Any]):
+    from monai.transforms import Resize, Rotate90
+
+    # Clipping and scaling are voxel-wise, so doing them before the reorientation and rotation
+    # gives exactly the paper's order (orient, rotate, clip, scale, resize).
+    image = _orient(_meta_tensor(_window(loaded.image, params["window"]), loaded.header.affine))
+    image = Rotate90(k=params["rotate90"], spatial_axes=(0, 1))(image)
+    image = Resize(spatial_size=tuple(params["size"]), mode="trilinear")(image)
+    image_arr = np.clip(image.detach().cpu().numpy()[0], 0.0, 1.0)
+    return image_arr, None, _affine_of(image)
+
+
+# ------------------------------------------------------------------------------------- the cache
+def _files(case_id: str, labeled: bool) -> dict[str, str | None]:
+    return {
+        "meta": f"{case_id}.json",
+        "image": f"{case_id}_image.npy",
+        "label": f"{case_id}_label.npy" if labeled else None,
+    }
+
+
+def _source(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _identity(case: Case) -> dict[str, Any]:
+    """What a cached case must match to be reused (besides the settings hash)."""
+    return {
+        "case_id": case.case_id,
+        "split": case.split,
+        "category": case.category,
+        "class_label": case.class_label,
+        "source": {"image": _source(case.image), "label": _source(case.label), "mask": _source(case.mask)},
+    }
+
+
+def _is_current(out_dir: Path, case: Case, digest: str, identity: Mapping[str, Any]) -> bool:
+    files = _files(case.case_id, case.label is not None)
+    meta_path = out_dir / files["meta"]
+    if not meta_path.is_file():
+        return False
+    try:
+        meta = read_json(meta_path)
+    except (OSError, ValueError):
+        return False
+    if meta.get("settings_hash") != digest or meta.get("identity") != _jsonable(identity):
+        return False
+    return all((out_dir / name).is_file() for name in files.values() if name)
+
+
+def _remove_case(out_dir: Path, case: Case) -> None:
+    for name in _files(case.case_id, True).values():
+        if name:
+            (out_dir / name).unlink(missing_ok=True)
+
+
+def _grid(affine: np.ndarray, shape: tuple[int, ...]) -> dict[str, Any]:
+    return {
+        "affine": np.asarray(affine, dtype=float).tolist(),
+        "spacing": [float(z) for z in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))],
+        "shape": [int(s) for s in shape],
+        "axcodes": list(nib.aff2axcodes(affine)),
+    }
+
+
+def _process_case(
+    dataset: str,
+    case: Case,
+    out_dir: Path,
+    params: Mapping[str, Any],
+    digest: str,
+    identity: Mapping[str, Any],
+    options: Mapping[str, Any],
+) -> None:
+    _remove_case(out_dir, case)  # a stale case must not survive a failed recompute
+    loaded = read_case(dataset, case, options)
+    if dataset == "mosmed":
+        image, label, cached_affine = _transform_mosmed(loaded, params)
+    else:
+        image, label, cached_affine = _transform_segmentation(loaded, params)
+    header = loaded.header
+    del loaded
+    files = _files(case.case_id, label is not None)
+    original = _grid(header.affine, header.shape)
+    original["spacing"] = [float(z) for z in header.zooms]  # the header's zooms, as the metrics use
+    meta = {
+        "case_id": case.case_id,
+        "dataset": dataset,
+        "split": case.split,
+        "category": case.category,
+        "class_label": case.class_label,
+        "source": {
+            "image": str(case.image),
+            "label": str(case.label) if case.label else None,
+            "mask": str(case.mask) if case.mask else None,
+        },
+        "original": original,
+        "cached": _grid(cached_affine, image.shape),
+        "intensity_window": list(params["window"]),
+        "dtype": {"image": params["cache_dtype"], "label": "uint8" if label is not None else None},
+        "files": files,
+        "preprocessing": dict(params),
+        "settings_hash": digest,
+        "identity": identity,
+        "code_version": __version__,
+    }
+    try:
+        save_npy(out_dir / files["image"], image.astype(params["cache_dtype"], copy=False))
+        if label is not None:
+            save_npy(out_dir / files["label"], label)
+        write_json(out_dir / files["meta"], _jsonable(meta))  # last: marks the case complete
+    except BaseException:
+        _remove_case(out_dir, case)
+        raise
+
+
+def _clean_temp_files(out_dir: Path) -> None:
+    """Remove temporaries a killed earlier run may have left (alice.io names them `.name.*.tmp*`)."""
+    for path in out_dir.glob(".*.tmp*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def prepare(
+    dataset: str,
+    root: str | Path,
+    out_dir: str | Path,
+    settings: Mapping[str, Any],
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Validate and preprocess every case of `dataset` under `root` into `out_dir`; return the manifest.
+
+    settings: see `preprocessing_params` (window, cache_dtype; spacing, or for mosmed rotate90 and
+    size) plus the discovery options of `alice.data.layouts.discover` (offline_test,
+    validation_labels) and `affine_tolerance` (mm, default 1e-3).
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    # A manifest from an earlier run must not outlive a failed one: drop it before anything else.
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    params = preprocessing_params(dataset, settings)
+    digest = settings_hash(params)
+    cases = discover(dataset, root, settings)
+    check_headers(dataset, cases, settings)  # most bad input fails here, before any write
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean_temp_files(out_dir)
+
+    with tqdm(total=len(cases), desc=f"prepare {dataset}", unit="case", disable=not progress) as bar:
+        for case in cases:
+            bar.set_postfix_str(case.case_id, refresh=False)
+            identity = _identity(case)
+            if not _is_current(out_dir, case, digest, identity):
+                _process_case(dataset, case, out_dir, params, digest, identity, settings)
+            bar.update(1)
+
+    manifest = {
+        "dataset": dataset,
+        "root": str(Path(root).resolve()),
+        "settings": _jsonable(dict(settings)),
+        "preprocessing": params,
+        "settings_hash": digest,
+        "code_version": __version__,
+        "n_cases": len(cases),
+        "splits": {split: sum(c.split == split for c in cases) for split in sorted({c.split for c in cases})},
+        "cases": [
+            {
+                "case_id": c.case_id,
+                "split": c.split,
+                "category": c.category,
+                "class_label": c.class_label,
+                **{k: v for k, v in _files(c.case_id, c.label is not None).items()},
+            }
+            for c in cases
+        ],
+    }
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------- reading back
+def load_case(out_dir: str | Path, case_id: str) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """(image memmap, label memmap or None, metadata) of one cached case."""
+    out_dir = Path(out_dir)
+    meta_path = out_dir / f"{case_id}.json"
+    if not meta_path.is_file():
+        raise InputError(meta_path, f"case '{case_id}' is not in this preprocessing cache (run prepare)")
+    meta = read_json(meta_path)
+    image = np.load(out_dir / meta["files"]["image"], mmap_mode="r")
+    label = np.load(out_dir / meta["files"]["label"], mmap_mode="r") if meta["files"].get("label") else None
+    return image, label, meta
+
+
+def invert_to_original(label_cached: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+    """Map a label map on the cached grid back onto the source file's voxel grid (nearest neighbour).
+
+    Each original voxel takes the value of the cached voxel nearest to its world position; voxels
+    falling outside the cached grid get 0. Exact when the cached grid is the original one up to
+    axis flips/permutations (spacing unchanged).
+    """
+    label_cached = np.asarray(label_cached)
+    cached_shape = tuple(meta["cached"]["shape"])
+    if label_cached.shape != cached_shape:
+        raise ValueError(f"label shape {label_cached.shape} is not the cached grid's {cached_shape}")
+    a_orig = np.asarray(meta["original"]["affine"], dtype=np.float64)
+    a_cached = np.asarray(meta["cached"]["affine"], dtype=np.float64)
+    m = np.linalg.inv(a_cached) @ a_orig  # original voxel index -> cached voxel index
+    shape = tuple(int(s) for s in meta["original"]["shape"])
+    out = np.zeros(shape, dtype=label_cached.dtype)
+    ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    upper = np.asarray(cached_shape)
+    for k in range(shape[2]):  # one slice at a time keeps memory at a few 2-D arrays
+        idx = [
+            np.rint(m[a, 0] * ii + m[a, 1] * jj + (m[a, 2] * k + m[a, 3])).astype(np.int64) for a in range(3)
+        ]
+        inside = np.ones(ii.shape, dtype=bool)
+        for a in range(3):
+            inside &= (idx[a] >= 0) & (idx[a] < upper[a])
+        out[:, :, k][inside] = label_cached[idx[0][inside], idx[1][inside], idx[2][inside]]
+    return out
