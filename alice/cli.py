@@ -41,9 +41,8 @@ def cmd_phantom(args) -> None:
     start = time.perf_counter()
     summary = write_dataset(args.dataset, args.out, settings["counts"], seed=seed,
                             geometry=settings.get("geometry"))
-    n = sum(v for v in summary.get("counts", {}).values() if isinstance(v, int))
-    log.info("phantom %s: %s cases in %s (%.1f s)", args.dataset, n or "?", args.out,
-             time.perf_counter() - start)
+    log.info("phantom %s: %d cases in %s (%.1f s)", args.dataset, len(summary["case_ids"]),
+             args.out, time.perf_counter() - start)
 
 
 def cmd_prepare(args) -> None:

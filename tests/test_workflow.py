@@ -44,3 +44,45 @@ def test_bad_config_stops_the_dag(tmp_path):
                        str(REPO_ROOT / "Snakefile"), "--configfile", str(bad))
     assert result.returncode != 0
     assert "datasets.btcv.foldz" in result.stdout + result.stderr
+
+
+def tiny_config(tmp_path):
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config["phantom"]["geometry"] = {"inplane_voxels": 32, "fov_mm": [340, 400],
+                                     "slice_mm": [8.0, 10.0]}
+    config["phantom"]["counts"]["flare22"] = {"labeled": 5, "unlabeled": 2, "validation": 2}
+    config["datasets"]["flare22"]["offline_test"] = ["FLARETs_0001", "FLARETs_0002"]
+    config["datasets"]["flare22"]["spacing"] = [12.0, 12.0, 10.0]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_data_stage_runs_from_an_empty_folder(tmp_path):
+    """`snakemake results/data/flare22/folds.json` from nothing: phantom -> prepare -> folds."""
+    # targets first: --configfile takes several values
+    args = ("results/data/flare22/folds.json", "--cores", "2", "--directory", str(tmp_path),
+            "--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile", str(tiny_config(tmp_path)))
+    result = snakemake(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    folds = yaml.safe_load((tmp_path / "results/data/flare22/folds.json").read_text())
+    assert folds["test"] == ["FLARETs_0001", "FLARETs_0002"]
+    assert sorted(c for f in folds["folds"] for c in f["val"]) == [
+        f"FLARE22_Tr_{i:04d}" for i in range(1, 6)]
+    assert (tmp_path / "results/phantoms/flare22/phantom_truth").is_dir()
+    again = snakemake(*args)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_bad_root_fails_without_manifest(tmp_path):
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["datasets"]["btcv"]["root"] = str(tmp_path / "no-such-btcv")
+    path = tmp_path / "bad-root.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("results/data/btcv/manifest.json", "--cores", "1", "--directory",
+                       str(tmp_path), "--snakefile", str(REPO_ROOT / "Snakefile"),
+                       "--configfile", str(path))
+    assert result.returncode != 0
+    log = (tmp_path / "results/logs/prepare/btcv.log").read_text()
+    assert "no-such-btcv" in log and "error" in log
+    assert not (tmp_path / "results/data/btcv/manifest.json").exists()
