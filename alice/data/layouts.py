@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from alice.data.nifti import nifti_stem
 from alice.errors import ConfigError, InputError
-from alice.labels import LABEL_IDS, LABEL_NAMES  # noqa: F401  (re-exported)
+
 
 DATASETS = ("flare22", "flare22_pool", "btcv", "mosmed")
 SEGMENTATION_DATASETS = ("flare22", "btcv")

@@ -19,8 +19,6 @@ voxel indices to the same world (RAS+ mm) coordinates as the source file's affin
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,6 +28,7 @@ import numpy as np
 from alice import __version__
 from alice.data.layouts import DATASETS, Case, discover
 from alice.data.validate import LoadedCase, check_headers, read_case
+from alice.config import settings_hash
 from alice.errors import ConfigError, InputError
 from alice.io import read_json, save_npy, write_json
 
@@ -93,11 +92,6 @@ def preprocessing_params(dataset: str, settings: Mapping[str, Any]) -> dict[str,
             raise ConfigError("spacing", f"must be 3 positive voxel sizes in mm, got {spacing}")
         params["spacing"] = spacing
     return params
-
-
-def settings_hash(params: Mapping[str, Any]) -> str:
-    blob = json.dumps(params, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _jsonable(obj: Any) -> Any:

@@ -13,7 +13,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from alice.data.layouts import LABEL_IDS, Case
+from alice.data.layouts import Case
+from alice.labels import LABEL_IDS
 from alice.data.nifti import Header, read_header, read_image, read_label, read_mask
 from alice.errors import ConfigError, InputError
 

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from alice.data.layouts import LABEL_IDS, LABEL_NAMES, Case, discover
+from alice.data.layouts import Case, discover
+from alice.labels import LABEL_IDS, LABEL_NAMES
 from alice.errors import ConfigError, InputError
 
 
