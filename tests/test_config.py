@@ -35,7 +35,7 @@ def test_paper_settings(tmp_path):
     assert paper["pretrain"]["crop"] == [192, 192, 64]
     assert paper["pretrain"]["encoder"]["embed_dim"] == 768
     assert paper["pretrain"]["optim"]["iterations"] == 100_000
-    assert paper["finetune"]["unetr"]["lr"] == 1e-4
+    assert paper["finetune"]["unetr"]["optim"]["lr"] == 1e-4
     assert paper["finetune"]["nnformer"]["crop"] == [128, 128, 96]
     assert len(paper["datasets"]["flare22"]["offline_test"]) == 20
     with pytest.raises(ConfigError, match=r"datasets\.flare22\.root.*placeholder"):
@@ -52,7 +52,8 @@ def test_paper_settings(tmp_path):
         (lambda c: c["datasets"]["mosmed"].pop("window"), "datasets.mosmed.window", "missing"),
         (lambda c: c["datasets"]["flare22"].update(spacing=[1, 1]), "datasets.flare22.spacing",
          "short"),
-        (lambda c: c["finetune"]["unetr"].update(optimizer="adam"), "finetune.unetr.optimizer",
+        (lambda c: c["finetune"]["unetr"]["optim"].update(optimizer="adam"),
+         "finetune.unetr.optim.optimizer",
          "not one of"),
     ],
 )
@@ -91,7 +92,7 @@ def test_phantom_root_when_root_is_null(demo):
 
 def test_stage_settings(demo):
     config = cfg.validate_config(copy.deepcopy(demo))
-    assert cfg.dataset_settings(config, "flare22")["spacing"] == [4.0, 4.0, 5.0]
+    assert cfg.dataset_settings(config, "flare22")["spacing"] == [6.0, 6.0, 6.0]
     assert "root" not in cfg.dataset_settings(config, "btcv")
     assert cfg.folds_settings(config, "mosmed")["repeats"] == 10
     assert cfg.phantom_settings(config, "mosmed")["counts"]["per_category"][0] == 12
