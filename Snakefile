@@ -16,10 +16,13 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/tables.smk"
 
 
 rule all:
     default_target: True
     input:
+        "results/table1.tex",
         expand("results/data/{dataset}/folds.json", dataset=DATASETS),
         "results/figures/phantom.png",

@@ -75,6 +75,59 @@ def cmd_folds(args) -> None:
     log.info("folds for %s written to %s", args.dataset, out)
 
 
+def cmd_finetune(args) -> None:
+    from alice.downstream.segmentation import finetune
+
+    settings = _settings(args, lambda c: cfg.finetune_settings(c, args.backbone))
+    device = args.device or settings.get("device", "auto")
+    threads = args.threads or settings.get("threads", 1)
+    data = Path(args.data) if args.data else Path("results/data") / args.dataset
+    summary = finetune(dataset=args.dataset, backbone=args.backbone, method=args.method,
+                       init=args.init, fold=args.fold, data_dir=data, out_dir=Path(args.out),
+                       settings=settings["finetune"], encoder_config=settings["encoder"],
+                       seed=settings["seed"], device=device, threads=threads,
+                       progress=not args.no_progress)
+    log.info("fine-tuned %s/%s/%s fold %d: %s", args.dataset, args.method, args.backbone,
+             args.fold, {k: summary[k] for k in summary if k in ("steps", "seconds")})
+    if args.evaluate:
+        _evaluate(args.dataset, Path(args.out), data, Path(args.out) / "metrics.json", "test",
+                  device, threads, not args.no_progress)
+
+
+def _evaluate(dataset, model_dir, data, out, split, device, threads, progress) -> None:
+    from alice.downstream.inference import evaluate
+
+    metrics = evaluate(dataset=dataset, model_dir=model_dir, data_dir=data, out_path=out,
+                       split=split, device=device, threads=threads, progress=progress)
+    log.info("%s: mean DSC %.4f, NSD %.4f over %d cases -> %s", model_dir,
+             metrics["mean"]["dsc"], metrics["mean"]["nsd"], len(metrics["cases"]), out)
+
+
+def cmd_evaluate(args) -> None:
+    data = Path(args.data) if args.data else Path("results/data") / args.dataset
+    out = Path(args.out) if args.out else Path(args.model_dir) / "metrics.json"
+    _evaluate(args.dataset, Path(args.model_dir), data, out, args.split, args.device or "auto",
+              args.threads or 1, not args.no_progress)
+
+
+def cmd_table(args) -> None:
+    from alice.tables import render
+    from alice.tables.spec import load_spec, table_settings
+
+    if args.action == "row":
+        settings = _settings(args, table_settings)
+        frame = render.compute_row(args.table, args.row, settings)
+        render.write_row(frame, Path(args.out))
+        done = int((frame["status"] == "reproduced").sum())
+        log.info("%s row %s: %d/%d cells reproduced -> %s", args.table, args.row, done,
+                 len(frame), args.out)
+    else:
+        rows_dir = Path(args.rows_dir)
+        row_files = {r["row"]: rows_dir / f"{r['row']}.csv" for r in load_spec(args.table)["rows"]}
+        render.render_table(args.table, row_files, Path(args.csv), Path(args.tex))
+        log.info("%s written to %s and %s", args.table, args.csv, args.tex)
+
+
 def cmd_figure(args) -> None:
     if args.figure == "phantom":
         from alice.figures.phantom import draw_phantom_figure
@@ -122,6 +175,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="prepared cache folder (holds manifest.json)")
     p.add_argument("--out", default=None, help="default: DATA/folds.json")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+
+    p = stage("finetune", cmd_finetune, "fine-tune a segmentation network on one fold")
+    p.add_argument("--dataset", required=True, choices=["flare22", "btcv"])
+    p.add_argument("--backbone", required=True, help="unetr (swin_unetr, nnformer: issue E)")
+    p.add_argument("--method", required=True, help="pretraining method that made --init")
+    p.add_argument("--init", required=True, help="'scratch' or a pretraining checkpoint")
+    p.add_argument("--fold", required=True, type=int)
+    p.add_argument("--out", required=True, help="fold folder: model.pt, log.csv, ...")
+    p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--evaluate", action="store_true", help="also score the test cases")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = stage("evaluate", cmd_evaluate, "score a fine-tuned model on the test cases",
+              settings=False)
+    p.add_argument("--dataset", required=True, choices=["flare22", "btcv"])
+    p.add_argument("--model-dir", required=True, help="folder holding model.pt")
+    p.add_argument("--out", default=None, help="default: MODEL_DIR/metrics.json")
+    p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
+    p.add_argument("--split", default="test", help="'test' or 'val:K' (fold K's val cases)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = stage("table", cmd_table, "compute a table row, or render a table to CSV + LaTeX")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("row", help="one paper row: reproduced cells beside the paper's")
+    a.add_argument("--table", required=True, help="e.g. table1")
+    a.add_argument("--row", required=True, help="row slug, e.g. rand_init")
+    a.add_argument("--out", required=True, help="e.g. results/rows/table1/rand_init.csv")
+    a = actions.add_parser("render", help="join a table's rows into CSV + LaTeX")
+    a.add_argument("--table", required=True, help="e.g. table1")
+    a.add_argument("--rows-dir", required=True, help="e.g. results/rows/table1")
+    a.add_argument("--csv", required=True, help="e.g. results/table1.csv")
+    a.add_argument("--tex", required=True, help="e.g. results/table1.tex")
 
     p = stage("figure", cmd_figure, "draw a figure", settings=False)
     figs = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")

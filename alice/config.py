@@ -137,3 +137,16 @@ def folds_settings(config: dict, dataset: str) -> dict:
             "mosmed": ("repeats", "split", "label_fractions")}[dataset]
     section = config["datasets"][dataset]
     return {**{k: section[k] for k in keys}, "seed": config["seed"]}
+
+
+def finetune_settings(config: dict, backbone: str) -> dict:
+    """What `alice finetune` needs: the backbone's section, the encoder, seed, device, threads."""
+    section = config.get("finetune", {}).get(backbone)
+    if section is None:
+        raise ConfigError(f"finetune.{backbone}", "missing: no fine-tuning settings for this backbone")
+    encoder = config.get("pretrain", {}).get("encoder")
+    if encoder is None:
+        raise ConfigError("pretrain.encoder", "missing: the encoder architecture")
+    return {"finetune": section, "encoder": encoder, "seed": config["seed"],
+            "device": config.get("device", "auto"),
+            "threads": config.get("finetune", {}).get("threads", 1)}

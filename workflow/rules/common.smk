@@ -2,9 +2,10 @@
 # and the JSON settings each stage receives.
 
 import json
-import shlex
+from pathlib import Path
 
 from alice import config as cfg
+from alice.tables.spec import cell_sources, find_row, load_spec, table_ids, table_settings
 
 # Fills schema defaults in place; a bad key stops the workflow with one line naming it.
 try:
@@ -27,3 +28,34 @@ def release_root(wildcards):
     if cfg.dataset_root(config, wildcards.dataset) is None:
         return f"results/phantoms/{cfg.RELEASE_OF[wildcards.dataset]}"
     return []
+
+
+TABLES = table_ids()
+
+
+def finetune_init(wildcards):
+    """'scratch' for Rand. init., else the pretraining checkpoint of the method (issue C)."""
+    if wildcards.method == "rand_init":
+        return "scratch"
+    encoder = config["pretrain"]["encoder"]["name"]
+    return f"results/pretrain/{wildcards.method}/{encoder}/checkpoint.pt"
+
+
+def finetune_inputs(wildcards):
+    init = finetune_init(wildcards)
+    inputs = {"folds": f"results/data/{wildcards.dataset}/folds.json"}
+    if init != "scratch":
+        inputs["init"] = init
+    return inputs
+
+
+def row_inputs(wildcards):
+    """The metrics files the row's enabled cells are computed from (none: all not reproduced)."""
+    spec = load_spec(wildcards.table)
+    sources = cell_sources(spec, find_row(spec, wildcards.row), table_settings(config))
+    return sorted({path for paths in sources.values() for path in paths})
+
+
+def table_rows(wildcards):
+    return [f"results/rows/{wildcards.table}/{row['row']}.csv"
+            for row in load_spec(wildcards.table)["rows"]]

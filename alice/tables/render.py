@@ -1,0 +1,221 @@
+"""Reproduced-vs-reported tables: one row file per paper row, then CSV + LaTeX per table.
+
+`compute_row` turns the fine-tuning results of one paper row into long-format records (one per
+column: reproduced mean ± std over folds, the paper's value, provenance). `render_table` joins
+the rows of a table into `results/tableN.csv` (wide, text cells) and `results/tableN.tex`
+(booktabs, best reproduced value per column in bold). Which cells exist and where their numbers
+come from is data (alice/tables/specs, alice/tables/reference); this module has no per-table code.
+
+Cell states: `reproduced`; `not reproduced yet` (the DAG has not computed it: never blank and
+never filled from the paper); `n/a` (the paper marks the cell "-" because the method does not
+apply); `leaderboard` (online-test values only the challenge server can produce).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from alice.errors import HarnessError, InputError
+from alice.io import atomic_path
+from alice.tables.reference import load_reference, parse_cell
+from alice.tables.spec import cell_experiment, cell_sources, find_row, load_spec
+from alice.version import code_version
+
+NOT_REPRODUCED = "not reproduced yet"
+NOT_APPLICABLE = "n/a"
+LEADERBOARD = "leaderboard"
+ROW_COLUMNS = ["table", "row", "label", "column", "group", "header", "status", "reproduced",
+               "reproduced_mean", "reproduced_std", "n_folds", "paper", "paper_mean", "paper_std",
+               "settings_hash", "code_version", "sources"]
+
+
+def format_value(mean: float | None, std: float | None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    return f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f}±{std:.2f}"
+
+
+def _fold_value(path: Path, metric: str, scale: float) -> tuple[float, dict]:
+    if not path.is_file():
+        raise InputError(path, "missing: the fine-tuning result this table cell needs")
+    try:
+        data = json.loads(path.read_text())
+        value = float(data["mean"][metric])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"not a metrics file with mean.{metric} ({exc})") from None
+    return value * scale, data
+
+
+def compute_row(table: str, row_id: str, settings: dict, root: Path = Path(".")) -> pd.DataFrame:
+    """Long-format records of one paper row (one per column of the table)."""
+    spec = load_spec(table)
+    row = find_row(spec, row_id)
+    reference = load_reference(table).set_index("row")
+    sources = cell_sources(spec, row, settings)
+    scale = float(spec.get("metric_scale", 100))
+    records = []
+    for column in spec["columns"]:
+        col = column["column"]
+        paper_text = str(reference.loc[row_id, col]) if col in reference.columns else "-"
+        paper_mean, paper_std = parse_cell(paper_text)
+        record = {"table": table, "row": row_id, "label": row.get("label", row_id), "column": col,
+                  "group": column.get("group", ""), "header": column.get("header", col),
+                  "paper": paper_text, "paper_mean": paper_mean, "paper_std": paper_std,
+                  "reproduced": "", "reproduced_mean": None, "reproduced_std": None,
+                  "n_folds": 0, "settings_hash": "", "code_version": "", "sources": ""}
+        if col in sources:
+            metric = cell_experiment(spec, row, column)["metric"]
+            values, hashes, versions = [], set(), set()
+            for path in sources[col]:
+                value, data = _fold_value(root / path, metric, scale)
+                values.append(value)
+                hashes.add(str(data.get("settings_hash", "")))
+                versions.add(str(data.get("code_version", "")))
+            arr = np.asarray(values, dtype=float)
+            arr = arr[~np.isnan(arr)]
+            mean = float(arr.mean()) if arr.size else float("nan")
+            # sample standard deviation over folds (ddof=1), 0 for a single fold
+            std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+            record.update(status="reproduced", reproduced=format_value(mean, std),
+                          reproduced_mean=round(mean, 4), reproduced_std=round(std, 4),
+                          n_folds=len(values), settings_hash=";".join(sorted(hashes - {""})),
+                          code_version=";".join(sorted(versions - {""})),
+                          sources=";".join(sources[col]))
+        elif col in (row.get("not_applicable") or []):
+            record.update(status="not_applicable", reproduced=NOT_APPLICABLE)
+        elif column.get("source") == LEADERBOARD:
+            record.update(status="leaderboard", reproduced=LEADERBOARD)
+        else:
+            record.update(status="not_reproduced", reproduced=NOT_REPRODUCED)
+        records.append(record)
+    return pd.DataFrame.from_records(records, columns=ROW_COLUMNS)
+
+
+def write_row(frame: pd.DataFrame, out: Path) -> None:
+    with atomic_path(out, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def read_rows(table: str, row_files: dict[str, Path]) -> pd.DataFrame:
+    """All row files of a table, in the spec's order; a missing or foreign file is an error."""
+    spec = load_spec(table)
+    frames = []
+    for row in spec["rows"]:
+        path = Path(row_files[row["row"]])
+        if not path.is_file():
+            raise InputError(path, f"missing row file of {table}")
+        frame = pd.read_csv(path, dtype={"reproduced": str, "paper": str, "settings_hash": str,
+                                         "code_version": str, "sources": str},
+                            keep_default_na=False, na_values={"reproduced_mean": [""],
+                                                              "reproduced_std": [""]})
+        expected = [c["column"] for c in spec["columns"]]
+        if list(frame["column"]) != expected or set(frame["row"]) != {row["row"]}:
+            raise InputError(path, f"does not hold row '{row['row']}' of {table} with columns "
+                                   f"{expected}: regenerate it")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _best_per_column(rows: pd.DataFrame) -> dict[str, float]:
+    done = rows[rows["status"] == "reproduced"]
+    return done.groupby("column")["reproduced_mean"].max().to_dict()
+
+
+def wide_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per paper row; for each paper column a reproduced and a paper column."""
+    spec = load_spec(table)
+    out = []
+    for row in spec["rows"]:
+        part = rows[rows["row"] == row["row"]].set_index("column")
+        line = {"row": row["row"], "method": row.get("label", row["row"])}
+        for column in spec["columns"]:
+            name = " ".join(x for x in (column.get("group"), column.get("header")) if x)
+            cell = part.loc[column["column"]]
+            line[f"{name} (reproduced)"] = cell["reproduced"]
+            line[f"{name} (paper)"] = cell["paper"]
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
+                 ("#", r"\#"), ("$", r"\$")):
+        text = text.replace(a, b)
+    return text
+
+
+def _latex_value(text: str, bold: bool) -> str:
+    if text in ("", "-"):
+        return "--"
+    if text == NOT_REPRODUCED:
+        return r"\textit{n.r.}"
+    if text == NOT_APPLICABLE:
+        return r"n/a"
+    if text == LEADERBOARD:
+        return r"\textit{lb.}"
+    parts = text.split("±")
+    body = parts[0] if len(parts) == 1 else rf"{parts[0]}$\pm${parts[1]}"
+    return rf"\textbf{{{body}}}" if bold else body
+
+
+def latex_table(table: str, rows: pd.DataFrame) -> str:
+    """booktabs LaTeX via pandas' Styler; columns grouped as paper column -> (ours, paper)."""
+    spec = load_spec(table)
+    best = _best_per_column(rows)
+    has_groups = any(c.get("group") for c in spec["columns"])
+    tuples, data = [], []
+    for column in spec["columns"]:
+        head = (_latex_escape(column.get("group", "")), _latex_escape(column.get("header", "")))
+        head = head if has_groups else head[1:]
+        tuples += [head + ("ours",), head + ("paper",)]
+    for row in spec["rows"]:
+        part = rows[rows["row"] == row["row"]].set_index("column")
+        line = []
+        for column in spec["columns"]:
+            cell = part.loc[column["column"]]
+            mean = cell["reproduced_mean"]
+            bold = (cell["status"] == "reproduced" and not pd.isna(mean)
+                    and math.isclose(float(mean), best.get(column["column"], math.inf)))
+            line += [_latex_value(cell["reproduced"], bold), _latex_value(cell["paper"], False)]
+        data.append(line)
+    frame = pd.DataFrame(data, columns=pd.MultiIndex.from_tuples(tuples),
+                         index=[_latex_escape(r.get("label", r["row"])) for r in spec["rows"]])
+    frame.index.name = "Method"
+    caption = (_latex_escape(spec["caption"]) + r" Reproduced values (\emph{ours}, mean$\pm$std "
+               r"over folds) beside the paper's; best reproduced value per column in bold; "
+               r"\textit{n.r.}: not reproduced yet; \textit{lb.}: leaderboard only.")
+    styler = frame.style
+    return styler.to_latex(hrules=True, multicol_align="c", caption=caption,
+                           label=f"tab:{table}", position="t", position_float="centering",
+                           column_format="l" + "r" * frame.shape[1], environment="table*")
+
+
+def render_table(table: str, row_files: dict[str, Path], out_csv: Path, out_tex: Path) -> None:
+    rows = read_rows(table, row_files)
+    wide = wide_csv(table, rows)
+    tex = latex_table(table, rows)
+    with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tex, suffix=".tex") as tmp_tex:
+        wide.to_csv(tmp_csv, index=False)
+        tmp_tex.write_text(tex)
+
+
+def check_latex(tex: str) -> None:
+    """Structural check of a rendered table (used when no LaTeX engine is installed)."""
+    depth = 0
+    for ch in tex.replace(r"\{", "").replace(r"\}", ""):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            raise HarnessError("unbalanced braces in the rendered LaTeX")
+    if depth:
+        raise HarnessError("unbalanced braces in the rendered LaTeX")
+    for env in ("table*", "tabular"):
+        if tex.count(rf"\begin{{{env}}}") != 1 or tex.count(rf"\end{{{env}}}") != 1:
+            raise HarnessError(f"environment {env} not opened and closed exactly once")
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        if rule not in tex:
+            raise HarnessError(f"{rule} missing (booktabs)")

@@ -1,0 +1,118 @@
+"""Table rendering: reproduced cells beside the paper's, never blank, valid booktabs LaTeX."""
+
+import json
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from alice.errors import InputError
+from alice.tables import render
+from alice.tables.spec import cell_sources, find_row, load_spec, table_ids
+
+SETTINGS = {"reproduce": {"methods": ["rand_init"], "backbones": ["unetr"]},
+            "folds": {"flare22": 5, "btcv": 5}}
+FOLD_DSC = [0.80, 0.82, 0.81, 0.79, 0.83]
+
+
+def write_metrics(root, method="rand_init", backbone="unetr", dsc=FOLD_DSC):
+    for k, value in enumerate(dsc):
+        path = root / f"results/finetune/flare22/{method}/{backbone}/fold{k}/metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"mean": {"dsc": value, "nsd": value + 0.05},
+                                    "settings_hash": "abc", "code_version": "v"}))
+
+
+def all_rows(tmp_path, table="table1", settings=SETTINGS):
+    files = {}
+    for row in load_spec(table)["rows"]:
+        frame = render.compute_row(table, row["row"], settings, root=tmp_path)
+        files[row["row"]] = tmp_path / "rows" / f"{row['row']}.csv"
+        render.write_row(frame, files[row["row"]])
+    return files
+
+
+def test_enabled_cells_point_at_every_fold():
+    spec = load_spec("table1")
+    sources = cell_sources(spec, find_row(spec, "rand_init"), SETTINGS)
+    assert set(sources) == {"unetr_dsc", "unetr_nsd"}
+    assert sources["unetr_dsc"][4] == "results/finetune/flare22/rand_init/unetr/fold4/metrics.json"
+    assert cell_sources(spec, find_row(spec, "alice"), SETTINGS) == {}
+
+
+def test_row_mean_and_std_over_folds(tmp_path):
+    write_metrics(tmp_path)
+    frame = render.compute_row("table1", "rand_init", SETTINGS, root=tmp_path).set_index("column")
+    cell = frame.loc["unetr_dsc"]
+    assert cell["status"] == "reproduced" and cell["n_folds"] == 5
+    assert cell["reproduced_mean"] == pytest.approx(81.0)
+    assert cell["reproduced_std"] == pytest.approx(pd.Series(FOLD_DSC).std() * 100, abs=1e-4)
+    assert cell["reproduced"] == "81.00±1.58"
+    assert cell["paper"] == "80.95±3.48"
+    assert frame.loc["swin_unetr_dsc", "reproduced"] == render.NOT_REPRODUCED
+    assert frame.loc["swin_unetr_dsc", "paper"] == "81.04±3.29"  # paper kept beside, not copied
+
+
+def test_missing_fold_result_is_an_error(tmp_path):
+    write_metrics(tmp_path, dsc=FOLD_DSC[:4])
+    with pytest.raises(InputError, match="fold4/metrics.json: missing"):
+        render.compute_row("table1", "rand_init", SETTINGS, root=tmp_path)
+
+
+def test_table1_has_the_papers_rows_and_columns_and_no_blank_cell(tmp_path):
+    write_metrics(tmp_path)
+    files = all_rows(tmp_path)
+    render.render_table("table1", files, tmp_path / "table1.csv", tmp_path / "table1.tex")
+    wide = pd.read_csv(tmp_path / "table1.csv", keep_default_na=False)
+    spec = load_spec("table1")
+    assert list(wide["row"]) == [r["row"] for r in spec["rows"]]
+    assert len(wide) == 11 and wide.shape[1] == 2 + 2 * 6
+    assert (wide != "").all().all()
+    alice = wide.set_index("row").loc["alice"]
+    assert alice["nnFormer DSC (paper)"] == "86.87±1.84"
+    assert alice["nnFormer DSC (reproduced)"] == render.NOT_REPRODUCED
+    semmae = wide.set_index("row").loc["semmae"]
+    assert semmae["Swin UNETR DSC (reproduced)"] == render.NOT_APPLICABLE
+
+
+def test_best_reproduced_value_is_bold(tmp_path):
+    write_metrics(tmp_path)
+    write_metrics(tmp_path, method="mae", dsc=[0.9] * 5)
+    settings = {**SETTINGS, "reproduce": {"methods": ["rand_init", "mae"], "backbones": ["unetr"]}}
+    files = all_rows(tmp_path, settings=settings)
+    tex_rows = render.read_rows("table1", files)
+    tex = render.latex_table("table1", tex_rows)
+    assert r"\textbf{90.00$\pm$0.00}" in tex
+    assert r"\textbf{81.00" not in tex
+    assert r"\toprule" in tex and r"\bottomrule" in tex
+
+
+def test_stale_row_file_is_rejected(tmp_path):
+    files = all_rows(tmp_path)
+    files["alice"].write_text(files["mae"].read_text())
+    with pytest.raises(InputError, match="does not hold row 'alice'"):
+        render.read_rows("table1", files)
+
+
+@pytest.mark.parametrize("table", table_ids())
+def test_every_table_renders_to_valid_latex(tmp_path, table):
+    files = all_rows(tmp_path, table=table)
+    render.render_table(table, files, tmp_path / f"{table}.csv", tmp_path / f"{table}.tex")
+    tex = (tmp_path / f"{table}.tex").read_text()
+    render.check_latex(tex)
+    if shutil.which("pdflatex"):  # compile for real where a LaTeX engine is installed (CI is)
+        doc = tmp_path / "doc.tex"
+        doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n"
+                       "\\usepackage[T1]{fontenc}\n\\begin{document}\n" + tex +
+                       "\n\\end{document}\n")
+        result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                                 doc.name], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_check_latex_catches_broken_markup():
+    with pytest.raises(Exception, match="unbalanced"):
+        render.check_latex("\\begin{table*}\\begin{tabular}{l}\\toprule\\midrule{\\bottomrule"
+                           "\\end{tabular}\\end{table*}")

@@ -1,0 +1,48 @@
+# Downstream stage: fine-tune each (dataset, method, backbone, fold) and score it.
+
+
+rule finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        model="results/finetune/{dataset}/{method}/{backbone}/fold{fold}/model.pt",
+        log="results/finetune/{dataset}/{method}/{backbone}/fold{fold}/log.csv",
+    wildcard_constraints:
+        dataset="flare22|btcv",
+        fold=r"\d+",
+    params:
+        settings=lambda w: as_json(cfg.finetune_settings(config, w.backbone)),
+        init=finetune_init,
+        out=lambda w: f"results/finetune/{w.dataset}/{w.method}/{w.backbone}/fold{w.fold}",
+    threads: config.get("finetune", {}).get("threads", 1)
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/finetune/{dataset}/{method}/{backbone}/fold{fold}.log",
+    shell:
+        "alice finetune --dataset {wildcards.dataset} --backbone {wildcards.backbone} "
+        "--method {wildcards.method} --init {params.init:q} --fold {wildcards.fold} "
+        "--out {params.out} --threads {threads} --settings {params.settings:q} "
+        "--no-progress 2> {log}"
+
+
+rule evaluate:
+    input:
+        model="results/finetune/{dataset}/{method}/{backbone}/fold{fold}/model.pt",
+        folds="results/data/{dataset}/folds.json",
+    output:
+        "results/finetune/{dataset}/{method}/{backbone}/fold{fold}/metrics.json",
+    wildcard_constraints:
+        dataset="flare22|btcv",
+        fold=r"\d+",
+    params:
+        model_dir=lambda w, input: str(Path(input.model).parent),
+        device=config.get("device", "auto"),
+    threads: config.get("finetune", {}).get("threads", 1)
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/evaluate/{dataset}/{method}/{backbone}/fold{fold}.log",
+    shell:
+        "alice evaluate --dataset {wildcards.dataset} --model-dir {params.model_dir} "
+        "--out {output} --device {params.device} --threads {threads} --no-progress 2> {log}"

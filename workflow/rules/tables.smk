@@ -1,0 +1,37 @@
+# Tables: one CSV per paper row (its own target), then CSV + LaTeX per table.
+
+
+rule table_row:
+    input:
+        row_inputs,
+    output:
+        "results/rows/{table}/{row}.csv",
+    wildcard_constraints:
+        table="table[0-9]+",
+        row="[a-z0-9_]+",
+    params:
+        settings=lambda w: as_json(table_settings(config)),
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/rows/{table}/{row}.log",
+    shell:
+        "alice table --settings {params.settings:q} row --table {wildcards.table} "
+        "--row {wildcards.row} --out {output} 2> {log}"
+
+
+rule table:
+    input:
+        table_rows,
+    output:
+        csv="results/{table}.csv",
+        tex="results/{table}.tex",
+    wildcard_constraints:
+        table="table[0-9]+",
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/tables/{table}.log",
+    shell:
+        "alice table render --table {wildcards.table} --rows-dir results/rows/{wildcards.table} "
+        "--csv {output.csv} --tex {output.tex} 2> {log}"
