@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,6 @@ from alice.errors import HarnessError, InputError
 from alice.io import atomic_path
 from alice.tables.reference import load_reference, parse_cell
 from alice.tables.spec import cell_experiment, cell_sources, find_row, load_spec
-from alice.version import code_version
 
 NOT_REPRODUCED = "not reproduced yet"
 NOT_APPLICABLE = "n/a"
@@ -57,12 +57,13 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
     row = find_row(spec, row_id)
     reference = load_reference(table).set_index("row")
     sources = cell_sources(spec, row, settings)
-    scale = float(spec.get("metric_scale", 100))
+    scale = float(spec.get("metric_scale") or 100)
     records = []
     for column in spec["columns"]:
         col = column["column"]
         paper_text = str(reference.loc[row_id, col]) if col in reference.columns else "-"
-        paper_mean, paper_std = parse_cell(paper_text)
+        # settings tables (Table 8) hold text, not numbers
+        paper_mean, paper_std = (None, None) if spec.get("task") == "settings" else parse_cell(paper_text)
         record = {"table": table, "row": row_id, "label": row.get("label", row_id), "column": col,
                   "group": column.get("group", ""), "header": column.get("header", col),
                   "paper": paper_text, "paper_mean": paper_mean, "paper_std": paper_std,
@@ -129,10 +130,13 @@ def _best_per_column(rows: pd.DataFrame) -> dict[str, float]:
 def wide_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
     """One line per paper row; for each paper column a reproduced and a paper column."""
     spec = load_spec(table)
+    reference = load_reference(table).set_index("row")
     out = []
     for row in spec["rows"]:
         part = rows[rows["row"] == row["row"]].set_index("column")
-        line = {"row": row["row"], "method": row.get("label", row["row"])}
+        line = {"row": row["row"], spec.get("label_header", "Method"): row.get("label", row["row"])}
+        for desc in _descriptive(spec):
+            line[desc["header"]] = reference.loc[row["row"], desc["column"]]
         for column in spec["columns"]:
             name = " ".join(x for x in (column.get("group"), column.get("header")) if x)
             cell = part.loc[column["column"]]
@@ -142,11 +146,23 @@ def wide_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                 ("#", r"\#"), ("$", r"\$")):
-        text = text.replace(a, b)
-    return text
+def _descriptive(spec: dict) -> list[dict]:
+    """The paper's descriptive columns (e.g. Ensemble, Pre-trained Parts) that it prints."""
+    return [d for d in spec.get("descriptive_columns") or [] if d.get("printed", True)]
+
+
+# One pass over the text: LaTeX's special characters, and characters of the paper's text that
+# plain (pdf)LaTeX cannot typeset as they are.
+_LATEX_MAP = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#",
+              "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+              "^": r"\textasciicircum{}", "ℓ": r"$\ell$", "×": r"$\times$",
+              "✓": r"$\checkmark$", "±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$",
+              "³": r"$^3$", "²": r"$^2$"}
+_LATEX_CHARS = re.compile("|".join(re.escape(c) for c in _LATEX_MAP))
+
+
+def _latex_escape(text) -> str:
+    return _LATEX_CHARS.sub(lambda m: _LATEX_MAP[m.group(0)], str(text))
 
 
 def _latex_value(text: str, bold: bool) -> str:
@@ -158,8 +174,7 @@ def _latex_value(text: str, bold: bool) -> str:
         return r"n/a"
     if text == LEADERBOARD:
         return r"\textit{lb.}"
-    parts = text.split("±")
-    body = parts[0] if len(parts) == 1 else rf"{parts[0]}$\pm${parts[1]}"
+    body = _latex_escape(text)
     return rf"\textbf{{{body}}}" if bold else body
 
 
@@ -168,14 +183,19 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
     spec = load_spec(table)
     best = _best_per_column(rows)
     has_groups = any(c.get("group") for c in spec["columns"])
+    reference = load_reference(table).set_index("row")
+    descriptive = _descriptive(spec)
     tuples, data = [], []
+    for desc in descriptive:
+        head = ("", _latex_escape(desc["header"])) if has_groups else (_latex_escape(desc["header"]),)
+        tuples.append(head + ("",))
     for column in spec["columns"]:
         head = (_latex_escape(column.get("group", "")), _latex_escape(column.get("header", "")))
         head = head if has_groups else head[1:]
         tuples += [head + ("ours",), head + ("paper",)]
     for row in spec["rows"]:
         part = rows[rows["row"] == row["row"]].set_index("column")
-        line = []
+        line = [_latex_escape(reference.loc[row["row"], d["column"]]) for d in descriptive]
         for column in spec["columns"]:
             cell = part.loc[column["column"]]
             mean = cell["reproduced_mean"]
@@ -185,7 +205,7 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
         data.append(line)
     frame = pd.DataFrame(data, columns=pd.MultiIndex.from_tuples(tuples),
                          index=[_latex_escape(r.get("label", r["row"])) for r in spec["rows"]])
-    frame.index.name = "Method"
+    frame.index.name = _latex_escape(spec.get("label_header", "Method"))
     caption = (_latex_escape(spec["caption"]) + r" Reproduced values (\emph{ours}, mean$\pm$std "
                r"over folds) beside the paper's; best reproduced value per column in bold; "
                r"\textit{n.r.}: not reproduced yet; \textit{lb.}: leaderboard only.")

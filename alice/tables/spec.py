@@ -23,8 +23,18 @@ def table_ids() -> list[str]:
     return sorted((p.stem for p in SPEC_DIR.glob("table*.yaml")), key=lambda t: int(t[5:]))
 
 
+def load_spec(table: str | int) -> dict:
+    """The spec of `table` ("table3", "Table 3" or 3); cached, so treat it as read-only."""
+    from alice.tables.reference import table_id
+
+    try:
+        return _load_spec(table_id(table))
+    except KeyError as exc:
+        raise ConfigError("--table", str(exc).strip("'\"")) from None
+
+
 @functools.lru_cache(maxsize=None)
-def load_spec(table: str) -> dict:
+def _load_spec(table: str) -> dict:
     path = SPEC_DIR / f"{table}.yaml"
     if not path.is_file():
         raise ConfigError("--table", f"unknown table '{table}' (known: {', '.join(table_ids())})")
