@@ -1,0 +1,249 @@
+"""Sliding-window prediction on the cached grid and scoring on each case's original grid.
+
+    metrics = evaluate(dataset="flare22", model_dir=".../fold0", data_dir="results/data/flare22",
+                       out_path=".../fold0/metrics.json", split="test")
+
+Per case: the cached image (padded with zeros to at least the crop) goes through MONAI's
+`sliding_window_inference` (roi = the training crop, overlap `sw_overlap`, gaussian blending),
+argmax over classes, `invert_to_original` (nearest neighbour) onto the source NIfTI's voxel grid,
+and `alice.metrics.score_case` against the source label file with its header zooms as spacing.
+The predicted label maps are also written as NIfTI on the original grid (the label file's affine)
+under `model_dir/predictions/{case_id}.nii.gz`.
+
+metrics.json: {"dataset", "method", "backbone", "fold", "split", "cases": {case: {organ: {"dsc",
+"nsd"}}}, "case_mean": {case: {"dsc", "nsd"}}, "mean": {"dsc", "nsd"}, "n_cases", "seconds",
+"model", "code_version"}. case_mean is `mean_over_organs` (NaN organs left out), mean is the mean
+of case_mean over cases (NaN cases left out). NaN is written as JSON null.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from alice import __version__
+from alice.errors import ConfigError, InputError
+from alice.io import atomic_path, write_json
+
+log = logging.getLogger("alice")
+
+MODEL_FILE = "model.pt"
+MODEL_KEYS = ("state_dict", "backbone", "num_classes", "settings", "encoder_config", "dataset")
+
+
+# ------------------------------------------------------------------------------------------ device
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", f"must be cpu, cuda, cuda:N or auto, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda requested but no CUDA device is available")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError("device", f"must be cpu, cuda, cuda:N or auto, got {device!r}")
+    return dev
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling needed), nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# -------------------------------------------------------------------------------------- prediction
+@torch.no_grad()
+def sliding_window_logits(
+    net: torch.nn.Module,
+    image: np.ndarray | torch.Tensor,
+    crop: Sequence[int],
+    *,
+    overlap: float,
+    sw_batch_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Class logits (C, x, y, z) on `device` for one (x, y, z) volume of any shape.
+
+    The volume is zero-padded at its far end to at least `crop` along each axis, predicted with
+    gaussian-blended sliding windows of size `crop`, and the padding cut off again.
+    """
+    from monai.inferers import sliding_window_inference
+
+    device = torch.device(device)
+    x = image if torch.is_tensor(image) else torch.from_numpy(np.array(image, dtype=np.float32))
+    x = x.to(device=device, dtype=torch.float32)
+    if x.ndim != 3:
+        raise ValueError(f"expected an (x, y, z) volume, got shape {tuple(x.shape)}")
+    shape = tuple(x.shape)
+    pad = [max(0, int(c) - s) for c, s in zip(crop, shape)]
+    if any(pad):
+        # F.pad lists the last axis first
+        x = torch.nn.functional.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), value=0.0)
+    was_training = net.training
+    net.eval()
+    try:
+        with autocast(device):
+            logits = sliding_window_inference(
+                x[None, None], roi_size=tuple(int(c) for c in crop), sw_batch_size=sw_batch_size, predictor=net,
+                overlap=overlap, mode="gaussian",
+            )
+    finally:
+        net.train(was_training)
+    logits = logits[0].float()
+    return logits[:, : shape[0], : shape[1], : shape[2]]
+
+
+def predict_labels(net, image, crop, *, overlap: float, sw_batch_size: int = 1, device="cpu") -> np.ndarray:
+    """Argmax label map (uint8, the input's (x, y, z) shape) of one volume."""
+    logits = sliding_window_logits(net, image, crop, overlap=overlap, sw_batch_size=sw_batch_size, device=device)
+    return logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
+
+
+# -------------------------------------------------------------------------------------------- model
+def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the fine-tuned network from `model_dir/model.pt` (weights_only); (net, checkpoint)."""
+    from alice.downstream.networks import build_segmentation_network
+
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise InputError(path, "fine-tuned model not found (run `alice finetune` first)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable or unsafe file = bad input
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(path, f"not a readable weights-only torch file ({first})") from None
+    if not isinstance(ckpt, dict):
+        raise InputError(path, f"model file must hold a dict, got {type(ckpt).__name__}")
+    missing = [k for k in MODEL_KEYS if k not in ckpt]
+    if missing:
+        raise InputError(path, f"model file lacks keys {missing}")
+    try:
+        net = build_segmentation_network(ckpt["backbone"], ckpt["num_classes"], ckpt["settings"], ckpt["encoder_config"])
+    except ConfigError as exc:
+        raise InputError(path, f"stored settings do not build a network: {exc}") from None
+    try:
+        net.load_state_dict(ckpt["state_dict"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(path, f"state_dict does not fit the stored architecture: {first}") from None
+    return net.to(device).eval(), ckpt
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    return obj
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def _original_label(meta: Mapping[str, Any], case_id: str, data_dir: Path):
+    import nibabel as nib
+
+    source = (meta.get("source") or {}).get("label")
+    if not source:
+        raise InputError(data_dir / f"{case_id}.json", "case has no source label file to score against")
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(path, f"source label of case '{case_id}' not found")
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    if data.ndim != 3:
+        raise InputError(path, f"label must be 3-D, got shape {data.shape}")
+    labels = np.rint(data).astype(np.int16)
+    expected = tuple(int(s) for s in meta["original"]["shape"])
+    if labels.shape != expected:
+        raise InputError(path, f"label shape {labels.shape} differs from the cached record's original shape {expected}")
+    return labels, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def _save_prediction(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(labels.astype(np.uint8), affine)
+    img.set_data_dtype(np.uint8)
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(img, str(tmp))
+
+
+def evaluate(
+    *,
+    dataset: str,
+    model_dir: str | Path,
+    data_dir: str | Path,
+    out_path: str | Path,
+    split: str = "test",
+    device: str = "cpu",
+    threads: int = 1,
+    progress: bool = True,
+    save_predictions: bool = True,
+) -> dict[str, Any]:
+    """Predict every case of `split` ("test", "val:<k>", "train:<k>"), score it on its original grid
+    against its source label, write `out_path` atomically and return the metrics dict."""
+    from tqdm import tqdm
+
+    from alice.data.preprocess import invert_to_original, load_case
+    from alice.downstream.data import split_cases
+    from alice.metrics import mean_over_organs, score_case
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(int(threads))
+    dev = resolve_device(device)
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    net, ckpt = load_model(model_dir, dev)
+    if ckpt["dataset"] != dataset:
+        raise InputError(model_dir / MODEL_FILE, f"model was fine-tuned on '{ckpt['dataset']}', not '{dataset}'")
+    settings = ckpt["settings"]
+    crop = [int(c) for c in settings["crop"]]
+    overlap = float(settings.get("sw_overlap", 0.25))
+    sw_batch = int(settings.get("sw_batch_size", 1))
+    case_ids, _ = split_cases(data_dir, split)
+    if not case_ids:
+        raise InputError(data_dir / "folds.json", f"split '{split}' has no cases")
+
+    cases: dict[str, Any] = {}
+    case_mean: dict[str, Any] = {}
+    for case_id in tqdm(case_ids, desc=f"evaluate {split}", unit="case", disable=not progress):
+        image, _label, meta = load_case(data_dir, case_id)
+        gt, affine, spacing = _original_label(meta, case_id, data_dir)
+        pred_cached = predict_labels(net, image, crop, overlap=overlap, sw_batch_size=sw_batch, device=dev)
+        pred = invert_to_original(pred_cached, meta)
+        if save_predictions:
+            _save_prediction(model_dir / "predictions" / f"{case_id}.nii.gz", pred, affine)
+        scores = score_case(gt, pred, spacing, dataset)
+        cases[case_id] = scores
+        case_mean[case_id] = mean_over_organs(scores)
+    mean = {key: _nanmean([m[key] for m in case_mean.values()]) for key in ("dsc", "nsd")}
+    seconds = time.perf_counter() - t0
+    metrics = {
+        "dataset": dataset,
+        "method": ckpt.get("method"),
+        "backbone": ckpt["backbone"],
+        "fold": ckpt.get("fold"),
+        "split": split,
+        "cases": cases,
+        "case_mean": case_mean,
+        "mean": mean,
+        "n_cases": len(case_ids),
+        "seconds": round(seconds, 3),
+        "model": str(model_dir / MODEL_FILE),
+        "code_version": __version__,
+    }
+    write_json(out_path, _nan_to_none(metrics))
+    log.info("%s %s: mean DSC %.4f NSD %.4f over %d cases", model_dir, split, mean["dsc"], mean["nsd"], len(case_ids))
+    return metrics

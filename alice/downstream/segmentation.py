@@ -1,0 +1,288 @@
+"""Segmentation fine-tuning of one (dataset, method, backbone, fold): supplementary Table 8 recipe.
+
+    summary = finetune(dataset="flare22", backbone="unetr", method="rand_init", init="scratch",
+                       fold=0, data_dir="results/data/flare22", out_dir=".../fold0",
+                       settings=cfg["finetune"]["unetr"], encoder_config=cfg["pretrain"]["encoder"],
+                       seed=0)
+
+- Data: the fold's training cases from `data_dir/folds.json`, `samples_per_volume` random crops
+  of `crop` per volume and epoch, batches of `optim.batch_size` crops (`alice.downstream.data`);
+  steps per epoch = ceil(n_train * samples_per_volume / batch_size).
+- Network: `build_segmentation_network`; `init` is "scratch" or a pretraining checkpoint path,
+  loaded strictly into the encoder (`load_encoder_checkpoint`).
+- Optimisation: AdamW or SGD (nesterov), cosine or poly schedule with linear warm-up over
+  `warmup_epochs` epochs, stepped every step (`alice.downstream.schedules`); loss
+  `DiceCELoss(to_onehot_y=True, softmax=True)`; bf16 autocast on CUDA only.
+- Validation every `val_every` epochs and after the last: sliding-window prediction of the fold's
+  val cases on the cached grid; score = mean over cases of the mean Dice over the organs present
+  in the case's label (a quick curve, not the reported metric).
+- The model saved is the FINAL one (the paper does not say it selects a checkpoint); the best
+  validation score and its epoch are recorded in the summary only.
+- Determinism: torch, numpy, random and MONAI are seeded from (seed, fold) (`run_seed`), the
+  random transforms by `set_random_state`, the volume order by a seeded generator; on CPU with the
+  same thread count two runs write the same log.csv.
+
+Outputs in `out_dir`: `log.csv` (epoch, step, loss, lr, val_dice; one row per step, val_dice on
+the last step of a validated epoch; rewritten atomically after every epoch), `model.pt`
+(`{"state_dict", "backbone", "num_classes", "settings", "encoder_config", "dataset", "method",
+"init", "fold", "seed", "code_version"}`, loads with weights_only=True) and `train_summary.json`,
+both written atomically at the end (stale ones are removed at the start).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from alice import __version__
+from alice.downstream.data import CropBatches, fold_entry, read_folds, train_transform
+from alice.downstream.inference import MODEL_FILE, autocast, predict_labels, resolve_device
+from alice.downstream.networks import build_segmentation_network, crop_of
+from alice.downstream.schedules import build_optimizer, build_scheduler, positive_int
+from alice.downstream.transfer import load_encoder_checkpoint
+from alice.errors import ConfigError
+from alice.io import atomic_path, write_json, write_text
+from alice.labels import LABEL_NAMES
+
+log = logging.getLogger("alice")
+
+LOG_COLUMNS = ("epoch", "step", "loss", "lr", "val_dice")
+SUMMARY_FILE = "train_summary.json"
+LOG_FILE = "log.csv"
+
+
+def num_classes_of(dataset: str) -> int:
+    """Background + the dataset's organs (FLARE22, BTCV: 14)."""
+    if dataset not in LABEL_NAMES:
+        raise ConfigError("dataset", f"no segmentation labels for '{dataset}' (known: {', '.join(LABEL_NAMES)})")
+    return 1 + max(LABEL_NAMES[dataset])
+
+
+def run_seed(seed: int, fold: int) -> int:
+    """One 32-bit seed per (seed, fold)."""
+    return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0])
+
+
+def quick_dice(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Mean Dice over the organs present in `gt` (NaN if none): the validation curve's score."""
+    from alice.metrics import dice
+
+    organs = [v for v in np.unique(gt).tolist() if v != 0]
+    if not organs:
+        return math.nan
+    return float(np.mean([dice(gt == v, pred == v) for v in organs]))
+
+
+def validate(net, data_dir, case_ids, settings, device) -> float:
+    from alice.data.preprocess import load_case
+
+    scores = []
+    crop = crop_of(settings)
+    for case_id in case_ids:
+        image, label, _ = load_case(data_dir, case_id)
+        pred = predict_labels(net, image, crop, overlap=float(settings.get("sw_overlap", 0.25)),
+                              sw_batch_size=int(settings.get("sw_batch_size", 1)), device=device)
+        scores.append(quick_dice(np.asarray(label), pred))
+    kept = [s for s in scores if not math.isnan(s)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return format(value, ".8g")
+    return str(value)
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LOG_COLUMNS)
+    for row in rows:
+        writer.writerow([_fmt(row.get(c)) for c in LOG_COLUMNS])
+    write_text(path, buf.getvalue())
+
+
+def _parse(settings: Mapping[str, Any]) -> dict[str, Any]:
+    optim = settings.get("optim")
+    if not isinstance(optim, Mapping):
+        raise ConfigError("optim", "missing the optimizer section")
+    val_every = settings.get("val_every", 1)
+    if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
+        raise ConfigError("val_every", f"must be a positive integer, got {val_every!r}")
+    spv = settings.get("samples_per_volume", 1)
+    if isinstance(spv, bool) or not isinstance(spv, int) or spv < 1:
+        raise ConfigError("samples_per_volume", f"must be a positive integer, got {spv!r}")
+    workers = settings.get("num_workers", 0)
+    return {
+        "optim": optim,
+        "batch_size": positive_int(optim, "batch_size"),
+        "epochs": positive_int(optim, "epochs"),
+        "warmup_epochs": positive_int(optim, "warmup_epochs", 0, minimum=0),
+        "schedule": optim.get("schedule", "cosine"),
+        "val_every": val_every,
+        "samples_per_volume": spv,
+        "num_workers": int(workers),
+        "crop": crop_of(settings),
+    }
+
+
+def finetune(
+    *,
+    dataset: str,
+    backbone: str,
+    method: str,
+    init: str,
+    fold: int,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    settings: Mapping[str, Any],
+    encoder_config: Mapping[str, Any],
+    seed: int,
+    device: str = "cpu",
+    threads: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune one fold; write log.csv, model.pt and train_summary.json in `out_dir`; return the summary."""
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    for stale in (MODEL_FILE, SUMMARY_FILE, LOG_FILE):  # a failed run must not leave an old result looking current
+        (out_dir / stale).unlink(missing_ok=True)
+    cfg = _parse(settings)
+    num_classes = num_classes_of(dataset)
+    torch.set_num_threads(int(threads))
+    dev = resolve_device(device)
+    folds_path = data_dir / "folds.json"
+    entry = fold_entry(read_folds(data_dir), int(fold), folds_path)
+    train_ids, val_ids = list(entry["train"]), list(entry["val"])
+
+    rs = run_seed(seed, fold)
+    set_determinism(seed=rs)  # random, numpy, torch (and cudnn flags)
+    net = build_segmentation_network(backbone, num_classes, settings, encoder_config)
+    init = str(init)
+    n_loaded = 0 if init == "scratch" else load_encoder_checkpoint(net, backbone, init, encoder_config)
+    net.to(dev)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    transform = train_transform(data_dir, settings, cfg["crop"])
+    transform.set_random_state(seed=rs)
+    generator = torch.Generator().manual_seed(rs)
+    batches = CropBatches(train_ids, transform, cfg["batch_size"], cfg["samples_per_volume"], generator,
+                          num_workers=cfg["num_workers"])
+    spe = batches.steps_per_epoch
+    total = cfg["epochs"] * spe
+    optimizer = build_optimizer(net.parameters(), cfg["optim"])
+    scheduler = build_scheduler(optimizer, cfg["schedule"], cfg["warmup_epochs"] * spe, total)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    rows: list[dict[str, Any]] = []
+    val_history: dict[int, float] = {}
+    step = 0
+    train_seconds = 0.0
+    bar = tqdm(total=total, desc=f"finetune {backbone} fold{fold}", unit="step", disable=not progress)
+    try:
+        for epoch in range(1, cfg["epochs"] + 1):
+            net.train()
+            t_epoch = time.perf_counter()
+            for image, label in batches.epoch():
+                image, label = image.to(dev, non_blocking=True), label.to(dev, non_blocking=True)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(dev):
+                    logits = net(image)
+                loss = loss_fn(logits.float(), label)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"loss is {value} at step {step} (epoch {epoch}); lower optim.lr?")
+                rows.append({"epoch": epoch, "step": step, "loss": value, "lr": lr, "val_dice": None})
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update(1)
+            train_seconds += time.perf_counter() - t_epoch
+            if val_ids and (epoch % cfg["val_every"] == 0 or epoch == cfg["epochs"]):
+                score = validate(net, data_dir, val_ids, settings, dev)
+                val_history[epoch] = score
+                rows[-1]["val_dice"] = score
+                log.info("fold %s epoch %d: val dice %.4f", fold, epoch, score)
+            _write_log(out_dir / LOG_FILE, rows)
+    finally:
+        bar.close()
+
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    model = {
+        "state_dict": state,
+        "backbone": backbone,
+        "num_classes": num_classes,
+        "settings": _plain(settings),
+        "encoder_config": _plain(encoder_config),
+        "dataset": dataset,
+        "method": method,
+        "init": init,
+        "fold": int(fold),
+        "seed": int(seed),
+        "code_version": __version__,
+    }
+    with atomic_path(out_dir / MODEL_FILE, suffix=".pt") as tmp:
+        torch.save(model, tmp)
+
+    finite = {e: s for e, s in val_history.items() if not math.isnan(s)}
+    best_epoch = max(finite, key=lambda e: (finite[e], -e)) if finite else None
+    summary = {
+        "dataset": dataset,
+        "backbone": backbone,
+        "method": method,
+        "init": init,
+        "fold": int(fold),
+        "seed": int(seed),
+        "run_seed": rs,
+        "device": str(dev),
+        "threads": int(threads),
+        "n_train": len(train_ids),
+        "n_val": len(val_ids),
+        "epochs": cfg["epochs"],
+        "steps_per_epoch": spe,
+        "steps": step,
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "train_seconds": round(train_seconds, 3),
+        "seconds_per_step": round(train_seconds / max(1, step), 4),
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "best_val_dice": finite[best_epoch] if best_epoch is not None else None,
+        "best_val_epoch": best_epoch,
+        "final_val_dice": finite.get(cfg["epochs"]),
+        "val_dice": {str(e): (None if math.isnan(s) else s) for e, s in val_history.items()},
+        "n_loaded": n_loaded,
+        "model": str(out_dir / MODEL_FILE),
+        "code_version": __version__,
+    }
+    write_json(out_dir / SUMMARY_FILE, summary)
+    log.info("fold %s: %d steps in %.1f s, final loss %.4f", fold, step, summary["seconds"], summary["final_loss"] or math.nan)
+    return summary
+
+
+def _plain(obj: Any) -> Any:
+    """Plain dict/list/str/number copy (what weights_only loading accepts)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    return obj
