@@ -28,9 +28,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from alice import __version__
+from alice.config import settings_hash
 from alice.errors import ConfigError, InputError
-from alice.io import atomic_path, write_json
+from alice.io import atomic_path, read_json, write_json
+from alice.version import code_version
 
 log = logging.getLogger("alice")
 
@@ -242,8 +243,17 @@ def evaluate(
         "n_cases": len(case_ids),
         "seconds": round(seconds, 3),
         "model": str(model_dir / MODEL_FILE),
-        "code_version": __version__,
+        # what produced these numbers: the run's settings, encoder, init, seed and data cache
+        "settings_hash": settings_hash({k: ckpt.get(k) for k in (
+            "settings", "encoder_config", "init", "seed", "dataset")} | {
+            "preprocessing": _manifest_hash(data_dir)}),
+        "code_version": code_version(),
     }
     write_json(out_path, _nan_to_none(metrics))
     log.info("%s %s: mean DSC %.4f NSD %.4f over %d cases", model_dir, split, mean["dsc"], mean["nsd"], len(case_ids))
     return metrics
+
+
+def _manifest_hash(data_dir: Path) -> str | None:
+    manifest = Path(data_dir) / "manifest.json"
+    return read_json(manifest).get("settings_hash") if manifest.is_file() else None

@@ -42,7 +42,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from alice import __version__
+from alice.version import code_version
 from alice.downstream.data import CropBatches, fold_entry, read_folds, train_transform
 from alice.downstream.inference import MODEL_FILE, autocast, predict_labels, resolve_device
 from alice.downstream.networks import build_segmentation_network, crop_of
@@ -236,7 +236,7 @@ def finetune(
         "init": init,
         "fold": int(fold),
         "seed": int(seed),
-        "code_version": __version__,
+        "code_version": code_version(),
     }
     with atomic_path(out_dir / MODEL_FILE, suffix=".pt") as tmp:
         torch.save(model, tmp)
@@ -268,7 +268,7 @@ def finetune(
         "val_dice": {str(e): (None if math.isnan(s) else s) for e, s in val_history.items()},
         "n_loaded": n_loaded,
         "model": str(out_dir / MODEL_FILE),
-        "code_version": __version__,
+        "code_version": code_version(),
     }
     write_json(out_dir / SUMMARY_FILE, summary)
     log.info("fold %s: %d steps in %.1f s, final loss %.4f", fold, step, summary["seconds"], summary["final_loss"] or math.nan)

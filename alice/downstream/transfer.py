@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
-from alice import __version__
+from alice.version import code_version as current_code_version
 from alice.downstream.networks import encoder_of, get_backbone, normalized_encoder_config
 from alice.errors import ConfigError, HarnessError, InputError
 from alice.io import atomic_path
@@ -54,7 +54,7 @@ def save_encoder_checkpoint(
     method_config: Mapping[str, Any] | None = None,
     preprocessing: Mapping[str, Any] | None = None,
     step: int = 0,
-    code_version: str = __version__,
+    code_version: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a pretraining checkpoint in the DESIGN.md format, atomically.
@@ -70,7 +70,7 @@ def save_encoder_checkpoint(
         method_config=dict(method_config or {}),
         preprocessing=dict(preprocessing or {}),
         step=int(step),
-        code_version=str(code_version),
+        code_version=code_version or current_code_version(),
     )
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(ckpt, tmp)

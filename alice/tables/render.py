@@ -205,14 +205,18 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
         data.append(line)
     frame = pd.DataFrame(data, columns=pd.MultiIndex.from_tuples(tuples),
                          index=[_latex_escape(r.get("label", r["row"])) for r in spec["rows"]])
-    frame.index.name = _latex_escape(spec.get("label_header", "Method"))
+    frame.index.name = None
     caption = (_latex_escape(spec["caption"]) + r" Reproduced values (\emph{ours}, mean$\pm$std "
                r"over folds) beside the paper's; best reproduced value per column in bold; "
                r"\textit{n.r.}: not reproduced yet; \textit{lb.}: leaderboard only.")
-    styler = frame.style
-    return styler.to_latex(hrules=True, multicol_align="c", caption=caption,
-                           label=f"tab:{table}", position="t", position_float="centering",
-                           column_format="l" + "r" * frame.shape[1], environment="table*")
+    tex = frame.style.to_latex(hrules=True, multicol_align="c", caption=caption,
+                               label=f"tab:{table}", position="t", position_float="centering",
+                               column_format="l" + "r" * frame.shape[1], environment="table*")
+    # the row-label header ("Method") goes into the last header line, not a line of its own
+    head, sep, body = tex.partition("\\midrule")
+    lines = head.rstrip("\n").split("\n")
+    lines[-1] = _latex_escape(spec.get("label_header", "Method")) + lines[-1]
+    return "\n".join(lines) + "\n" + sep + body
 
 
 def render_table(table: str, row_files: dict[str, Path], out_csv: Path, out_tex: Path) -> None:
