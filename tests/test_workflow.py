@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from alice.config import REPO_ROOT
@@ -85,3 +86,36 @@ def test_bad_root_fails_without_manifest(tmp_path):
     log = (tmp_path / "results/logs/prepare/btcv.log").read_text()
     assert "no-such-btcv" in log and "error" in log
     assert not (tmp_path / "results/data/btcv/manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_table1_from_an_empty_folder(tmp_path):
+    """The headline target on a tiny config: phantom -> prepare -> folds -> 2 folds of UNETR
+    fine-tuning -> evaluation -> one CSV per row -> table1.{csv,tex}; then a single row target."""
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["datasets"]["flare22"]["folds"] = 2
+    config["phantom"]["counts"]["flare22"] = {"labeled": 4, "unlabeled": 0, "validation": 1}
+    config["datasets"]["flare22"]["offline_test"] = ["FLARETs_0001"]
+    config["pretrain"]["encoder"] = {"name": "vit", "embed_dim": 24, "depth": 12, "heads": 2,
+                                     "mlp_ratio": 2, "patch": [16, 16, 16]}
+    unetr = config["finetune"]["unetr"]
+    unetr.update(crop=[32, 32, 16], feature_size=4, samples_per_volume=1, val_every=1)
+    unetr["optim"].update(epochs=1, warmup_epochs=0, batch_size=2)
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump(config))
+    common = ("--cores", "2", "--directory", str(tmp_path), "--snakefile",
+              str(REPO_ROOT / "Snakefile"), "--configfile", str(path))
+    result = snakemake("results/table1.tex", *common)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for k in range(2):
+        fold = tmp_path / f"results/finetune/flare22/rand_init/unetr/fold{k}"
+        assert {"model.pt", "log.csv", "metrics.json"} <= {p.name for p in fold.iterdir()}
+    row = (tmp_path / "results/rows/table1/rand_init.csv").read_text()
+    assert "reproduced" in row and "fold1/metrics.json" in row
+    tex = (tmp_path / "results/table1.tex").read_text()
+    assert r"\toprule" in tex and "Rand. init." in tex and r"\textit{n.r.}" in tex
+    # a row is its own target: removing it reruns only that row (dry run lists one job)
+    (tmp_path / "results/rows/table1/alice.csv").unlink()
+    dry = snakemake("results/rows/table1/alice.csv", "-n", *common)
+    assert dry.returncode == 0
+    assert "table_row" in dry.stdout and "finetune" not in dry.stdout
