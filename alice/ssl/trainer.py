@@ -1,0 +1,555 @@
+"""The method-agnostic pretraining loop: AdamW + warm-up/cosine, checkpoints, exact resume, DDP.
+
+`pretrain(method, loader_factory, out_dir, ...)` trains any `alice.ssl.registry.SSLMethod`.
+
+Data contract (what makes resume exact):
+    loader_factory(seed: int, start_step: int) -> Iterable[batch]
+yields the batches of steps `start_step, start_step + 1, ...`, and batch `i` depends only on
+`(seed, i)` (and the data on disk), never on the global RNGs or on earlier batches. The factory is
+called inside a forked RNG, so building it cannot disturb the method's random stream. If the
+iterable runs out, the factory is called again with the next step. Under DDP rank `r` receives
+`seed + r` (its own shard of random crops). `step_seed(seed, i)` is a helper for factories.
+
+Randomness inside the method (masking, augmentation on the fly) uses the global torch/numpy/python
+RNGs, which are re-seeded before every step from `(seed, rank, step)`; so step `i` does the same
+thing whether the run was interrupted or not, on every rank. The RNG states are also stored in the
+checkpoint (and restored) for methods that reseed nothing themselves.
+
+Outputs in `out_dir`:
+- `checkpoint.pt`: written atomically every `checkpoint_every` steps, at the end, on preemption
+  and after `max_steps_this_run` steps; only the latest is kept (no per-step copies). Top level:
+  the DESIGN.md keys {"encoder", "encoder_config", "method", "method_config", "preprocessing",
+  "step", "code_version"} plus "optim", "seed", "finished" and "resume" = {"method_state" (online +
+  target + heads), "optimizer", "scheduler", "scaler" (fp16 only), "rng", "world_size"}; all of it
+  loads with `torch.load(weights_only=True)`. "step" counts the optimizer steps taken.
+- `log.csv`: one row per step: step (1-based, = steps taken), lr, loss, each term the method
+  returns (in its order), grad_norm (before clipping), seconds (wall time of the step); flushed
+  every step. On resume rows after the checkpoint's step are dropped, so the file equals the one of
+  an uninterrupted run (apart from "seconds").
+
+Stops:
+- a non-finite loss (or gradient norm): `HarnessError` naming the step, the terms and the last
+  good checkpoint, which is left untouched;
+- SIGUSR1 / SIGTERM: the current step finishes, a checkpoint is written, and `Preempted`
+  (exit code 75, EX_TEMPFAIL) is raised; the CLI returns it and a resubmission resumes.
+
+DDP: under torchrun (WORLD_SIZE > 1) the process group is initialised (nccl on CUDA, gloo on CPU),
+the method is wrapped in DistributedDataParallel and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import logging
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from alice.errors import ConfigError, HarnessError, InputError
+from alice.io import write_text
+from alice.ssl.registry import SSLMethod
+from alice.ssl.schedules import build_lr_scheduler
+
+__all__ = ["EX_TEMPFAIL", "NonFiniteLoss", "Preempted", "pretrain", "step_seed"]
+
+log = logging.getLogger("alice")
+
+EX_TEMPFAIL = 75
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.csv"
+STOP_SIGNALS = ("SIGUSR1", "SIGTERM")
+OPTIM_DEFAULTS = {"weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_iterations": 0, "schedule": "cosine",
+                  "min_lr_ratio": 0.0}
+RESUME_KEYS = ("lr", "weight_decay", "betas", "warmup_iterations", "iterations", "schedule", "min_lr_ratio")
+
+LoaderFactory = Callable[[int, int], Iterable[Any]]
+
+
+class Preempted(HarnessError):
+    """A stop signal arrived; a checkpoint was written; rerunning the same command resumes."""
+
+    exit_code = EX_TEMPFAIL
+
+    def __init__(self, step: int, checkpoint: str | Path, signal_name: str):
+        self.step = step
+        self.checkpoint = str(checkpoint)
+        self.signal_name = signal_name
+        super().__init__(f"{signal_name} received: stopped after step {step}, checkpoint {checkpoint}; "
+                         f"rerun the same command to resume (exit status {EX_TEMPFAIL})")
+
+
+class NonFiniteLoss(HarnessError):
+    """The loss (or gradient norm) became NaN/inf; the last good checkpoint was kept."""
+
+
+def step_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed that depends only on (seed, *parts): for per-step data and RNG seeding."""
+    text = ":".join(str(int(p)) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+# ----------------------------------------------------------------------------------------------
+# settings
+def _optim_settings(optim: Mapping[str, Any]) -> dict[str, Any]:
+    s = {**OPTIM_DEFAULTS, **dict(optim)}
+    for key in ("lr", "iterations"):
+        if s.get(key) is None:
+            raise ConfigError(f"optim.{key}", "missing required key")
+    for key, minimum in (("lr", 0.0), ("weight_decay", 0.0), ("min_lr_ratio", 0.0)):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < minimum or (key == "lr" and v == 0):
+            raise ConfigError(f"optim.{key}", f"must be a number > {minimum}, got {v!r}")
+        s[key] = float(v)
+    for key, minimum in (("iterations", 1), ("warmup_iterations", 0)):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"optim.{key}", f"must be an integer >= {minimum}, got {v!r}")
+    betas = s["betas"]
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(0 <= float(b) < 1 for b in betas):
+        raise ConfigError("optim.betas", f"must be 2 numbers in [0, 1), got {betas!r}")
+    s["betas"] = [float(b) for b in betas]
+    return s
+
+
+def _device(device: str, local_rank: int) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("pretrain.device", "cuda requested but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ConfigError("pretrain.device", f"must be cpu, cuda or auto, got {device!r}")
+
+
+def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    if amp in (None, "none", False):
+        return None
+    if amp not in ("bf16", "fp16"):
+        raise ConfigError("pretrain.amp", f"must be bf16, fp16 or null, got {amp!r}")
+    if device.type != "cuda":
+        log.warning("pretrain.amp=%s ignored on %s (mixed precision only on CUDA)", amp, device)
+        return None
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG
+def _rng_state() -> dict[str, Any]:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npy = state["numpy"]
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_step(seed: int, rank: int, step: int) -> None:
+    s = step_seed(seed, rank, step)
+    torch.manual_seed(s)
+    np.random.seed(s & 0xFFFFFFFF)
+    random.seed(s)
+
+
+@contextlib.contextmanager
+def _isolated_rng(device: torch.device) -> Iterator[None]:
+    np_state, py_state = np.random.get_state(), random.getstate()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+class _Batches:
+    """Batches from step `start` on, re-asking the factory if its iterable runs out."""
+
+    def __init__(self, factory: LoaderFactory, seed: int, start: int, device: torch.device):
+        self.factory, self.seed, self.device = factory, seed, device
+        self.it = self._open(start)
+
+    def _open(self, step: int) -> Iterator[Any]:
+        with _isolated_rng(self.device):
+            return iter(self.factory(self.seed, step))
+
+    def next(self, step: int) -> Any:
+        for attempt in range(2):
+            try:
+                with _isolated_rng(self.device):
+                    return next(self.it)
+            except StopIteration:
+                if attempt:
+                    break
+                self.it = self._open(step)
+        raise HarnessError(f"loader_factory(seed={self.seed}, start_step={step}) yielded no batch")
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# log.csv
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the header and the rows of steps <= `step` (atomically)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    if len(keep) == len(rows):
+        return
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(keep if step > 0 else [])
+    write_text(path, buf.getvalue())
+
+
+class _CsvLog:
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.columns: list[str] | None = None
+        self.fh = None
+        if path is not None and path.is_file() and path.stat().st_size > 0:
+            with open(path, newline="") as fh:
+                self.columns = next(csv.reader(fh))
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        if self.path is None:
+            return
+        if self.fh is None:
+            self.fh = open(self.path, "a", newline="")
+        writer = csv.writer(self.fh, lineterminator="\n")
+        if self.columns is None:
+            self.columns = list(row)
+            writer.writerow(self.columns)
+        extra = [k for k in row if k not in self.columns]
+        if extra:
+            raise HarnessError(f"{self.path}: the method returned new loss terms {extra} mid-run "
+                               f"(columns: {self.columns})")
+        writer.writerow([_fmt(row.get(c, "")) for c in self.columns])
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+def _fmt(v: Any) -> str:
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+# ----------------------------------------------------------------------------------------------
+# signals
+class _StopFlag:
+    """SIGUSR1/SIGTERM set a flag; the previous handlers are restored on exit."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be installed from the main thread
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.name = signal.Signals(signum).name
+        log.warning("%s received: finishing the current step, then checkpointing", self.name)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------------------------
+def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices/kernels only; biases, norms and other 1-d tensors get none."""
+    decay, no_decay = [], []
+    for _, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def _load_resume(path: Path, method_name: str, settings: Mapping[str, Any], seed: int, world_size: int) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(path, f"cannot resume: not a readable weights-only checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or "resume" not in ckpt:
+        raise InputError(path, "cannot resume: checkpoint has no resume state; use a new output folder")
+    if ckpt.get("method") != method_name:
+        raise InputError(path, f"cannot resume: checkpoint is of method '{ckpt.get('method')}', "
+                               f"this run is '{method_name}'; use a new output folder")
+    old = ckpt.get("optim", {})
+    diffs = [f"{k}: checkpoint {old.get(k)!r} vs run {settings.get(k)!r}" for k in RESUME_KEYS
+             if old.get(k) != settings.get(k)]
+    if ckpt.get("seed") != seed:
+        diffs.append(f"seed: checkpoint {ckpt.get('seed')!r} vs run {seed!r}")
+    if ckpt["resume"].get("world_size") != world_size:
+        diffs.append(f"world size: checkpoint {ckpt['resume'].get('world_size')} vs run {world_size}")
+    if diffs:
+        raise InputError(path, "cannot resume with different settings (" + "; ".join(diffs)
+                         + "); delete the checkpoint or use a new output folder")
+    return ckpt
+
+
+def pretrain(
+    method: SSLMethod,
+    loader_factory: LoaderFactory,
+    out_dir: str | Path,
+    *,
+    optim: Mapping[str, Any],
+    encoder_config: Mapping[str, Any],
+    method_name: str,
+    method_config: Mapping[str, Any] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+    checkpoint_every: int = 1000,
+    grad_clip: float | None = 3.0,
+    seed: int = 0,
+    device: str = "auto",
+    amp: str | None = None,
+    progress: bool = True,
+    max_steps_this_run: int | None = None,
+    step_callback: Callable[[int, Mapping[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Pretrain `method` for `optim["iterations"]` optimizer steps; resume from `out_dir/checkpoint.pt`.
+
+    `optim`: lr, iterations (required); weight_decay (0.05), betas ([0.9, 0.95]),
+    warmup_iterations (0), schedule ("cosine" | "constant"), min_lr_ratio (0).
+    `max_steps_this_run`: stop (with a checkpoint) after this many steps of this invocation.
+    `step_callback(step, row)`: called after each step (1-based) with its log row (tests, hooks).
+    Returns {"step", "iterations", "finished", "checkpoint", "log", "last_loss", "seconds"}.
+    """
+    from alice.downstream.transfer import save_encoder_checkpoint
+
+    settings = _optim_settings(optim)
+    total = settings["iterations"]
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ConfigError("pretrain.checkpoint_every", f"must be an integer >= 1, got {checkpoint_every!r}")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ConfigError("pretrain.grad_clip", f"must be > 0 or null, got {grad_clip!r}")
+    out_dir = Path(out_dir)
+    ckpt_path, log_path = out_dir / CHECKPOINT, out_dir / LOG
+    method_config = dict(method_config if method_config is not None else getattr(method, "method_config", {}))
+
+    # -- distributed
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _device(device, local_rank)
+    own_group = False
+    if world_size > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        own_group = True
+    distributed = world_size > 1
+    is_main = rank == 0
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    method.to(dev)
+    amp_dtype = _amp_dtype(amp, dev)
+    optimizer = torch.optim.AdamW(_param_groups(method, settings["weight_decay"]), lr=settings["lr"],
+                                  betas=tuple(settings["betas"]), weight_decay=settings["weight_decay"])
+    scheduler = build_lr_scheduler(optimizer, settings["schedule"], settings["warmup_iterations"], total,
+                                   settings["min_lr_ratio"])
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    # -- resume
+    start = 0
+    if ckpt_path.is_file():
+        ckpt = _load_resume(ckpt_path, method_name, settings, seed, world_size)
+        res = ckpt["resume"]
+        method.load_state_dict(res["method_state"], strict=True)
+        optimizer.load_state_dict(res["optimizer"])
+        scheduler.load_state_dict(res["scheduler"])
+        if scaler is not None and res.get("scaler"):
+            scaler.load_state_dict(res["scaler"])
+        _set_rng_state(res["rng"])
+        start = int(ckpt["step"])
+        log.info("resuming %s from %s at step %d/%d", method_name, ckpt_path, start, total)
+    if is_main:
+        _truncate_log(log_path, start)
+    if distributed:
+        dist.barrier()
+
+    model: torch.nn.Module = method
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(method, device_ids=[dev.index] if dev.type == "cuda" else None,
+                    find_unused_parameters=bool(getattr(method, "find_unused_parameters", False)))
+
+    def save(step: int) -> None:
+        if not is_main:
+            return
+        extra = {
+            "optim": dict(settings),
+            "seed": int(seed),
+            "finished": step >= total,
+            "resume": {
+                "method_state": {k: v.detach().cpu() for k, v in method.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "rng": _rng_state(),
+                "world_size": world_size,
+            },
+        }
+        save_encoder_checkpoint(ckpt_path, method.encoder_state_dict(), encoder_config, method_name,
+                                method_config=method_config, preprocessing=preprocessing, step=step, extra=extra)
+
+    csv_log = _CsvLog(log_path if is_main else None)
+    t_run = time.perf_counter()
+    step = start
+    last: dict[str, float] = {}
+    stop_after = total if max_steps_this_run is None else min(total, start + int(max_steps_this_run))
+    params = [p for p in method.parameters() if p.requires_grad]
+    bar = None
+    try:
+        if start >= total:
+            log.info("%s already finished (%d steps) in %s", method_name, start, out_dir)
+            return {"step": start, "iterations": total, "finished": True, "checkpoint": str(ckpt_path),
+                    "log": str(log_path), "last_loss": None, "seconds": 0.0}
+        batches = _Batches(loader_factory, seed + rank, start, dev)
+        if progress and is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=start, desc=f"pretrain {method_name}", unit="step", dynamic_ncols=True)
+        method.train()
+        with _StopFlag() as stop:
+            while step < stop_after:
+                t0 = time.perf_counter()
+                batch = _to_device(batches.next(step), dev)
+                _seed_step(seed, rank, step)
+                lr = optimizer.param_groups[0]["lr"]
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    out = model(batch)
+                if not isinstance(out, Mapping) or "loss" not in out:
+                    raise HarnessError(f"SSL method '{method_name}' forward must return a dict with 'loss'")
+                names = list(out)
+                values = torch.stack([out[k].detach().float().reshape(()) for k in names])
+                finite = torch.isfinite(values).all()
+                if distributed:
+                    flag = finite.to(torch.float32)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                    finite = flag > 0
+                if not bool(finite):
+                    raise _nonfinite(step + 1, dict(zip(names, values.tolist())), ckpt_path)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(out["loss"]).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    out["loss"].backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
+                if scaler is not None:
+                    scaler.step(optimizer)  # skips the step itself on inf/NaN gradients
+                    scaler.update()
+                else:
+                    if not torch.isfinite(grad_norm):
+                        raise _nonfinite(step + 1, {**dict(zip(names, values.tolist())),
+                                                    "grad_norm": float(grad_norm)}, ckpt_path)
+                    optimizer.step()
+                scheduler.step()
+                method.after_step(step, total)
+                step += 1
+
+                if distributed:
+                    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+                    values /= world_size
+                terms = dict(zip(names, values.tolist()))
+                row = {"step": step, "lr": lr, "loss": terms.pop("loss"), **terms,
+                       "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - t0, 4)}
+                csv_log.write(row)
+                last = row
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.3g}")
+                if step_callback is not None:
+                    step_callback(step, row)
+
+                stop_name = _agree_stop(stop.name, distributed, dev)
+                if step % checkpoint_every == 0 or step == stop_after or stop_name:
+                    save(step)
+                    if distributed:
+                        dist.barrier()
+                if stop_name and step < total:
+                    log.warning("preempted by %s after step %d; checkpoint %s", stop_name, step, ckpt_path)
+                    raise Preempted(step, ckpt_path, stop_name)
+    finally:
+        csv_log.close()
+        if bar is not None:
+            bar.close()
+        if own_group and dist.is_initialized():
+            dist.destroy_process_group()
+    seconds = time.perf_counter() - t_run
+    log.info("pretrain %s: step %d/%d, loss %.4g, %.1f s", method_name, step, total,
+             last.get("loss", float("nan")), seconds)
+    return {"step": step, "iterations": total, "finished": step >= total, "checkpoint": str(ckpt_path),
+            "log": str(log_path), "last_loss": last.get("loss"), "seconds": seconds}
+
+
+def _agree_stop(name: str | None, distributed: bool, dev: torch.device) -> str | None:
+    """Under DDP every rank stops at the same step if any rank got a signal."""
+    if not distributed:
+        return name
+    flag = torch.tensor([1.0 if name else 0.0], device=dev)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return (name or "SIGTERM") if flag.item() > 0 else None
+
+
+def _nonfinite(step: int, terms: Mapping[str, float], ckpt_path: Path) -> NonFiniteLoss:
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+    good = str(ckpt_path) if ckpt_path.is_file() else "none (no checkpoint written yet)"
+    return NonFiniteLoss(f"non-finite loss at step {step} (terms: {shown}); last good checkpoint: {good}")
