@@ -1,0 +1,44 @@
+"""Projection heads φ (online decoder side) and ψ (target encoder side).
+
+The paper (§3.2): "φ and ψ both consist of a 3-layer MLPs with l2-normalized bottleneck following
+DINO", and §4.2 "the same projection head structure as used in [11, 16]" (MoCo v3, BYOL).
+
+Choice made here: the DINO head's MLP part — Linear-GELU-Linear-GELU-Linear to a `bottleneck_dim`
+embedding, which is then l2-normalised — and that normalised bottleneck embedding IS the output.
+DINO's weight-normalised prototype layer (bottleneck -> K "prototype" logits) only serves DINO's
+softmax cross-entropy; the paper's loss is a cosine similarity loss (BYOL style), for which the
+l2-normalised bottleneck embedding is what is compared, so no prototype layer is built. If
+`out_dim` is given, a final bias-free Linear(bottleneck_dim, out_dim) is applied after the
+normalisation (a DINO-style last layer, without weight normalisation) — off by default.
+
+Works on any leading shape (..., in_dim): pooled (B, D) vectors or per-token (B, N, D) features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ProjectionHead(nn.Module):
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, out_dim: int | None = None):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        self.last = nn.Linear(bottleneck_dim, out_dim, bias=False) if out_dim else None
+        self.out_dim = out_dim or bottleneck_dim
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(self.mlp(x), dim=-1)
+        return self.last(z) if self.last is not None else z

@@ -1,0 +1,272 @@
+"""The Alice objective (paper §3, eqs. 1–5) as one `nn.Module`.
+
+Views (built inside `forward` from a batch {"Q": (B,1,X,Y,Z), "K": (B,1,X,Y,Z)}):
+  u, r = random masking of Q, K (MAE; `mask_ratio`)  -> online encoder E_s      -> V_u^Q, V_r^K
+                                                      -> online decoder          -> Q̄, K̄ (voxels), H_u^Q, H_r^K
+  w, v = strong augmentation of Q, K (intact unless `target_mask_ratio` > 0)
+                                                      -> target encoder E_t (EMA) -> Y_w^Q, Y_v^K
+
+Losses
+  ℓ_r  (eq. 1) MSE between Q̄ and per-patch-normalised voxels of Q (MAE norm_pix), on MASKED patches
+       only (sum over masked patches / number of masked patches), plus the same for K.
+  ℓ_dv (eq. 2) ℓ_s([cls]_u^Q, [cls]_v^K) + ℓ_s([cls]_r^K, [cls]_w^Q): φ applied token-wise to the
+       decoder features H, ψ token-wise to the target features Y, then global average pooling over
+       tokens (the paper's order: heads, then GAP); inter-volume pairs as in the paper.
+  ℓ_st (eq. 5) ℓ_s(S_u^Q, T_w^Q) + ℓ_s(S_r^K, T_v^K), S_u^Q = CASA(V_u^Q, H_u^Q),
+       T_w^Q = CASA(V_u^Q, Y_w^Q) (eqs. 3–4), compared per query token and averaged.
+  loss = Σ weight_i · ℓ_i over the enabled objectives.
+
+Decisions (the paper leaves them open):
+- ℓ_s "cosine similarity loss [10, 16]": BYOL's form 2 − 2·cos (≥ 0, 0 at alignment). With
+  `contrastive_loss="infonce"` it is InfoNCE on token-averaged, l2-normalised embeddings with the
+  other samples of the batch (other body parts / volumes) as negatives, temperature `temperature`.
+- Stop-gradient: the target encoder and ψ run under `torch.no_grad()` (their parameters are
+  `requires_grad=False`, updated only by `update_target`). The teacher embedding T = CASA(V, Y) is
+  computed under `torch.no_grad()` as a whole, i.e. the whole teacher side is stop-gradient (as in
+  BYOL/SimSiam): CASA's weights and the query V receive gradient only through the student S. (The
+  alternative, stop-gradient on Y only, would let CASA move T towards S through W_q, W_k, W_ν, ζ.)
+- Widths: the decoder maps its features to the encoder width (`MaskedDecoder(feat_dim=embed_dim)`),
+  so H and Y have the same width; φ and ψ share one architecture and ψ is the EMA of φ (like the
+  target encoder is the EMA of the online encoder); one CASA(embed_dim, casa_dim) serves both the
+  student (kv = H) and the teacher (kv = Y), as in Fig. 3.
+- `casa=False` (ablation "w/o CASA"): ℓ_st = ℓ_s(avg φ(H_u^Q), avg ψ(Y_w^Q)) + ℓ_s(avg φ(H_r^K),
+  avg ψ(Y_v^K)) — the masked view's decoder features directly against the intact view's target
+  features (SIM-style); token-averaged because w, v move voxels so tokens do not correspond.
+- `inter_volume=False`: ℓ_dv is dropped; the caller supplies a second crop of the same volume as K.
+- The online views u, r get masking only (the crops Q, K are chosen by the caller's sampler).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from alice.models.casa import CASA
+from alice.models.decoder import MaskedDecoder
+from alice.models.heads import ProjectionHead
+from alice.models.vit import ViTEncoder
+from alice.errors import ConfigError
+from alice.ssl.augment import StrongAugmentConfig, strong_augment
+from alice.ssl.registry import SSLMethod, register_method
+from alice.ssl.schedules import ema_momentum
+
+OBJECTIVES = ("mim", "dv", "st")
+LOSS_KEYS = {"mim": "r", "dv": "dv", "st": "st"}
+
+
+def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """2 − 2·cos(student, teacher) over the last dim, averaged over the rest (BYOL)."""
+    return (2.0 - 2.0 * F.cosine_similarity(student, teacher.detach(), dim=-1)).mean()
+
+
+def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE with in-batch negatives; (B, ..., C) inputs are averaged over tokens first."""
+    if student.dim() == 3:
+        student, teacher = student.mean(1), teacher.mean(1)
+    s = F.normalize(student, dim=-1)
+    t = F.normalize(teacher.detach(), dim=-1)
+    logits = s @ t.t() / temperature
+    return F.cross_entropy(logits, torch.arange(s.shape[0], device=s.device))
+
+
+def norm_pix(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    mean = patches.mean(-1, keepdim=True)
+    var = patches.var(-1, keepdim=True, unbiased=False)
+    return (patches - mean) / (var + eps).sqrt()
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 for one crop: mean over voxels of a patch, summed over masked patches / their number."""
+    per_patch = ((pred - target) ** 2).mean(-1)
+    m = mask.to(per_patch.dtype)
+    return (per_patch * m).sum() / m.sum().clamp_min(1.0)
+
+
+class AliceModel(SSLMethod):
+    """The Alice objective; `forward(batch)` with batch {"Q", "K"} -> {"loss", "l_r", "l_dv", "l_st"}.
+
+    Registered as SSL method "alice" (`build(method_config, encoder_config, crop)`); the method config
+    takes the keyword arguments below except `encoder_config` and `crop`.
+    """
+    def __init__(
+        self,
+        encoder_config: Mapping[str, Any],
+        crop: Iterable[int],
+        decoder: Mapping[str, Any] | None = None,
+        head: Mapping[str, Any] | None = None,
+        casa_dim: int = 256,
+        mask_ratio: float = 0.75,
+        target_mask_ratio: float = 0.0,
+        momentum: float = 0.996,
+        momentum_schedule: str = "cosine",
+        inter_volume: bool = True,
+        casa: bool = True,
+        contrastive_loss: str = "cosine",
+        objectives: Iterable[str] = OBJECTIVES,
+        loss_weights: Mapping[str, float] | None = None,
+        temperature: float = 0.2,
+        augment: StrongAugmentConfig | Mapping[str, Any] | None = None,
+        method_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(method_config)
+        self.crop = tuple(int(c) for c in crop)
+        self.mask_ratio = float(mask_ratio)
+        self.target_mask_ratio = float(target_mask_ratio)
+        self.momentum = float(momentum)
+        if momentum_schedule not in ("constant", "cosine"):
+            raise ValueError(f"momentum_schedule must be 'constant' or 'cosine', got {momentum_schedule!r}")
+        self.momentum_schedule = momentum_schedule
+        self.inter_volume = bool(inter_volume)
+        self.use_casa = bool(casa)
+        if contrastive_loss not in ("cosine", "infonce"):
+            raise ValueError(f"contrastive_loss must be 'cosine' or 'infonce', got {contrastive_loss!r}")
+        self.contrastive_loss = contrastive_loss
+        self.objectives = tuple(objectives)
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad:
+            raise ValueError(f"unknown objectives {bad}; known: {OBJECTIVES}")
+        weights = {"r": 1.0, "dv": 1.0, "st": 1.0}
+        weights.update({k: float(v) for k, v in (loss_weights or {}).items()})
+        self.loss_weights = weights
+        self.temperature = float(temperature)
+        if augment is None:
+            augment = StrongAugmentConfig()
+        elif isinstance(augment, Mapping):
+            augment = StrongAugmentConfig(**augment)
+        self.augment_config = augment
+
+        self.encoder_config = dict(encoder_config)
+        self.encoder = ViTEncoder.from_config(self.encoder_config, self.crop)
+        d = self.encoder.embed_dim
+        dec = {"dim": 384, "depth": 4, "heads": 12, **(decoder or {})}
+        self.decoder = MaskedDecoder(
+            d, int(dec["dim"]), int(dec["depth"]), int(dec["heads"]),
+            self.encoder.num_patches, self.encoder.patch_voxels, feat_dim=d,
+        )
+        hd = {"hidden_dim": 2048, "bottleneck_dim": 256, **(head or {})}
+        self.phi = ProjectionHead(d, int(hd["hidden_dim"]), int(hd["bottleneck_dim"]))
+        self.casa = CASA(d, int(casa_dim))
+        self.target_encoder = copy.deepcopy(self.encoder)
+        self.psi = copy.deepcopy(self.phi)
+        for p in list(self.target_encoder.parameters()) + list(self.psi.parameters()):
+            p.requires_grad_(False)
+        # MONAI's TransformerBlock always builds `norm_cross_attn`, unused without cross-attention: keep it
+        # (it is part of UNETR's state dict) but never optimise it, so DDP sees no unused trainable params.
+        for name, p in self.named_parameters():
+            if "cross_attn" in name:
+                p.requires_grad_(False)
+        # a switched-off term leaves φ / CASA / the voxel head without gradient
+        self.find_unused_parameters = not (
+            set(self.objectives) == set(OBJECTIVES) and self.inter_volume and self.use_casa
+        )
+        self.last_masks: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The online encoder's weights, under MONAI UNETR `vit` key names."""
+        return {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.update_target(self.momentum_at(step, total_steps))
+
+    # ------------------------------------------------------------------ EMA
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        if self.momentum_schedule == "constant":
+            return self.momentum
+        return ema_momentum(step, total_steps, self.momentum)
+
+    @torch.no_grad()
+    def update_target(self, momentum: float | None = None) -> None:
+        """θ_t ← m·θ_t + (1 − m)·θ_s for (encoder → target encoder) and (φ → ψ); buffers copied."""
+        m = self.momentum if momentum is None else float(momentum)
+        for online, target in ((self.encoder, self.target_encoder), (self.phi, self.psi)):
+            for p_o, p_t in zip(online.parameters(), target.parameters()):
+                p_t.mul_(m).add_(p_o.detach(), alpha=1.0 - m)
+            for b_o, b_t in zip(online.buffers(), target.buffers()):
+                b_t.copy_(b_o)
+
+    def train(self, mode: bool = True) -> "AliceModel":
+        super().train(mode)
+        self.target_encoder.eval()
+        self.psi.eval()
+        return self
+
+    # ------------------------------------------------------------------ losses
+    def _ls(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if self.contrastive_loss == "infonce":
+            return info_nce(student, teacher, self.temperature)
+        return cosine_loss(student, teacher)
+
+    def _online(self, x: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        v, mask, ids_restore = self.encoder(x, self.mask_ratio, generator=generator)
+        pred, h = self.decoder(v, ids_restore)
+        return {"V": v, "mask": mask, "pred": pred, "H": h}
+
+    @torch.no_grad()
+    def _target(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        xa = strong_augment(x, generator, self.augment_config)
+        y, _, _ = self.target_encoder(xa, self.target_mask_ratio, generator=generator)
+        return y
+
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        q, k = batch["Q"], batch["K"]
+        zero = q.new_zeros(())
+        on_q, on_k = self._online(q, generator), self._online(k, generator)  # u, r
+        need_target = ("dv" in self.objectives and self.inter_volume) or "st" in self.objectives
+        out = {"l_r": zero, "l_dv": zero, "l_st": zero}
+
+        if "mim" in self.objectives:
+            l_r = zero
+            for x, on in ((q, on_q), (k, on_k)):
+                l_r = l_r + masked_mse(on["pred"], norm_pix(self.encoder.patchify(x)), on["mask"])
+            out["l_r"] = l_r
+
+        if need_target:
+            y_w, y_v = self._target(q, generator), self._target(k, generator)  # Y_w^Q, Y_v^K
+            need_heads = ("dv" in self.objectives and self.inter_volume) or not self.use_casa
+            if need_heads:
+                cls_u, cls_r = self.phi(on_q["H"]).mean(1), self.phi(on_k["H"]).mean(1)
+                with torch.no_grad():
+                    cls_w, cls_v = self.psi(y_w).mean(1), self.psi(y_v).mean(1)
+            if "dv" in self.objectives and self.inter_volume:
+                out["l_dv"] = self._ls(cls_u, cls_v) + self._ls(cls_r, cls_w)  # eq. 2
+            if "st" in self.objectives:
+                if self.use_casa:
+                    s_u = self.casa(on_q["V"], on_q["H"])
+                    s_r = self.casa(on_k["V"], on_k["H"])
+                    with torch.no_grad():  # the whole teacher side is stop-gradient
+                        t_w = self.casa(on_q["V"], y_w)
+                        t_v = self.casa(on_k["V"], y_v)
+                    out["l_st"] = self._ls(s_u, t_w) + self._ls(s_r, t_v)  # eq. 5
+                else:
+                    out["l_st"] = self._ls(cls_u, cls_w) + self._ls(cls_r, cls_v)
+
+        w = self.loss_weights
+        out["loss"] = w["r"] * out["l_r"] + w["dv"] * out["l_dv"] + w["st"] * out["l_st"]
+        self.last_masks = (on_q["mask"].detach(), on_k["mask"].detach())  # (B, N) True = masked, for tests
+        return out
+
+
+_KWARGS = (
+    "decoder", "head", "casa_dim", "mask_ratio", "target_mask_ratio", "momentum", "momentum_schedule",
+    "inter_volume", "casa", "contrastive_loss", "objectives", "loss_weights", "temperature", "augment",
+)
+
+
+@register_method("alice")
+def build(method_config: Mapping[str, Any], encoder_config: Mapping[str, Any], crop) -> AliceModel:
+    cfg = dict(method_config or {})
+    unknown = sorted(k for k in cfg if k not in _KWARGS)
+    if unknown:
+        raise ConfigError(f"pretrain.method_config.{unknown[0]}", f"unknown key for method 'alice' (known: {', '.join(_KWARGS)})")
+    if encoder_config.get("name", "vit") != "vit":
+        raise ConfigError("pretrain.encoder.name", f"the Alice objective is built for 'vit', got {encoder_config.get('name')!r}")
+    try:
+        return AliceModel(encoder_config, crop, method_config=cfg, **cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError("pretrain.method_config", str(e)) from e
