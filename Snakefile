@@ -16,6 +16,7 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/tables.smk"
 
@@ -26,3 +27,6 @@ rule all:
         "results/table1.tex",
         expand("results/data/{dataset}/folds.json", dataset=DATASETS),
         "results/figures/phantom.png",
+        expand("results/figures/pretrain_{method}_{encoder}.png",
+               method=[m for m in config["reproduce"]["methods"] if m != "rand_init"],
+               encoder=config["pretrain"]["encoder"]["name"]),

@@ -75,6 +75,59 @@ def cmd_folds(args) -> None:
     log.info("folds for %s written to %s", args.dataset, out)
 
 
+def cmd_pretrain(args) -> None:
+    from alice.io import read_json
+    from alice.ssl.pairs import CropPairDataset
+    from alice.ssl.registry import build_method
+    from alice.ssl.trainer import pretrain
+
+    settings = _settings(args, lambda c: cfg.pretrain_settings(c, args.method))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    encoder = settings["encoder"]
+    if encoder["name"] != args.encoder:
+        raise ConfigError("--encoder", f"the config's pretrain.encoder is '{encoder['name']}', "
+                                       f"not '{args.encoder}'")
+    data = Path(args.data)
+    splits_path = data / "folds.json"
+    if not splits_path.is_file():
+        raise HarnessError(f"{splits_path}: missing; run `alice prepare` and `alice folds` for "
+                           "flare22_pool first")
+    train_ids = read_json(splits_path)["train"]
+    optim = dict(settings["optim"])
+    if args.steps:
+        optim["iterations"] = args.steps
+    method_config = settings["method_config"]
+    method = build_method(args.method, method_config, encoder, settings["crop"])
+    pairs = settings["pairs"]
+    # Table 5's "intra-volume" variant: Q and K are two crops of the same volume
+    same_volume = not method_config.get("inter_volume", True)
+
+    def loader_factory(seed: int, start: int):
+        dataset = CropPairDataset(data, train_ids, crop=settings["crop"],
+                                  batch_size=optim["batch_size"], seed=seed,
+                                  matcher=pairs.get("matcher", "bbox"),
+                                  min_score=pairs.get("min_score", 0.7),
+                                  max_tries=pairs.get("max_tries", 100), same_volume=same_volume)
+        return ({"Q": b["Q"], "K": b["K"]} for b in dataset.batches(start))
+
+    manifest = read_json(data / "manifest.json")
+    summary = pretrain(method, loader_factory, Path(args.out), optim=optim,
+                       encoder_config=encoder, method_name=args.method,
+                       method_config=method_config,
+                       preprocessing={"crop": settings["crop"], "dataset": "flare22_pool",
+                                      "settings_hash": manifest.get("settings_hash"),
+                                      "window": manifest.get("settings", {}).get("window")},
+                       checkpoint_every=settings["checkpoint_every"],
+                       grad_clip=settings["grad_clip"], seed=settings["seed"],
+                       device=args.device or settings["device"], amp=settings["amp"],
+                       progress=not args.no_progress)
+    log.info("pretrained %s/%s: step %d/%d in %.1f s -> %s", args.method, args.encoder,
+             summary["step"], summary["iterations"], summary["seconds"], summary["checkpoint"])
+
+
 def cmd_finetune(args) -> None:
     from alice.downstream.segmentation import finetune
 
@@ -129,6 +182,11 @@ def cmd_table(args) -> None:
 
 
 def cmd_figure(args) -> None:
+    if args.figure == "curves":
+        from alice.figures.curves import draw_loss_curves
+
+        draw_loss_curves(Path(args.log), Path(args.out), title=args.title)
+        log.info("figure written to %s", args.out)
     if args.figure == "phantom":
         from alice.figures.phantom import draw_phantom_figure
 
@@ -176,6 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default: DATA/folds.json")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
 
+    p = stage("pretrain", cmd_pretrain, "self-supervised pretraining of an encoder "
+              "(resumes from OUT/checkpoint.pt; exit 75 = preempted, resubmit to resume)")
+    p.add_argument("--method", required=True, help="registered SSL method, e.g. alice")
+    p.add_argument("--encoder", required=True, choices=["vit", "swin", "nnformer"])
+    p.add_argument("--out", required=True, help="e.g. results/pretrain/alice/vit")
+    p.add_argument("--data", default="results/data/flare22_pool",
+                   help="prepared unlabeled pool (manifest.json + folds.json)")
+    p.add_argument("--steps", type=int, default=None, help="override optim.iterations")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
+    p.add_argument("--no-progress", action="store_true")
+
     p = stage("finetune", cmd_finetune, "fine-tune a segmentation network on one fold")
     p.add_argument("--dataset", required=True, choices=["flare22", "btcv"])
     p.add_argument("--backbone", required=True, help="unetr (swin_unetr, nnformer: issue E)")
@@ -218,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--flare", default="results/phantoms/flare22", help="FLARE22 release root")
     f.add_argument("--mosmed", default="results/phantoms/mosmed", help="MosMed release root")
     f.add_argument("--out", default="results/figures/phantom.png")
+    f = figs.add_parser("curves", help="loss curves of a training log.csv")
+    f.add_argument("--log", required=True, help="e.g. results/pretrain/alice/vit/log.csv")
+    f.add_argument("--out", required=True, help="e.g. results/figures/pretrain_alice_vit.png")
+    f.add_argument("--title", default=None)
 
     stage("config", cmd_config, "validate a config and print it with defaults filled in",
           settings=False)

@@ -54,3 +54,24 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def load_torch_dict(path: str | Path, required: list[str] | tuple[str, ...], what: str) -> dict:
+    """Load a torch file with `weights_only=True` (never unpickling arbitrary objects) and check it
+    is a dict holding `required` keys; any problem is an InputError naming the file."""
+    import torch
+
+    from alice.errors import InputError
+
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable or unsafe file = bad input
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(path, f"not a readable weights-only torch {what} ({first})") from None
+    if not isinstance(obj, dict):
+        raise InputError(path, f"{what} must be a dict, got {type(obj).__name__}")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise InputError(path, f"{what} lacks keys {missing} (has {sorted(map(str, obj))})")
+    return obj

@@ -30,7 +30,7 @@ import torch
 
 from alice.config import settings_hash
 from alice.errors import ConfigError, InputError
-from alice.io import atomic_path, read_json, write_json
+from alice.io import atomic_path, load_torch_dict, read_json, write_json
 from alice.version import code_version
 
 log = logging.getLogger("alice")
@@ -117,16 +117,7 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tup
     path = Path(model_dir) / MODEL_FILE
     if not path.is_file():
         raise InputError(path, "fine-tuned model not found (run `alice finetune` first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable or unsafe file = bad input
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(path, f"not a readable weights-only torch file ({first})") from None
-    if not isinstance(ckpt, dict):
-        raise InputError(path, f"model file must hold a dict, got {type(ckpt).__name__}")
-    missing = [k for k in MODEL_KEYS if k not in ckpt]
-    if missing:
-        raise InputError(path, f"model file lacks keys {missing}")
+    ckpt = load_torch_dict(path, MODEL_KEYS, "model file")
     try:
         net = build_segmentation_network(ckpt["backbone"], ckpt["num_classes"], ckpt["settings"], ckpt["encoder_config"])
     except ConfigError as exc:

@@ -24,7 +24,7 @@ import torch
 from alice.version import code_version as current_code_version
 from alice.downstream.networks import encoder_of, get_backbone, normalized_encoder_config
 from alice.errors import ConfigError, HarnessError, InputError
-from alice.io import atomic_path
+from alice.io import atomic_path, load_torch_dict
 
 __all__ = [
     "WeightTransferError",
@@ -81,16 +81,7 @@ def read_encoder_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "pretraining checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable / unsafe file is bad input
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(path, f"not a readable weights-only torch checkpoint ({first})") from None
-    if not isinstance(ckpt, dict):
-        raise InputError(path, f"checkpoint must be a dict, got {type(ckpt).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise InputError(path, f"checkpoint lacks required keys {missing} (has {sorted(map(str, ckpt))})")
+    ckpt = load_torch_dict(path, REQUIRED_KEYS, "checkpoint")
     if not isinstance(ckpt["encoder"], Mapping) or not all(
         isinstance(v, torch.Tensor) for v in ckpt["encoder"].values()
     ):
@@ -143,8 +134,9 @@ def load_encoder_checkpoint(
     Raises InputError (file missing, unreadable, not weights-only, wrong structure) or
     WeightTransferError (encoder kind or architecture fields differ from `encoder_config`; a key
     missing, unexpected, or of another shape) before touching the network.
-    A position-embedding shape that differs only because the pretraining crop differs from the
-    fine-tuning crop is reported as such (interpolation is not implemented).
+    The one shape change allowed: when only the position embeddings differ because the
+    pretraining crop differs from the fine-tuning crop, they are interpolated (trilinear) from the
+    checkpoint's token grid (its `preprocessing.crop` / patch) to the network's, and the log says so.
     """
     path = Path(checkpoint_path)
     ckpt = read_encoder_checkpoint(path)
@@ -166,12 +158,12 @@ def load_encoder_checkpoint(
         problems.append("shape mismatch (checkpoint vs network) " + _keys_line(details))
         pos = [k for k in mismatched if k.endswith(POSITION_EMBEDDING_SUFFIX)]
         if pos and not missing and not unexpected and len(pos) == len(mismatched):
-            crop = (ckpt.get("preprocessing") or {}).get("crop") if isinstance(ckpt.get("preprocessing"), Mapping) else None
-            problems.append(
-                "only the position embeddings differ: the pretraining crop"
-                + (f" {list(crop)}" if crop is not None else "")
-                + " and the fine-tuning crop differ (position-embedding interpolation is not implemented yet)"
-            )
+            # the one shape change the contract allows: a different crop -> another token grid
+            state = dict(state)
+            for key in pos:
+                state[key] = _interpolate_position_embeddings(path, ckpt, key, state[key], net,
+                                                              target[key])
+            problems = []
     if problems:
         raise WeightTransferError(
             f"{path}: encoder weights do not fit backbone '{backbone}' ({len(target)} tensors): " + "; ".join(problems)
@@ -180,3 +172,33 @@ def load_encoder_checkpoint(
     n = len(target)
     log.info("loaded %d/%d encoder tensors from %s", n, n, path)
     return n
+
+
+def _interpolate_position_embeddings(path: Path, ckpt: Mapping[str, Any], key: str,
+                                     weight: torch.Tensor, net: torch.nn.Module,
+                                     like: torch.Tensor) -> torch.Tensor:
+    """Resample learnable position embeddings (1, N, D) from the pretraining token grid to the
+    fine-tuning one. Tokens are ordered as MONAI's conv patch embedding flattens them (x, y, z)."""
+    preprocessing = ckpt.get("preprocessing") or {}
+    crop = preprocessing.get("crop") if isinstance(preprocessing, Mapping) else None
+    patch = normalized_encoder_config(ckpt["encoder_config"]).get("patch")
+    new_grid = tuple(int(g) for g in getattr(net, "feat_size", ()) or ())
+    if crop is None or patch is None or len(new_grid) != 3:
+        raise WeightTransferError(
+            f"{path}: {key} {tuple(weight.shape)} vs {tuple(like.shape)}: the crops differ but the "
+            "checkpoint does not record its pretraining crop (preprocessing.crop), so the position "
+            "embeddings cannot be interpolated")
+    patch = [int(patch)] * 3 if isinstance(patch, (int, float)) else [int(p) for p in patch]
+    old_grid = tuple(int(c) // p for c, p in zip(crop, patch))
+    n_old, dim = int(weight.shape[1]), int(weight.shape[2])
+    if math.prod(old_grid) != n_old or math.prod(new_grid) != int(like.shape[1]):
+        raise WeightTransferError(
+            f"{path}: {key}: token grids {old_grid} -> {new_grid} do not match the shapes "
+            f"{tuple(weight.shape)} -> {tuple(like.shape)}")
+    grid = weight.detach().float().reshape(1, *old_grid, dim).permute(0, 4, 1, 2, 3)
+    grid = torch.nn.functional.interpolate(grid, size=new_grid, mode="trilinear",
+                                           align_corners=False)
+    out = grid.permute(0, 2, 3, 4, 1).reshape(1, -1, dim).to(like.dtype)
+    log.info("interpolated %s from token grid %s (pretraining crop %s) to %s", key, old_grid,
+             list(crop), new_grid)
+    return out

@@ -109,13 +109,35 @@ def test_different_encoder_config_fails_naming_field(tmp_path, pair, encoder_con
     assert _unchanged(net, before)
 
 
-def test_position_embedding_from_another_crop_says_the_crops_differ(tmp_path, settings, encoder_config):
+def test_position_embeddings_from_another_crop_are_interpolated(tmp_path, settings,
+                                                                encoder_config, caplog):
+    """The one shape change the loader allows: pretraining crop != fine-tuning crop."""
     net = _net(settings, encoder_config, 0)
-    bigger = build_segmentation_network("unetr", 14, dict(settings, crop=[32, 16, 16]), encoder_config)
-    path = _save(tmp_path / "crop.pt", encoder_of(bigger, "unetr").state_dict(), encoder_config,
-                 preprocessing={"crop": [32, 16, 16]})
+    crop = [2 * c for c in settings["crop"]]
+    bigger = build_segmentation_network("unetr", 14, dict(settings, crop=crop), encoder_config)
+    state = encoder_of(bigger, "unetr").state_dict()
+    path = _save(tmp_path / "crop.pt", state, encoder_config, preprocessing={"crop": crop})
+    with caplog.at_level("INFO", logger="alice"):
+        n = load_encoder_checkpoint(net, "unetr", path, encoder_config)
+    loaded = encoder_of(net, "unetr").state_dict()
+    assert n == len(loaded)
+    key = "patch_embedding.position_embeddings"
+    old_grid = [2 * g for g in net.feat_size]
+    expected = torch.nn.functional.interpolate(
+        state[key].reshape(1, *old_grid, -1).permute(0, 4, 1, 2, 3), size=tuple(net.feat_size),
+        mode="trilinear", align_corners=False).permute(0, 2, 3, 4, 1).reshape(1, -1, state[key].shape[-1])
+    assert torch.allclose(loaded[key], expected)
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded if k != key)
+    assert "interpolated patch_embedding.position_embeddings" in caplog.text
+
+
+def test_other_crop_without_recorded_crop_fails(tmp_path, settings, encoder_config):
+    net = _net(settings, encoder_config, 0)
+    crop = [2 * c for c in settings["crop"]]
+    bigger = build_segmentation_network("unetr", 14, dict(settings, crop=crop), encoder_config)
+    path = _save(tmp_path / "crop.pt", encoder_of(bigger, "unetr").state_dict(), encoder_config)
     before = _snapshot(net)
-    with pytest.raises(WeightTransferError, match="crop.*differ") as err:
+    with pytest.raises(WeightTransferError, match="crops differ") as err:
         load_encoder_checkpoint(net, "unetr", path, encoder_config)
     assert "patch_embedding.position_embeddings" in str(err.value)
     assert _unchanged(net, before)
