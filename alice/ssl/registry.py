@@ -22,6 +22,8 @@ Parameters that must not be optimized (a target encoder) have `requires_grad=Fal
 
 from __future__ import annotations
 
+import abc
+
 import importlib
 import importlib.util
 from typing import Any, Callable, Mapping, Sequence
@@ -40,7 +42,7 @@ METHODS: dict[str, Factory] = {}
 BUILTIN_MODULES = ("alice.ssl.alice", "baselines")
 
 
-class SSLMethod(nn.Module):
+class SSLMethod(nn.Module, metaclass=abc.ABCMeta):
     """Base class of a self-supervised objective (online encoder + whatever else it trains)."""
 
     find_unused_parameters: bool = False
@@ -49,11 +51,13 @@ class SSLMethod(nn.Module):
         super().__init__()
         self.method_config = dict(method_config or {})
 
-    def forward(self, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The method's losses on one batch: {"loss": total, <term>: value, ...}."""
 
-    def encoder_state_dict(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The online encoder's weights: what the checkpoint's "encoder" holds."""
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Hook run after optimizer step `step` (0-based) of `total_steps`; default: nothing."""

@@ -12,6 +12,8 @@ large positive value far away from every piece. Only the sign and the distance i
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,14 +34,16 @@ def _box(lo, hi) -> Box:
     return np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
 
 
-class Shape:
+class Shape(abc.ABC):
     """Base class: `sdf(p)` and `box()`; combine with `|` (union), `&` (intersection), `-`."""
 
-    def sdf(self, p: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sdf(self, p: np.ndarray) -> np.ndarray:
+        """Signed distance (mm, negative inside) at points p (..., 3)."""
 
-    def box(self) -> Box:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def box(self) -> Box:
+        """Axis-aligned bounding box (lo, hi) in mm."""
 
     def __or__(self, other: "Shape") -> "Shape":
         return Union([self, other])
