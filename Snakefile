@@ -25,6 +25,7 @@ rule all:
     default_target: True
     input:
         "results/table1.tex",
+        expand("results/{table}.tex", table=ABLATION_TABLES),
         expand("results/data/{dataset}/folds.json", dataset=DATASETS),
         "results/figures/phantom.png",
         expand("results/figures/pretrain_{method}_{encoder}.png",

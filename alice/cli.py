@@ -99,8 +99,11 @@ def cmd_pretrain(args) -> None:
     optim = dict(settings["optim"])
     if args.steps:
         optim["iterations"] = args.steps
+    if settings.get("run", args.method) != args.method:
+        raise ConfigError("--settings", f"are for run '{settings['run']}', not '{args.method}'")
+    method_name = settings.get("method", args.method)  # the registered method of a variant run id
     method_config = settings["method_config"]
-    method = build_method(args.method, method_config, encoder, settings["crop"])
+    method = build_method(method_name, method_config, encoder, settings["crop"])
     pairs = settings["pairs"]
     # Table 5's "intra-volume" variant: Q and K are two crops of the same volume
     same_volume = not method_config.get("inter_volume", True)
@@ -115,7 +118,7 @@ def cmd_pretrain(args) -> None:
 
     manifest = read_json(data / "manifest.json")
     summary = pretrain(method, loader_factory, Path(args.out), optim=optim,
-                       encoder_config=encoder, method_name=args.method,
+                       encoder_config=encoder, method_name=method_name,
                        method_config=method_config,
                        preprocessing={"crop": settings["crop"], "dataset": "flare22_pool",
                                       "settings_hash": manifest.get("settings_hash"),
@@ -235,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
 
     p = stage("pretrain", cmd_pretrain, "self-supervised pretraining of an encoder "
-              "(resumes from OUT/checkpoint.pt; exit 75 = preempted, resubmit to resume)")
-    p.add_argument("--method", required=True, help="registered SSL method, e.g. alice")
+              "(resumes from OUT/resume.pt; OUT/checkpoint.pt appears when finished; exit 75 = preempted, resubmit to resume)")
+    p.add_argument("--method", required=True, help="registered SSL method or one of its ablation "
+                   "variants as a run id, e.g. alice or alice__casa-false (alice.ssl.variants)")
     p.add_argument("--encoder", required=True, choices=["vit", "swin", "nnformer"])
     p.add_argument("--out", required=True, help="e.g. results/pretrain/alice/vit")
     p.add_argument("--data", default="results/data/flare22_pool",

@@ -152,16 +152,23 @@ def finetune_settings(config: dict, backbone: str) -> dict:
             "threads": config.get("finetune", {}).get("threads", 1)}
 
 
-def pretrain_settings(config: dict, method: str) -> dict:
-    """What `alice pretrain` needs for one method: encoder, crop, optimisation, the method's own
-    settings (with the masking ratio) and how crop pairs are mined."""
+def pretrain_settings(config: dict, run: str) -> dict:
+    """What `alice pretrain` needs for one run: encoder, crop, optimisation, the method's own
+    settings (with the masking ratio and the run's ablation switches) and how crop pairs are
+    mined. `run` is a method name or a variant run id (`alice__casa-false`, see
+    alice.ssl.variants)."""
+    from alice.ssl.variants import parse_run_id
+
     section = config.get("pretrain")
     if not section or "encoder" not in section or "optim" not in section:
         raise ConfigError("pretrain", "missing: encoder and optim are needed to pretrain")
+    method = run.split("__")[0]
     method_config = dict(section.get("methods", {}).get(method, {}))
     if "mask_ratio" in section:
         method_config.setdefault("mask_ratio", section["mask_ratio"])
-    return {"encoder": section["encoder"], "crop": section["crop"], "optim": section["optim"],
+    _, variant = parse_run_id(run, method_config)
+    method_config.update(variant)
+    return {"method": method, "run": run, "encoder": section["encoder"], "crop": section["crop"], "optim": section["optim"],
             "method_config": method_config, "pairs": section.get("pairs", {}),
             "checkpoint_every": section.get("checkpoint_every", 1000),
             "grad_clip": section.get("grad_clip", 3.0), "amp": section.get("amp"),

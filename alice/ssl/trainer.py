@@ -16,8 +16,12 @@ thing whether the run was interrupted or not, on every rank. The RNG states are 
 checkpoint (and restored) for methods that reseed nothing themselves.
 
 Outputs in `out_dir`:
-- `checkpoint.pt`: written atomically every `checkpoint_every` steps, at the end, on preemption
-  and after `max_steps_this_run` steps; only the latest is kept (no per-step copies). Top level:
+- `resume.pt`: the running state, written atomically every `checkpoint_every` steps, on
+  preemption, on a stop after `max_steps_this_run` steps; only the latest is kept. The next run
+  resumes from it. It is removed once the run finishes.
+- `checkpoint.pt`: the finished run's checkpoint, written (atomically) only after the last step,
+  so its existence means "done" (the pipeline's output: Snakemake deletes the declared outputs of
+  a failed or preempted job, and the resume state must survive that). Both files have the layout:
   the DESIGN.md keys {"encoder", "encoder_config", "method", "method_config", "preprocessing",
   "step", "code_version"} plus "optim", "seed", "finished" and "resume" = {"method_state" (online +
   target + heads), "optimizer", "scheduler", "scaler" (fp16 only), "rng", "world_size"}; all of it
@@ -66,6 +70,7 @@ log = logging.getLogger("alice")
 
 EX_TEMPFAIL = 75
 CHECKPOINT = "checkpoint.pt"
+RESUME = "resume.pt"
 LOG = "log.csv"
 STOP_SIGNALS = ("SIGUSR1", "SIGTERM")
 OPTIM_DEFAULTS = {"weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_iterations": 0, "schedule": "cosine",
@@ -361,7 +366,7 @@ def pretrain(
     max_steps_this_run: int | None = None,
     step_callback: Callable[[int, Mapping[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Pretrain `method` for `optim["iterations"]` optimizer steps; resume from `out_dir/checkpoint.pt`.
+    """Pretrain `method` for `optim["iterations"]` optimizer steps; resume from `out_dir/resume.pt`.
 
     `optim`: lr, iterations (required); weight_decay (0.05), betas ([0.9, 0.95]),
     warmup_iterations (0), schedule ("cosine" | "constant"), min_lr_ratio (0).
@@ -378,7 +383,7 @@ def pretrain(
     if grad_clip is not None and not grad_clip > 0:
         raise ConfigError("pretrain.grad_clip", f"must be > 0 or null, got {grad_clip!r}")
     out_dir = Path(out_dir)
-    ckpt_path, log_path = out_dir / CHECKPOINT, out_dir / LOG
+    ckpt_path, resume_path, log_path = out_dir / CHECKPOINT, out_dir / RESUME, out_dir / LOG
     method_config = dict(method_config if method_config is not None else getattr(method, "method_config", {}))
 
     # -- distributed
@@ -407,8 +412,9 @@ def pretrain(
 
     # -- resume
     start = 0
-    if ckpt_path.is_file():
-        ckpt = _load_resume(ckpt_path, method_name, settings, seed, world_size)
+    state_path = resume_path if resume_path.is_file() else ckpt_path
+    if state_path.is_file():
+        ckpt = _load_resume(state_path, method_name, settings, seed, world_size)
         res = ckpt["resume"]
         method.load_state_dict(res["method_state"], strict=True)
         optimizer.load_state_dict(res["optimizer"])
@@ -417,7 +423,7 @@ def pretrain(
             scaler.load_state_dict(res["scaler"])
         _set_rng_state(res["rng"])
         start = int(ckpt["step"])
-        log.info("resuming %s from %s at step %d/%d", method_name, ckpt_path, start, total)
+        log.info("resuming %s from %s at step %d/%d", method_name, state_path, start, total)
     if is_main:
         _truncate_log(log_path, start)
     if distributed:
@@ -446,8 +452,11 @@ def pretrain(
                 "world_size": world_size,
             },
         }
-        save_encoder_checkpoint(ckpt_path, method.encoder_state_dict(), encoder_config, method_name,
+        path = ckpt_path if step >= total else resume_path
+        save_encoder_checkpoint(path, method.encoder_state_dict(), encoder_config, method_name,
                                 method_config=method_config, preprocessing=preprocessing, step=step, extra=extra)
+        if path == ckpt_path:
+            resume_path.unlink(missing_ok=True)
 
     csv_log = _CsvLog(log_path if is_main else None)
     t_run = time.perf_counter()
@@ -485,7 +494,7 @@ def pretrain(
                     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
                     finite = flag > 0
                 if not bool(finite):
-                    raise _nonfinite(step + 1, dict(zip(names, values.tolist())), ckpt_path)
+                    raise _nonfinite(step + 1, dict(zip(names, values.tolist())), resume_path)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(out["loss"]).backward()
@@ -499,7 +508,7 @@ def pretrain(
                 else:
                     if not torch.isfinite(grad_norm):
                         raise _nonfinite(step + 1, {**dict(zip(names, values.tolist())),
-                                                    "grad_norm": float(grad_norm)}, ckpt_path)
+                                                    "grad_norm": float(grad_norm)}, resume_path)
                     optimizer.step()
                 scheduler.step()
                 method.after_step(step, total)
@@ -525,8 +534,8 @@ def pretrain(
                     if distributed:
                         dist.barrier()
                 if stop_name and step < total:
-                    log.warning("preempted by %s after step %d; checkpoint %s", stop_name, step, ckpt_path)
-                    raise Preempted(step, ckpt_path, stop_name)
+                    log.warning("preempted by %s after step %d; checkpoint %s", stop_name, step, resume_path)
+                    raise Preempted(step, resume_path, stop_name)
     finally:
         csv_log.close()
         if bar is not None:
@@ -536,7 +545,8 @@ def pretrain(
     seconds = time.perf_counter() - t_run
     log.info("pretrain %s: step %d/%d, loss %.4g, %.1f s", method_name, step, total,
              last.get("loss", float("nan")), seconds)
-    return {"step": step, "iterations": total, "finished": step >= total, "checkpoint": str(ckpt_path),
+    return {"step": step, "iterations": total, "finished": step >= total,
+            "checkpoint": str(ckpt_path if step >= total else resume_path),
             "log": str(log_path), "last_loss": last.get("loss"), "seconds": seconds}
 
 

@@ -24,14 +24,14 @@ import pandas as pd
 from alice.errors import HarnessError, InputError
 from alice.io import atomic_path
 from alice.tables.reference import load_reference, parse_cell
-from alice.tables.spec import cell_experiment, cell_sources, find_row, load_spec
+from alice.tables.spec import cell_experiment, cell_runs, find_row, load_spec
 
 NOT_REPRODUCED = "not reproduced yet"
 NOT_APPLICABLE = "n/a"
 LEADERBOARD = "leaderboard"
 ROW_COLUMNS = ["table", "row", "label", "column", "group", "header", "status", "reproduced",
                "reproduced_mean", "reproduced_std", "n_folds", "paper", "paper_mean", "paper_std",
-               "settings_hash", "code_version", "sources"]
+               "run", "backbone", "folds", "settings_hash", "code_version", "sources"]
 
 
 def format_value(mean: float | None, std: float | None) -> str:
@@ -56,7 +56,7 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
     spec = load_spec(table)
     row = find_row(spec, row_id)
     reference = load_reference(table).set_index("row")
-    sources = cell_sources(spec, row, settings)
+    runs = cell_runs(spec, row, settings)
     scale = float(spec.get("metric_scale") or 100)
     records = []
     for column in spec["columns"]:
@@ -68,11 +68,12 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
                   "group": column.get("group", ""), "header": column.get("header", col),
                   "paper": paper_text, "paper_mean": paper_mean, "paper_std": paper_std,
                   "reproduced": "", "reproduced_mean": None, "reproduced_std": None,
-                  "n_folds": 0, "settings_hash": "", "code_version": "", "sources": ""}
-        if col in sources:
+                  "n_folds": 0, "run": "", "backbone": "", "folds": "",
+                  "settings_hash": "", "code_version": "", "sources": ""}
+        if col in runs:
             metric = cell_experiment(spec, row, column)["metric"]
             values, hashes, versions = [], set(), set()
-            for path in sources[col]:
+            for path in runs[col]["paths"]:
                 value, data = _fold_value(root / path, metric, scale)
                 values.append(value)
                 hashes.add(str(data.get("settings_hash", "")))
@@ -84,9 +85,11 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
             std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
             record.update(status="reproduced", reproduced=format_value(mean, std),
                           reproduced_mean=round(mean, 4), reproduced_std=round(std, 4),
-                          n_folds=len(values), settings_hash=";".join(sorted(hashes - {""})),
+                          n_folds=len(values), run=runs[col]["run"], backbone=runs[col]["backbone"],
+                          folds=";".join(str(k) for k in runs[col]["folds"]),
+                          settings_hash=";".join(sorted(hashes - {""})),
                           code_version=";".join(sorted(versions - {""})),
-                          sources=";".join(sources[col]))
+                          sources=";".join(runs[col]["paths"]))
         elif col in (row.get("not_applicable") or []):
             record.update(status="not_applicable", reproduced=NOT_APPLICABLE)
         elif column.get("source") == LEADERBOARD:
@@ -111,7 +114,8 @@ def read_rows(table: str, row_files: dict[str, Path]) -> pd.DataFrame:
         if not path.is_file():
             raise InputError(path, f"missing row file of {table}")
         frame = pd.read_csv(path, dtype={"reproduced": str, "paper": str, "settings_hash": str,
-                                         "code_version": str, "sources": str},
+                                         "code_version": str, "sources": str, "run": str,
+                                         "backbone": str, "folds": str},
                             keep_default_na=False, na_values={"reproduced_mean": [""],
                                                               "reproduced_std": [""]})
         expected = [c["column"] for c in spec["columns"]]
@@ -142,8 +146,29 @@ def wide_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
             cell = part.loc[column["column"]]
             line[f"{name} (reproduced)"] = cell["reproduced"]
             line[f"{name} (paper)"] = cell["paper"]
+        # provenance: pretraining run / backbone / folds of the reproduced cells
+        done = part[part["status"] == "reproduced"]
+        line["reproduced with"] = "; ".join(sorted(
+            {f"{r} / {b} / folds {f.replace(';', ',')}"
+             for r, b, f in zip(done["run"], done["backbone"], done["folds"])})) or "-"
         out.append(line)
     return pd.DataFrame(out)
+
+
+def deviation_note(table: str, rows: pd.DataFrame) -> str:
+    """A sentence for reproduced cells that ran on another backbone than the paper's (an ablation
+    table under `reproduce.ablations`), naming what ran; "" when none did."""
+    spec = load_spec(table)
+    paper_backbone = {c["column"]: cell_experiment(spec, {}, c)["backbone"] for c in spec["columns"]}
+    done = rows[rows["status"] == "reproduced"]
+    ran = sorted({(b, f) for col, b, f in zip(done["column"], done["backbone"], done["folds"])
+                  if b and paper_backbone.get(col) and b != paper_backbone[col]})
+    if not ran:
+        return ""
+    paper = sorted({paper_backbone[c] for c in done["column"] if paper_backbone.get(c)})
+    what = "; ".join(f"{b} on fold(s) {f.replace(';', ', ')}" for b, f in ran)
+    return (f"Reproduced cells ran with {what} (paper: {', '.join(paper)}); the backbone is "
+            "substituted by the config's reproduce.ablations.")
 
 
 def _descriptive(spec: dict) -> list[dict]:
@@ -209,6 +234,9 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
     caption = (_latex_escape(spec["caption"]) + r" Reproduced values (\emph{ours}, mean$\pm$std "
                r"over folds) beside the paper's; best reproduced value per column in bold; "
                r"\textit{n.r.}: not reproduced yet; \textit{lb.}: leaderboard only.")
+    deviation = deviation_note(table, rows)
+    if deviation:
+        caption += " " + _latex_escape(deviation)
     tex = frame.style.to_latex(hrules=True, multicol_align="c", caption=caption,
                                label=f"tab:{table}", position="t", position_float="centering",
                                column_format="l" + "r" * frame.shape[1], environment="table*")

@@ -4,7 +4,9 @@ produces each cell.
 A spec lists the paper's rows (each naming the pretraining `method`, maybe a `variant`) and
 columns (each naming a `backbone`/`metric`, or a label fraction). A cell is reproduced when the
 config's `reproduce` section enables its (method, backbone); its value then comes from the
-fine-tuning results of every fold.
+fine-tuning results of every fold. A variant (an ablation switch, e.g. {"casa": false}) names its
+own pretraining run (`alice__casa-false`, alice.ssl.variants); ablation tables (`ablation: true`)
+may run on another backbone and fewer folds (`reproduce.ablations`).
 """
 
 from __future__ import annotations
@@ -70,45 +72,90 @@ def cell_experiment(spec: dict, row: dict, column: dict) -> dict:
 def is_enabled(experiment: dict, reproduce: dict) -> bool:
     """Whether the config asks the DAG to compute this cell.
 
-    Only plain segmentation cells exist so far; ablation variants, classification and the
-    settings table arrive with issues C, E and F and are reported as not reproduced until then.
+    Segmentation cells of a reproduced (method, backbone), including ablation variants made of the
+    method's known switches (alice.ssl.variants); classification and the settings table arrive with
+    issues E and F and are reported as not reproduced until then.
     """
+    from alice.ssl.variants import has_switches
+
     return (
         experiment["task"] == "segmentation"
-        and not experiment["variant"]
         and experiment["method"] in reproduce.get("methods", [])
         and experiment["backbone"] in reproduce.get("backbones", [])
+        and has_switches(experiment["method"], experiment["variant"])
     )
 
 
 def finetune_dir(experiment: dict, fold: int) -> str:
-    return (f"results/finetune/{experiment['dataset']}/{experiment['method']}/"
-            f"{experiment['backbone']}/fold{fold}")
+    """The fine-tuning folder of a cell's experiment; `experiment["run"]` is the pretraining run."""
+    run = experiment.get("run") or experiment["method"]
+    return f"results/finetune/{experiment['dataset']}/{run}/{experiment['backbone']}/fold{fold}"
 
 
-def cell_sources(spec: dict, row: dict, settings: dict) -> dict[str, list[str]]:
-    """Per enabled column of `row`: the metrics files (one per fold) its value is computed from.
+def ablation_overrides(spec: dict, settings: dict) -> tuple[str | None, int | None]:
+    """(backbone, number of folds) that replace the paper's for an ablation table, if configured.
 
-    `settings` = {"reproduce": config["reproduce"], "folds": {dataset: number of folds}}.
+    `reproduce.ablations` lets a small budget run the ablation tables on another backbone (the
+    demo: UNETR until nnFormer exists) and on the first folds only; the rendered table says so.
     """
-    sources: dict[str, list[str]] = {}
+    if not spec.get("ablation"):
+        return None, None
+    ablations = settings["reproduce"].get("ablations") or {}
+    return ablations.get("backbone"), ablations.get("folds")
+
+
+def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
+    """Per enabled column of `row`: what computes it.
+
+    {"run": pretraining run id, "backbone": the backbone that runs, "dataset", "folds": [k, ...],
+    "paths": [metrics file per fold]}. `settings` = `table_settings(config)`.
+    """
+    from alice.ssl.variants import run_id
+
+    backbone_override, folds_override = ablation_overrides(spec, settings)
+    method_configs = settings.get("method_configs", {})
+    runs: dict[str, dict] = {}
     for column in spec["columns"]:
         if column["column"] in (row.get("not_applicable") or []):
             continue
         if column.get("source") == "leaderboard":
             continue
         experiment = cell_experiment(spec, row, column)
-        if is_enabled(experiment, settings["reproduce"]):
-            n_folds = settings["folds"][experiment["dataset"]]
-            sources[column["column"]] = [
-                f"{finetune_dir(experiment, k)}/metrics.json" for k in range(n_folds)]
-    return sources
+        if backbone_override:
+            experiment["backbone"] = backbone_override
+        if not is_enabled(experiment, settings["reproduce"]):
+            continue
+        experiment["run"] = run_id(experiment["method"], experiment["variant"],
+                                   method_configs.get(experiment["method"]))
+        n_folds = settings["folds"][experiment["dataset"]]
+        if folds_override:
+            n_folds = min(n_folds, int(folds_override))
+        folds = list(range(n_folds))
+        runs[column["column"]] = {
+            "run": experiment["run"], "backbone": experiment["backbone"],
+            "dataset": experiment["dataset"], "folds": folds,
+            "paths": [f"{finetune_dir(experiment, k)}/metrics.json" for k in folds]}
+    return runs
+
+
+def cell_sources(spec: dict, row: dict, settings: dict) -> dict[str, list[str]]:
+    """Per enabled column of `row`: the metrics files (one per fold) its value is computed from."""
+    return {column: run["paths"] for column, run in cell_runs(spec, row, settings).items()}
 
 
 def table_settings(config: dict) -> dict:
-    """The part of the config the table stages depend on (passed to them as JSON)."""
+    """The part of the config the table stages depend on (passed to them as JSON): what to
+    reproduce, the folds per dataset, and each method's pretraining settings (an ablation variant
+    equal to them is the plain run)."""
+    pretrain = config.get("pretrain") or {}
+    method_configs = {}
+    for name, section in (pretrain.get("methods") or {}).items():
+        method_configs[name] = dict(section)
+        if "mask_ratio" in pretrain:
+            method_configs[name].setdefault("mask_ratio", pretrain["mask_ratio"])
     return {
         "reproduce": config.get("reproduce", {"methods": [], "backbones": []}),
         "folds": {name: section["folds"] for name, section in config["datasets"].items()
                   if "folds" in section},
+        "method_configs": method_configs,
     }

@@ -123,12 +123,15 @@ def test_interrupted_runs_resume_exactly(tmp_path, run, make_method):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", method=make_method(init_seed=99), step_callback=crash)
     assert len(_rows(tmp_path / "b" / "log.csv")) == 5
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 4
+    # the running state lives in resume.pt; checkpoint.pt (the pipeline's output) only when done
+    assert torch.load(tmp_path / "b" / "resume.pt", weights_only=True)["step"] == 4
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
     # run 3: resume from step 4 with a differently initialised method
     resumed, s = run(tmp_path / "b", method=make_method(init_seed=7))
     assert s["finished"] and resumed.after_calls == [(4, 6), (5, 6)]
 
     _assert_same_state(straight.state_dict(), resumed.state_dict(), "method")
+    assert not (tmp_path / "b" / "resume.pt").exists()
     got = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     _assert_same_state(ref["encoder"], got["encoder"], "encoder")
     _assert_same_state(ref["resume"]["optimizer"]["state"], got["resume"]["optimizer"]["state"], "optimizer")
@@ -147,9 +150,10 @@ def test_nonfinite_loss_keeps_last_good_checkpoint(tmp_path, run, make_method):
         run(tmp_path, method=make_method(nan_at_call=3))
     msg = str(err.value)
     assert "non-finite loss at step 3" in msg and "rec=nan" in msg
-    assert f"last good checkpoint: {tmp_path / 'checkpoint.pt'}" in msg
+    assert f"last good checkpoint: {tmp_path / 'resume.pt'}" in msg
     assert isinstance(err.value, HarnessError)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert torch.load(tmp_path / "resume.pt", weights_only=True)["step"] == 2
+    assert not (tmp_path / "checkpoint.pt").exists()
     assert len(_rows(tmp_path / "log.csv")) == 2
 
 
@@ -164,7 +168,8 @@ def test_signal_checkpoints_and_exits_tempfail(tmp_path, run):
         run(tmp_path, checkpoint_every=100, step_callback=preempt)
     assert err.value.exit_code == EX_TEMPFAIL == 75 and err.value.step == 3
     assert "SIGUSR1" in str(err.value)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert torch.load(tmp_path / "resume.pt", weights_only=True)["step"] == 3
+    assert not (tmp_path / "checkpoint.pt").exists()
     assert signal.getsignal(signal.SIGUSR1) is before
     _, s = run(tmp_path, checkpoint_every=100)
     assert s["finished"] and len(_rows(tmp_path / "log.csv")) == 6

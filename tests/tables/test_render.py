@@ -67,7 +67,10 @@ def test_table1_has_the_papers_rows_and_columns_and_no_blank_cell(tmp_path):
     wide = pd.read_csv(tmp_path / "table1.csv", keep_default_na=False)
     spec = load_spec("table1")
     assert list(wide["row"]) == [r["row"] for r in spec["rows"]]
-    assert len(wide) == 11 and wide.shape[1] == 2 + 2 * 6
+    assert len(wide) == 11 and wide.shape[1] == 2 + 2 * 6 + 1
+    assert wide.columns[-1] == "reproduced with"
+    assert wide.set_index("row").loc["rand_init", "reproduced with"] == "rand_init / unetr / folds 0,1,2,3,4"
+    assert wide.set_index("row").loc["mae", "reproduced with"] == "-"
     assert list(wide.columns[:4]) == ["row", "Method", "UNETR DSC (reproduced)", "UNETR DSC (paper)"]
     assert (wide != "").all().all()
     alice = wide.set_index("row").loc["alice"]
@@ -122,3 +125,51 @@ def test_check_latex_catches_broken_markup():
     with pytest.raises(Exception, match="unbalanced"):
         render.check_latex("\\begin{table*}\\begin{tabular}{l}\\toprule\\midrule{\\bottomrule"
                            "\\end{tabular}\\end{table*}")
+
+
+ABLATION_SETTINGS = {"reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
+                                   "ablations": {"backbone": "unetr", "folds": 1}},
+                     "folds": {"flare22": 5, "btcv": 5},
+                     "method_configs": {"alice": {"target_mask_ratio": 0.0}}}
+
+
+def test_ablation_cells_name_their_variant_run():
+    spec = load_spec("table6")
+    sources = cell_sources(spec, find_row(spec, "alice"), ABLATION_SETTINGS)
+    # the default (with CASA) is the plain alice run; without CASA its own run; fold 0 only
+    assert sources == {
+        "dsc_with": ["results/finetune/flare22/alice/unetr/fold0/metrics.json"],
+        "nsd_with": ["results/finetune/flare22/alice/unetr/fold0/metrics.json"],
+        "dsc_without": ["results/finetune/flare22/alice__casa-false/unetr/fold0/metrics.json"],
+        "nsd_without": ["results/finetune/flare22/alice__casa-false/unetr/fold0/metrics.json"]}
+    # iBOT is not reproduced: no sources
+    assert cell_sources(spec, find_row(spec, "ibot"), ABLATION_SETTINGS) == {}
+    table10 = load_spec("table10")
+    assert cell_sources(table10, find_row(table10, "mask_0_25"), ABLATION_SETTINGS)["btcv_offline_dsc"] == [
+        "results/finetune/btcv/alice__target_mask_ratio-0.25/unetr/fold0/metrics.json"]
+    table11 = load_spec("table11")
+    assert cell_sources(table11, find_row(table11, "none"), ABLATION_SETTINGS)["dsc"] == [
+        "results/finetune/flare22/rand_init/unetr/fold0/metrics.json"]
+
+
+def test_ablation_tables_need_their_backbone_without_override():
+    # the paper's backbone (nnFormer) is not reproduced: without the override nothing runs
+    settings = {**ABLATION_SETTINGS, "reproduce": {**ABLATION_SETTINGS["reproduce"], "ablations": {}}}
+    spec = load_spec("table7")
+    assert cell_sources(spec, find_row(spec, "alice_cosine"), settings) == {}
+    # all folds when folds is null
+    settings["reproduce"] = {"methods": ["alice"], "backbones": ["nnformer"], "ablations": {}}
+    assert len(cell_sources(spec, find_row(spec, "alice_cosine"), settings)["dsc"]) == 5
+
+
+def test_substituted_backbone_is_stated_in_the_table(tmp_path):
+    write_metrics(tmp_path, method="alice", dsc=[0.5])
+    write_metrics(tmp_path, method="alice__contrastive_loss-infonce", dsc=[0.4])
+    files = all_rows(tmp_path, "table7", ABLATION_SETTINGS)
+    render.render_table("table7", files, tmp_path / "t7.csv", tmp_path / "t7.tex")
+    tex = (tmp_path / "t7.tex").read_text()
+    assert "ran with unetr on fold(s) 0 (paper: nnformer)" in tex
+    wide = pd.read_csv(tmp_path / "t7.csv")
+    assert list(wide["reproduced with"]) == ["alice__contrastive_loss-infonce / unetr / folds 0",
+                                             "alice / unetr / folds 0"]
+    assert list(wide["FLARE 2022 DSC (reproduced)"]) == ["40.00±0.00", "50.00±0.00"]

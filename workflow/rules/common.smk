@@ -31,10 +31,14 @@ def release_root(wildcards):
 
 
 TABLES = table_ids()
+ABLATION_TABLES = [t for t in TABLES if load_spec(t).get("ablation")]
+# a pretraining run: a method, maybe with ablation switches (alice__casa-false, alice.ssl.variants)
+RUN_PATTERN = r"[a-z0-9_]+(__[a-z0-9_]+-[a-z0-9_.\-]+)*"
 
 
 def finetune_init(wildcards):
-    """'scratch' for Rand. init., else the pretraining checkpoint of the method (issue C)."""
+    """'scratch' for Rand. init., else the checkpoint of the pretraining run (a method or a
+    variant run id)."""
     if wildcards.method == "rand_init":
         return "scratch"
     encoder = config["pretrain"]["encoder"]["name"]

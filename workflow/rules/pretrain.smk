@@ -1,5 +1,8 @@
-# Pretraining stage: one self-supervised run per (method, encoder) on the unlabeled pool.
-# The trainer resumes from results/pretrain/{method}/{encoder}/checkpoint.pt when it exists.
+# Pretraining stage: one self-supervised run per (run, encoder) on the unlabeled pool; a run is a
+# method or one of its ablation variants (`alice__casa-false`, see alice.ssl.variants).
+# checkpoint.pt appears only when the run has finished. The running state is resume.pt and the
+# per-step losses log.csv: neither is a declared output, so Snakemake keeps them when a job fails
+# or is preempted (exit 75) and the resubmitted job resumes from resume.pt.
 
 
 rule pretrain:
@@ -7,14 +10,13 @@ rule pretrain:
         "results/data/flare22_pool/folds.json",
     output:
         checkpoint="results/pretrain/{method}/{encoder}/checkpoint.pt",
-        log="results/pretrain/{method}/{encoder}/log.csv",
     wildcard_constraints:
-        method="[a-z0-9_]+",
+        method=RUN_PATTERN,
         encoder="vit|swin|nnformer",
     params:
         settings=lambda w: as_json(cfg.pretrain_settings(config, w.method)),
         out=lambda w: f"results/pretrain/{w.method}/{w.encoder}",
-    threads: 2
+    threads: config["pretrain"].get("threads", 1)
     conda:
         "../../environment.yml"
     log:
@@ -27,16 +29,18 @@ rule pretrain:
 
 rule pretrain_curves:
     input:
-        "results/pretrain/{method}/{encoder}/log.csv",
+        # log.csv is complete once the checkpoint exists
+        "results/pretrain/{method}/{encoder}/checkpoint.pt",
     output:
         "results/figures/pretrain_{method}_{encoder}.png",
     wildcard_constraints:
-        method="[a-z0-9_]+",
+        method=RUN_PATTERN,
         encoder="vit|swin|nnformer",
     conda:
         "../../environment.yml"
     log:
         "results/logs/figures/pretrain_{method}_{encoder}.log",
     shell:
-        "alice figure curves --log {input} --out {output} "
+        "alice figure curves --log results/pretrain/{wildcards.method}/{wildcards.encoder}/log.csv "
+        "--out {output} "
         "--title '{wildcards.method} / {wildcards.encoder} pretraining' 2> {log}"
