@@ -198,3 +198,17 @@ def make_folds(
 def write_folds(path: str | Path, folds: Mapping[str, Any]) -> None:
     """Write the folds as JSON, atomically."""
     write_json(path, folds)
+
+
+# Where each dataset's offline test cases of fold k are: FLARE22 has a fixed offline test list
+# (the FLARETs cases, the same for every fold); BTCV's offline protocol is 5-fold CV over the
+# labeled cases, so fold k is tested on its own held-out cases (each case tested exactly once).
+OFFLINE_TEST = {"flare22": "test", "btcv": "val:{fold}"}
+
+
+def offline_test_split(dataset: str, fold: int) -> str:
+    """The `split` that `evaluate` scores for fold `fold` of `dataset` ("test" or "val:<k>")."""
+    if dataset not in OFFLINE_TEST:
+        raise ConfigError("--dataset", f"no offline test protocol for '{dataset}' "
+                                       f"(known: {', '.join(OFFLINE_TEST)})")
+    return OFFLINE_TEST[dataset].format(fold=int(fold))

@@ -158,3 +158,12 @@ def test_write_folds_atomic_json_and_manifest_path(tmp_path):
     write_folds(tmp_path / "out" / "folds.json", folds)
     assert json.loads((tmp_path / "out" / "folds.json").read_text()) == folds
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["folds.json"]
+
+
+def test_offline_test_split_per_dataset():
+    from alice.data.folds import offline_test_split
+
+    assert offline_test_split("flare22", 3) == "test"  # the fixed FLARETs list, every fold
+    assert offline_test_split("btcv", 3) == "val:3"    # 5-fold CV: each case tested once
+    with pytest.raises(ConfigError, match="--dataset"):
+        offline_test_split("mosmed", 0)

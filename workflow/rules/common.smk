@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from alice import config as cfg
+from alice.data.folds import offline_test_split
 from alice.tables.spec import cell_sources, find_row, load_spec, table_ids, table_settings
 
 # Fills schema defaults in place; a bad key stops the workflow with one line naming it.

@@ -37,6 +37,7 @@ rule evaluate:
         fold=r"\d+",
     params:
         model_dir=lambda w, input: str(Path(input.model).parent),
+        split=lambda w: offline_test_split(w.dataset, w.fold),
         device=config.get("device", "auto"),
     threads: config.get("finetune", {}).get("threads", 1)
     conda:
@@ -45,4 +46,5 @@ rule evaluate:
         "results/logs/evaluate/{dataset}/{method}/{backbone}/fold{fold}.log",
     shell:
         "alice evaluate --dataset {wildcards.dataset} --model-dir {params.model_dir} "
-        "--out {output} --device {params.device} --threads {threads} --no-progress 2> {log}"
+        "--out {output} --split {params.split} --device {params.device} --threads {threads} "
+        "--no-progress 2> {log}"
