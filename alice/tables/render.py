@@ -81,10 +81,12 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
             arr = np.asarray(values, dtype=float)
             arr = arr[~np.isnan(arr)]
             mean = float(arr.mean()) if arr.size else float("nan")
-            # sample standard deviation over folds (ddof=1), 0 for a single fold
-            std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+            # sample standard deviation over folds (ddof=1); undefined for a single fold, so
+            # such a cell shows the mean alone
+            std = float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
             record.update(status="reproduced", reproduced=format_value(mean, std),
-                          reproduced_mean=round(mean, 4), reproduced_std=round(std, 4),
+                          reproduced_mean=round(mean, 4),
+                          reproduced_std=None if math.isnan(std) else round(std, 4),
                           n_folds=len(values), run=runs[col]["run"], backbone=runs[col]["backbone"],
                           folds=";".join(str(k) for k in runs[col]["folds"]),
                           settings_hash=";".join(sorted(hashes - {""})),
