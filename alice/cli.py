@@ -79,7 +79,7 @@ def cmd_pretrain(args) -> None:
     from alice.io import read_json
     from alice.ssl.pairs import CropPairDataset
     from alice.ssl.registry import build_method
-    from alice.ssl.trainer import pretrain
+    from alice.ssl.trainer import pretrain, seed_everything, step_seed
 
     settings = _settings(args, lambda c: cfg.pretrain_settings(c, args.method))
     if args.threads:
@@ -103,6 +103,8 @@ def cmd_pretrain(args) -> None:
         raise ConfigError("--settings", f"are for run '{settings['run']}', not '{args.method}'")
     method_name = settings.get("method", args.method)  # the registered method of a variant run id
     method_config = settings["method_config"]
+    # the initial weights depend on the seed only (the trainer reseeds every step from then on)
+    seed_everything(step_seed(settings["seed"], -1))
     method = build_method(method_name, method_config, encoder, settings["crop"])
     pairs = settings["pairs"]
     # Table 5's "intra-volume" variant: Q and K are two crops of the same volume

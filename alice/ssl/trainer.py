@@ -64,7 +64,7 @@ from alice.io import write_text
 from alice.ssl.registry import SSLMethod
 from alice.ssl.schedules import build_lr_scheduler
 
-__all__ = ["EX_TEMPFAIL", "NonFiniteLoss", "Preempted", "pretrain", "step_seed"]
+__all__ = ["EX_TEMPFAIL", "NonFiniteLoss", "Preempted", "pretrain", "seed_everything", "step_seed"]
 
 log = logging.getLogger("alice")
 
@@ -178,11 +178,15 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and python's RNGs (e.g. before building a method: its initial weights)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    random.seed(seed)
+
+
 def _seed_step(seed: int, rank: int, step: int) -> None:
-    s = step_seed(seed, rank, step)
-    torch.manual_seed(s)
-    np.random.seed(s & 0xFFFFFFFF)
-    random.seed(s)
+    seed_everything(step_seed(seed, rank, step))
 
 
 @contextlib.contextmanager

@@ -66,6 +66,21 @@ def test_pretrain_writes_a_checkpoint_that_unetr_loads_completely(pool, tmp_path
         assert torch.equal(value, ckpt["encoder"][key])
 
 
+def test_pretrain_is_deterministic_for_a_seed(pool, tmp_path):
+    # the global RNG is in a different state before each run: the initial weights must not care
+    ckpts = []
+    for name in ("a", "b"):
+        torch.manual_seed(len(name) * 1000 + ord(name))
+        code = main(["pretrain", "--method", "alice", "--encoder", "vit", "--out", str(tmp_path / name),
+                     "--data", str(pool), "--settings", json.dumps(settings(steps=2)), "--no-progress"])
+        assert code == 0
+        ckpts.append(torch.load(tmp_path / name / "checkpoint.pt", weights_only=True))
+    for key, value in ckpts[0]["encoder"].items():
+        assert torch.equal(value, ckpts[1]["encoder"][key]), key
+    assert (tmp_path / "a" / "log.csv").read_text().split("\n")[1].split(",")[:6] == \
+        (tmp_path / "b" / "log.csv").read_text().split("\n")[1].split(",")[:6]
+
+
 def test_pretrain_rejects_an_encoder_other_than_the_configs(pool, tmp_path, capsys):
     code = main(["pretrain", "--method", "alice", "--encoder", "swin", "--out", str(tmp_path),
                  "--data", str(pool), "--settings", json.dumps(settings())])
