@@ -16,6 +16,7 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/anatomy.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/tables.smk"
@@ -28,6 +29,9 @@ rule all:
         expand("results/{table}.tex", table=ABLATION_TABLES),
         expand("results/data/{dataset}/folds.json", dataset=DATASETS),
         "results/figures/phantom.png",
+        # the matcher's evaluation needs the phantom's landmark truth
+        ([] if cfg.dataset_root(config, "flare22") else
+         ["results/anatomy/matching.csv", "results/figures/matching.png"]),
         expand("results/figures/pretrain_{method}_{encoder}.png",
                method=[m for m in config["reproduce"]["methods"] if m != "rand_init"],
                encoder=config["pretrain"]["encoder"]["name"]),

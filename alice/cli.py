@@ -110,10 +110,14 @@ def cmd_pretrain(args) -> None:
     # Table 5's "intra-volume" variant: Q and K are two crops of the same volume
     same_volume = not method_config.get("inter_volume", True)
 
+    matcher = pairs.get("matcher", "bbox")
+    # the learned matcher reads the cached embeddings of every pool volume (never the network)
+    matcher_options = {"embeddings_dir": args.embeddings} if matcher == "sam" else None
+
     def loader_factory(seed: int, start: int):
         dataset = CropPairDataset(data, train_ids, crop=settings["crop"],
                                   batch_size=optim["batch_size"], seed=seed,
-                                  matcher=pairs.get("matcher", "bbox"),
+                                  matcher=matcher, matcher_options=matcher_options,
                                   min_score=pairs.get("min_score", 0.7),
                                   max_tries=pairs.get("max_tries", 100), same_volume=same_volume)
         return ({"Q": b["Q"], "K": b["K"]} for b in dataset.batches(start))
@@ -131,6 +135,76 @@ def cmd_pretrain(args) -> None:
                        progress=not args.no_progress)
     log.info("pretrained %s/%s: step %d/%d in %.1f s -> %s", args.method, args.encoder,
              summary["step"], summary["iterations"], summary["seconds"], summary["checkpoint"])
+
+
+def cmd_anatomy(args) -> None:
+    """The learned anatomical-embedding matcher: train it, cache embeddings, score matching."""
+    from alice.io import read_json
+
+    data = Path(args.data)
+    splits_path = data / "folds.json"
+    if not splits_path.is_file():
+        raise HarnessError(f"{splits_path}: missing; run `alice prepare` and `alice folds` for "
+                           "flare22_pool first")
+    splits = read_json(splits_path)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.action == "train":
+        from alice.anatomy.train import train_anatomy
+
+        settings = _settings(args, cfg.anatomy_settings)
+        out = Path(args.out or "results/anatomy/model")
+        summary = train_anatomy(data, splits["train"], out, settings["train"],
+                                seed=settings["seed"], progress=not args.no_progress)
+        log.info("anatomy model: %d steps in %.1f s, last loss %.4g -> %s", summary["steps"],
+                 summary["seconds"], summary.get("loss", float("nan")), out / "model.pt")
+    elif args.action == "embed":
+        from alice.anatomy.train import embed_volume, load_model, save_embeddings
+        from alice.data.preprocess import load_case
+
+        known = set(splits["train"]) | set(splits.get("val", []))
+        for case in args.case:
+            if case not in known:
+                raise ConfigError("--case", f"'{case}' is not a case of {splits_path}")
+        model = load_model(args.model)
+        for case in args.case:
+            image, _, meta = load_case(data, case)
+            start = time.perf_counter()
+            fine, coarse = embed_volume(model, image)
+            seconds = time.perf_counter() - start
+            c = model.config
+            out = Path(args.out_dir) / f"{case}.npz"
+            save_embeddings(out, fine, coarse, {
+                "case_id": case, "shape": list(image.shape), "fine_stride": c.fine_stride,
+                "coarse_stride": c.coarse_stride, "embed_dim": c.embed_dim,
+                "spacing": list(meta["cached"]["spacing"]), "seconds": round(seconds, 4),
+                "model": str(args.model)})
+            log.info("embedded %s %s in %.2f s -> %s", case, list(image.shape), seconds, out)
+    else:  # evaluate
+        from alice.anatomy.evaluate import matching_report
+        from alice.anatomy.learned import load_embeddings
+        from alice.io import atomic_path
+
+        settings = _settings(args, cfg.matching_settings)
+        cases = sorted(set(splits["train"]) | set(splits.get("val", [])))
+        summary, points = matching_report(data, Path(args.truth), cases,
+                                          embeddings_dir=Path(args.embeddings),
+                                          n_pairs=settings["pairs"], seed=settings["seed"])
+        # the learned matcher's one-off cost: embedding a volume (recorded by `embed`)
+        secs = [load_embeddings(Path(args.embeddings) / f"{c}.npz")[2].get("seconds") for c in cases]
+        secs = [x for x in secs if x is not None]
+        summary["embed_seconds_per_volume"] = [
+            float(sum(secs) / len(secs)) if (m == "sam" and secs) else float("nan")
+            for m in summary["matcher"]]
+        out = Path(args.out or "results/anatomy/matching.csv")
+        points_out = out.with_name(out.stem + "_points.csv")
+        with atomic_path(out, suffix=".csv") as tmp, atomic_path(points_out, suffix=".csv") as tmp_p:
+            summary.to_csv(tmp, index=False, float_format="%.4f")
+            points.to_csv(tmp_p, index=False, float_format="%.4f")
+        log.info("landmark matching error (mm) over %d pairs:\n%s", settings["pairs"],
+                 summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def cmd_finetune(args) -> None:
@@ -192,6 +266,12 @@ def cmd_figure(args) -> None:
 
         draw_loss_curves(Path(args.log), Path(args.out), title=args.title)
         log.info("figure written to %s", args.out)
+    if args.figure == "matching":
+        from alice.figures.matching import draw_matching_figure
+
+        draw_matching_figure(Path(args.points), Path(args.data), Path(args.truth),
+                             Path(args.embeddings), Path(args.out))
+        log.info("figure written to %s", args.out)
     if args.figure == "phantom":
         from alice.figures.phantom import draw_phantom_figure
 
@@ -239,12 +319,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default: DATA/folds.json")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
 
+    p = stage("anatomy", cmd_anatomy, "the learned anatomical-embedding matcher (SAM-style): "
+              "train | embed | evaluate")
+    p.add_argument("action", choices=["train", "embed", "evaluate"])
+    p.add_argument("--data", default="results/data/flare22_pool", help="the pool's cache")
+    p.add_argument("--out", default=None, help="train: model folder; evaluate: matching.csv "
+                   "(per-landmark rows go to <stem>_points.csv)")
+    p.add_argument("--model", default="results/anatomy/model/model.pt", help="embed: the model")
+    p.add_argument("--case", action="append", default=[], help="embed: a case id (repeatable)")
+    p.add_argument("--out-dir", default="results/anatomy/embeddings",
+                   help="embed: folder of <case>.npz")
+    p.add_argument("--embeddings", default="results/anatomy/embeddings", help="evaluate")
+    p.add_argument("--truth", default="results/phantoms/flare22/phantom_truth",
+                   help="evaluate: phantom ground truth (landmarks)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
     p = stage("pretrain", cmd_pretrain, "self-supervised pretraining of an encoder "
               "(resumes from OUT/resume.pt; OUT/checkpoint.pt appears when finished; exit 75 = preempted, resubmit to resume)")
     p.add_argument("--method", required=True, help="registered SSL method or one of its ablation "
                    "variants as a run id, e.g. alice or alice__casa-false (alice.ssl.variants)")
     p.add_argument("--encoder", required=True, choices=["vit", "swin", "nnformer"])
     p.add_argument("--out", required=True, help="e.g. results/pretrain/alice/vit")
+    p.add_argument("--embeddings", default="results/anatomy/embeddings",
+                   help="cached anatomical embeddings of the pool (pairs.matcher: sam)")
     p.add_argument("--data", default="results/data/flare22_pool",
                    help="prepared unlabeled pool (manifest.json + folds.json)")
     p.add_argument("--steps", type=int, default=None, help="override optim.iterations")
@@ -294,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--flare", default="results/phantoms/flare22", help="FLARE22 release root")
     f.add_argument("--mosmed", default="results/phantoms/mosmed", help="MosMed release root")
     f.add_argument("--out", default="results/figures/phantom.png")
+    f = figs.add_parser("matching", help="matched landmarks on slices (paper Fig. 5/6 style)")
+    f.add_argument("--points", default="results/anatomy/matching_points.csv")
+    f.add_argument("--data", default="results/data/flare22_pool")
+    f.add_argument("--truth", default="results/phantoms/flare22/phantom_truth")
+    f.add_argument("--embeddings", default="results/anatomy/embeddings")
+    f.add_argument("--out", default="results/figures/matching.png")
     f = figs.add_parser("curves", help="loss curves of a training log.csv")
     f.add_argument("--log", required=True, help="e.g. results/pretrain/alice/vit/log.csv")
     f.add_argument("--out", required=True, help="e.g. results/figures/pretrain_alice_vit.png")

@@ -173,3 +173,16 @@ def pretrain_settings(config: dict, run: str) -> dict:
             "checkpoint_every": section.get("checkpoint_every", 1000),
             "grad_clip": section.get("grad_clip", 3.0), "amp": section.get("amp"),
             "seed": config["seed"], "device": config.get("device", "auto")}
+
+
+def anatomy_settings(config: dict) -> dict:
+    """What `alice anatomy train` needs: the training settings of the learned matcher
+    (alice.anatomy.train.resolve_settings validates them) and the seed."""
+    section = config.get("anatomy") or {}
+    return {"train": dict(section.get("train") or {}), "seed": config["seed"]}
+
+
+def matching_settings(config: dict) -> dict:
+    """What `alice anatomy evaluate` needs: how many random (query, key) pairs, and the seed."""
+    section = (config.get("anatomy") or {}).get("evaluate") or {}
+    return {"pairs": int(section.get("pairs", 60)), "seed": config["seed"]}

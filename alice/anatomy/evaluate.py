@@ -103,3 +103,46 @@ def compare_matchers(
         summary["seconds_per_match"] = float(np.mean(secs)) if secs else float("nan")
         result[name] = summary
     return result
+
+
+# ------------------------------------------------------------------------------------ the report
+MATCHING_COLUMNS = ["matcher", "n", "mean_mm", "median_mm", "p90_mm", "seconds_per_match",
+                    "pairs", "volumes"]
+POINT_COLUMNS = ["matcher", "query", "key", "landmark", "error_mm", "score", "seconds"]
+
+
+def matching_report(
+    data_dir: str | Path,
+    truth_dir: str | Path,
+    case_ids: Sequence[str],
+    *,
+    embeddings_dir: str | Path | None,
+    n_pairs: int,
+    seed: int = 0,
+    matchers: Sequence[str] = ("sam", "bbox", "random"),
+):
+    """(summary, points) DataFrames: landmark errors of each matcher over the same random pairs.
+
+    summary has one row per matcher (MATCHING_COLUMNS); points one row per matched landmark
+    (POINT_COLUMNS). The learned matcher ("sam") reads embeddings from `embeddings_dir`.
+    """
+    import pandas as pd
+
+    pairs = random_pairs(case_ids, n_pairs, seed)
+    summaries, points = [], []
+    for name in matchers:
+        if name == "random":
+            matcher = build_matcher(name, seed=seed)
+        elif name == "sam":
+            matcher = build_matcher(name, embeddings_dir=embeddings_dir)
+        else:
+            matcher = build_matcher(name)
+        rows = landmark_error_mm(matcher, data_dir, truth_dir, pairs, details=True)
+        s = summarize([r["error_mm"] for r in rows])
+        secs = [r["seconds"] for r in rows]
+        summaries.append({"matcher": name, "n": s["n"], "mean_mm": s["mean"], "median_mm": s["median"],
+                          "p90_mm": s["p90"], "seconds_per_match": float(np.mean(secs)) if secs else float("nan"),
+                          "pairs": len(pairs), "volumes": len(set(case_ids))})
+        points += [{"matcher": name, **r} for r in rows]
+    return (pd.DataFrame(summaries, columns=MATCHING_COLUMNS),
+            pd.DataFrame(points, columns=POINT_COLUMNS))

@@ -190,7 +190,9 @@ class RandomMatcher:
         return lo + self.rng.random(3) * (hi - lo), 0.0
 
 
-MATCHERS: dict[str, type] = {"bbox": BodyBoxMatcher, "random": RandomMatcher}
+from alice.anatomy.learned import LearnedMatcher  # noqa: E402 - numpy only; it imports nothing from here
+
+MATCHERS: dict[str, type] = {"bbox": BodyBoxMatcher, "random": RandomMatcher, "sam": LearnedMatcher}
 
 
 def build_matcher(name: str, **kw: Any) -> Matcher:

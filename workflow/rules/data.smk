@@ -37,7 +37,7 @@ rule prepare:
         "--out {params.out} --settings {params.settings:q} --no-progress 2> {log}"
 
 
-rule folds:
+checkpoint folds:  # a checkpoint: the pool's case ids name the per-volume anatomy jobs
     input:
         "results/data/{dataset}/manifest.json",
     output:

@@ -5,9 +5,19 @@
 # or is preempted (exit 75) and the resubmitted job resumes from resume.pt.
 
 
+def pretrain_inputs(wildcards):
+    """The pool's splits, plus every train volume's anatomical embeddings when the crop pairs
+    are mined with the learned matcher."""
+    inputs = {"folds": "results/data/flare22_pool/folds.json"}
+    if config["pretrain"].get("pairs", {}).get("matcher") == "sam":
+        inputs["embeddings"] = [f"results/anatomy/embeddings/{case}.npz"
+                                for case in pool_cases("train")]
+    return inputs
+
+
 rule pretrain:
     input:
-        "results/data/flare22_pool/folds.json",
+        unpack(pretrain_inputs),
     output:
         checkpoint="results/pretrain/{method}/{encoder}/checkpoint.pt",
     wildcard_constraints:
@@ -23,7 +33,8 @@ rule pretrain:
         "results/logs/pretrain/{method}/{encoder}.log",
     shell:
         "alice pretrain --method {wildcards.method} --encoder {wildcards.encoder} "
-        "--out {params.out} --threads {threads} --settings {params.settings:q} "
+        "--out {params.out} --embeddings results/anatomy/embeddings --threads {threads} "
+        "--settings {params.settings:q} "
         "--no-progress 2> {log}"
 
 

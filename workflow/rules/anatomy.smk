@@ -1,0 +1,95 @@
+# The learned anatomical-embedding matcher (SAM-style, alice/anatomy): trained on the unlabeled
+# pool, then every pool volume's embeddings are cached (one job per volume), which is all that
+# Alice's crop mining reads (pretrain.pairs.matcher: sam). On phantoms its landmark error is
+# scored against the body-box and random matchers.
+
+
+def pool_cases(split=None):
+    """Case ids of the pool's folds.json (a checkpoint: known once `folds` has run)."""
+    path = checkpoints.folds.get(dataset="flare22_pool").output[0]
+    splits = json.loads(Path(path).read_text())
+    if split:
+        return list(splits[split])
+    return sorted(set(splits["train"]) | set(splits.get("val", [])))
+
+
+def pool_embeddings(wildcards):
+    return [f"results/anatomy/embeddings/{case}.npz" for case in pool_cases()]
+
+
+def phantom_truth(wildcards):
+    """Landmark ground truth exists for the phantom only."""
+    if cfg.dataset_root(config, "flare22") is not None:
+        raise WorkflowError("the matching evaluation needs the phantom's landmark ground truth; "
+                            "datasets.flare22.root is set to real data")
+    return "results/phantoms/flare22"
+
+
+rule anatomy_train:
+    input:
+        "results/data/flare22_pool/folds.json",
+    output:
+        model="results/anatomy/model/model.pt",
+        log="results/anatomy/model/log.csv",
+    params:
+        settings=lambda w: as_json(cfg.anatomy_settings(config)),
+    threads: config["anatomy"].get("threads", 1)
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/anatomy/train.log",
+    shell:
+        "alice anatomy train --data results/data/flare22_pool --out results/anatomy/model "
+        "--threads {threads} --settings {params.settings:q} --no-progress 2> {log}"
+
+
+rule anatomy_embed:
+    input:
+        model="results/anatomy/model/model.pt",
+        folds="results/data/flare22_pool/folds.json",
+    output:
+        "results/anatomy/embeddings/{case}.npz",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/anatomy/embed/{case}.log",
+    shell:
+        "alice anatomy embed --data results/data/flare22_pool --model {input.model} "
+        "--case {wildcards.case} --out-dir results/anatomy/embeddings --threads 1 2> {log}"
+
+
+rule anatomy_evaluate:
+    input:
+        embeddings=pool_embeddings,
+        truth=phantom_truth,
+    output:
+        csv="results/anatomy/matching.csv",
+        points="results/anatomy/matching_points.csv",
+    params:
+        settings=lambda w: as_json(cfg.matching_settings(config)),
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/anatomy/evaluate.log",
+    shell:
+        "alice anatomy evaluate --data results/data/flare22_pool --embeddings results/anatomy/embeddings "
+        "--truth {input.truth}/phantom_truth --out {output.csv} --settings {params.settings:q} "
+        "2> {log}"
+
+
+rule matching_figure:
+    input:
+        points="results/anatomy/matching_points.csv",
+        embeddings=pool_embeddings,
+        truth=phantom_truth,
+    output:
+        "results/figures/matching.png",
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/figures/matching.log",
+    shell:
+        "alice figure matching --points {input.points} --data results/data/flare22_pool "
+        "--truth {input.truth}/phantom_truth --embeddings results/anatomy/embeddings "
+        "--out {output} 2> {log}"
