@@ -41,7 +41,8 @@ def test_shapes_for_odd_sizes_and_unit_norm(size):
 
 
 def test_deeper_config_and_coarse_at_deepest_stage():
-    cfg = {**TINY, "widths": [4, 8, 8, 8], "blocks": [2, 1, 1, 1], "coarse_stride": 16, "norm": "none"}
+    cfg = {**TINY, "widths": [4, 8, 8, 8], "blocks": [2, 1, 1, 1], "coarse_stride": 16, "norm": "none",
+           "padding_mode": "replicate"}
     net = AnatomyNet(cfg)
     fine, coarse = net(torch.rand(1, 1, 20, 18, 33))
     assert fine.shape[2:] == (10, 9, 17) and coarse.shape[2:] == (2, 2, 3)
@@ -55,7 +56,7 @@ def test_config_round_trip_and_errors():
     assert isinstance(cfg.to_dict()["widths"], list)
     assert AnatomyNetConfig().embed_dim == 128  # SAM's default width
     for bad in ({"fine_stride": 3}, {"coarse_stride": 32}, {"blocks": [1, 1]}, {"norm": "layer"},
-                {"stem_kernel": [4, 3, 3]}, {"fine_stride": 8, "coarse_stride": 2}):
+                {"stem_kernel": [4, 3, 3]}, {"fine_stride": 8, "coarse_stride": 2}, {"padding_mode": "reflect"}):
         with pytest.raises(ConfigError):
             AnatomyNetConfig.from_dict({**TINY, **bad})
     with pytest.raises(ConfigError):

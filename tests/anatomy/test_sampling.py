@@ -11,6 +11,8 @@ from alice.anatomy.sampling import (
     crop_view,
     hard_negatives,
     place_views,
+    random_negatives,
+    remap_intensity,
     sample_batch,
     sample_pair,
 )
@@ -129,3 +131,32 @@ def test_config_errors():
         PairConfig.from_dict({"zoom_range": [1.2, 0.8]})
     with pytest.raises(ConfigError):
         PairConfig.from_dict({"bogus": 1})
+
+
+def test_per_axis_zoom_and_extra_view_keep_exact_correspondence():
+    img = _smooth_volume()
+    cfg = PairConfig(crop=(24, 24, 16), points=16, zoom_per_axis=True, extra_view=True, **NO_AUG)
+    s = sample_pair(img, SPACING, cfg, 2, 8, np.random.default_rng(4))
+    assert np.shape(s.geom_a.zoom) == (3,) and len(set(np.round(s.geom_a.zoom, 6))) == 3
+    for geom, fine in ((s.geom_a, s.fine_a), (s.geom_b, s.fine_b)):
+        assert np.allclose(geom.to_volume(cell_centre(fine, 2)) * SPACING, s.points_mm, atol=1e-6)
+    idx = np.array([[3, 5, 7], [20, 2, 11]])
+    out = s.view_a[0].numpy()[tuple(idx.T)]
+    assert np.allclose(out, _interp(img, s.geom_a.to_volume(idx)), atol=1e-4)
+    assert s.view_c is not None and s.view_c.shape == s.view_a.shape and s.geom_c is not None
+
+
+def test_random_negatives_are_outside_the_ignore_radius():
+    gen = torch.Generator().manual_seed(0)
+    dist = torch.rand(30, 500, generator=gen) * 100
+    idx, valid = random_negatives(dist, 20.0, 64, gen)
+    assert idx.shape == (30, 64)
+    assert torch.equal(valid, dist.gather(1, idx) >= 20.0) and valid.float().mean() > 0.6
+
+
+def test_remap_intensity_keeps_air_and_is_seeded():
+    x = torch.linspace(-0.1, 1.2, 50)
+    a = remap_intensity(x, 0.2, np.random.default_rng(0))
+    b = remap_intensity(x, 0.2, np.random.default_rng(0))
+    assert torch.equal(a, b) and float(remap_intensity(torch.zeros(1), 0.2, np.random.default_rng(1))) == 0.0
+    assert torch.allclose(remap_intensity(x, 0.0, np.random.default_rng(0)), x, atol=1e-6)

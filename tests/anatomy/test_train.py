@@ -70,6 +70,14 @@ def test_training_smoke_checkpoint_and_log(cache, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["log.csv", "model.pt"]  # no temporaries
 
 
+def test_training_options_smoke(cache, tmp_path):
+    # SAM's coarse negatives from other volumes off, an extra view per volume, per-axis zoom, remap
+    opts = {**TINY, "coarse_other_volumes": False, "fine_random_negatives": 0, "iterations": 1,
+            "pairs": {**TINY["pairs"], "extra_view": True, "zoom_per_axis": True, "intensity_remap": 0.1}}
+    summary = train_anatomy(cache, ["c0", "c1"], tmp_path / "run", opts, seed=1, progress=False)
+    assert np.isfinite(summary["loss"]) and summary["steps"] == 1
+
+
 def test_same_seed_same_weights(cache, tmp_path):
     runs = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
