@@ -4,27 +4,6 @@
 # scored against the body-box and random matchers.
 
 
-def pool_cases(split=None):
-    """Case ids of the pool's folds.json (a checkpoint: known once `folds` has run)."""
-    path = checkpoints.folds.get(dataset="flare22_pool").output[0]
-    splits = json.loads(Path(path).read_text())
-    if split:
-        return list(splits[split])
-    return sorted(set(splits["train"]) | set(splits.get("val", [])))
-
-
-def pool_embeddings(wildcards):
-    return [f"results/anatomy/embeddings/{case}.npz" for case in pool_cases()]
-
-
-def phantom_truth(wildcards):
-    """Landmark ground truth exists for the phantom only."""
-    if cfg.dataset_root(config, "flare22") is not None:
-        raise WorkflowError("the matching evaluation needs the phantom's landmark ground truth; "
-                            "datasets.flare22.root is set to real data")
-    return "results/phantoms/flare22"
-
-
 rule anatomy_train:
     input:
         "results/data/flare22_pool/folds.json",

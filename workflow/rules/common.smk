@@ -64,3 +64,34 @@ def row_inputs(wildcards):
 def table_rows(wildcards):
     return [f"results/rows/{wildcards.table}/{row['row']}.csv"
             for row in load_spec(wildcards.table)["rows"]]
+
+
+def pool_cases(split=None):
+    """Case ids of the pool's folds.json (a checkpoint: known once `folds` has run)."""
+    path = checkpoints.folds.get(dataset="flare22_pool").output[0]
+    splits = json.loads(Path(path).read_text())
+    if split:
+        return list(splits[split])
+    return sorted(set(splits["train"]) | set(splits.get("val", [])))
+
+
+def pool_embeddings(wildcards):
+    return [f"results/anatomy/embeddings/{case}.npz" for case in pool_cases()]
+
+
+def phantom_truth(wildcards):
+    """Landmark ground truth exists for the phantom only."""
+    if cfg.dataset_root(config, "flare22") is not None:
+        raise WorkflowError("the matching evaluation needs the phantom's landmark ground truth; "
+                            "datasets.flare22.root is set to real data")
+    return "results/phantoms/flare22"
+
+
+def pretrain_inputs(wildcards):
+    """The pool's splits, plus every train volume's anatomical embeddings when the crop pairs
+    are mined with the learned matcher."""
+    inputs = {"folds": "results/data/flare22_pool/folds.json"}
+    if config["pretrain"].get("pairs", {}).get("matcher") == "sam":
+        inputs["embeddings"] = [f"results/anatomy/embeddings/{case}.npz"
+                                for case in pool_cases("train")]
+    return inputs

@@ -5,16 +5,6 @@
 # or is preempted (exit 75) and the resubmitted job resumes from resume.pt.
 
 
-def pretrain_inputs(wildcards):
-    """The pool's splits, plus every train volume's anatomical embeddings when the crop pairs
-    are mined with the learned matcher."""
-    inputs = {"folds": "results/data/flare22_pool/folds.json"}
-    if config["pretrain"].get("pairs", {}).get("matcher") == "sam":
-        inputs["embeddings"] = [f"results/anatomy/embeddings/{case}.npz"
-                                for case in pool_cases("train")]
-    return inputs
-
-
 rule pretrain:
     input:
         unpack(pretrain_inputs),
