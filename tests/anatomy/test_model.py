@@ -10,14 +10,6 @@ TINY = {"widths": [4, 8, 8], "blocks": [1, 1, 1], "stem_width": 4, "stem_kernel"
         "embed_dim": 6, "fine_stride": 2, "coarse_stride": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_cell_convention():
     # cell i at stride s covers voxels i*s .. i*s+s-1: its centre is i*s + (s-1)/2
     assert cell_centre(0, 2) == 0.5 and cell_centre(3, 2) == 6.5 and cell_centre(1, 8) == 11.5

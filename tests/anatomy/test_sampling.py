@@ -22,14 +22,6 @@ SPACING = np.array([4.0, 4.0, 5.0])
 NO_AUG = {"intensity_scale": 0.0, "intensity_shift": 0.0, "noise_sd": (0.0, 0.0), "blur_prob": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _smooth_volume(shape=(60, 64, 40), seed=0):
     rng = np.random.default_rng(seed)
     img = ndimage.gaussian_filter(rng.random(shape), 3.0)

@@ -29,14 +29,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def cache(tmp_path):
     """A preprocessing-cache look-alike with three small smooth volumes (4x4x5 mm)."""
