@@ -161,27 +161,17 @@ def cmd_anatomy(args) -> None:
         log.info("anatomy model: %d steps in %.1f s, last loss %.4g -> %s", summary["steps"],
                  summary["seconds"], summary.get("loss", float("nan")), out / "model.pt")
     elif args.action == "embed":
-        from alice.anatomy.train import embed_volume, load_model, save_embeddings
-        from alice.data.preprocess import load_case
+        from alice.anatomy.train import embed_cases, load_model
 
         known = set(splits["train"]) | set(splits.get("val", []))
         for case in args.case:
             if case not in known:
                 raise ConfigError("--case", f"'{case}' is not a case of {splits_path}")
         model = load_model(args.model)
-        for case in args.case:
-            image, _, meta = load_case(data, case)
-            start = time.perf_counter()
-            fine, coarse = embed_volume(model, image)
-            seconds = time.perf_counter() - start
-            c = model.config
-            out = Path(args.out_dir) / f"{case}.npz"
-            save_embeddings(out, fine, coarse, {
-                "case_id": case, "shape": list(image.shape), "fine_stride": c.fine_stride,
-                "coarse_stride": c.coarse_stride, "embed_dim": c.embed_dim,
-                "spacing": list(meta["cached"]["spacing"]), "seconds": round(seconds, 4),
-                "model": str(args.model)})
-            log.info("embedded %s %s in %.2f s -> %s", case, list(image.shape), seconds, out)
+        times = embed_cases(model, data, args.case, Path(args.out_dir),
+                            extra_meta={"model": str(args.model)})
+        for case, seconds in times.items():
+            log.info("embedded %s in %.2f s -> %s", case, seconds, Path(args.out_dir) / f"{case}.npz")
     else:  # evaluate
         from alice.anatomy.evaluate import matching_report
         from alice.anatomy.learned import load_embeddings
