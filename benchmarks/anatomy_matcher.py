@@ -2,12 +2,12 @@
 
     python benchmarks/anatomy_matcher.py [--data results/data/flare22_pool] \
         [--truth results/phantoms/flare22/phantom_truth] [--out /tmp/alice-anatomy] \
-        [--threads 2] [--pairs 60] [--seed 0] [--settings '{"iterations": 300}']
+        [--threads 2] [--pairs 60] [--seed 0] [--pair-seed 0] [--settings '{"iterations": 300}']
 
 Steps: train `alice.anatomy.train.train_anatomy` on the pool's folds.json "train" ids with
 DEFAULT_SETTINGS (overridden by --settings), embed every pool case, then score the learned
 matcher ("sam"), the body-box matcher ("bbox") and the random one with
-`alice.anatomy.evaluate.landmark_error_mm` on `random_pairs(all pool ids, --pairs)`. The landmark
+`alice.anatomy.evaluate.landmark_error_mm` on `random_pairs(all pool ids, --pairs, --pair-seed)`. The landmark
 truth is only used for scoring, never for training. Prints train time, embedding time per
 volume, match time per point and the error table (mm); writes a JSON summary next to the model.
 """
@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/alice-anatomy")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--pair-seed", type=int, default=0, help="seed of the evaluation pairs")
     parser.add_argument("--settings", default="{}", help="JSON overriding DEFAULT_SETTINGS")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -52,7 +53,7 @@ def main() -> None:
     model = load_model(out / "model" / "model.pt")
     embed_s = embed_cases(model, args.data, all_ids, out / "embeddings")
 
-    pairs = random_pairs(all_ids, args.pairs, seed=args.seed)
+    pairs = random_pairs(all_ids, args.pairs, seed=args.pair_seed)
     matchers = {"sam": LearnedMatcher(embeddings_dir=out / "embeddings"), "bbox": BodyBoxMatcher(),
                 "random": RandomMatcher(seed=args.seed)}
     results = {}
@@ -64,7 +65,8 @@ def main() -> None:
     coarse_mm = np.asarray(read_json(Path(args.data) / f"{all_ids[0]}.json")["cached"]["spacing"]) \
         * settings["model"]["coarse_stride"]
 
-    print(f"threads {args.threads}  train ids {len(train_ids)}  pairs {len(pairs)}  seed {args.seed}")
+    print(f"threads {args.threads}  train ids {len(train_ids)}  pairs {len(pairs)} (seed {args.pair_seed})"
+          f"  training seed {args.seed}")
     print(f"train   {train_s:7.1f} s  ({settings['iterations']} iterations)")
     print(f"embed   {np.mean(list(embed_s.values())):7.2f} s / volume (mean of {len(embed_s)})")
     print(f"coarse cell {coarse_mm.tolist()} mm -> 2x = {2 * coarse_mm.min():.0f}..{2 * coarse_mm.max():.0f} mm")

@@ -53,7 +53,8 @@ from alice.errors import ConfigError
 
 @dataclass(frozen=True)
 class PairConfig:
-    """Crop geometry and augmentation of the SAM training pairs (demo-sized defaults)."""
+    """Crop geometry and augmentation of the SAM training pairs (SAM-like defaults; the values
+    tuned for the demo live in `alice.anatomy.train.DEFAULT_SETTINGS["pairs"]`)."""
 
     crop: tuple[int, int, int] = (48, 48, 32)
     zoom_range: tuple[float, float] = (0.8, 1.2)

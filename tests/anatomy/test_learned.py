@@ -49,7 +49,7 @@ def test_recovers_a_known_translation(tmp_path):
     d = np.array([16, 8, 8])  # the query sees the canvas shifted by d voxels
     key = _volume(tmp_path, "key", canvas[:, :48, :48, :40])
     query = _volume(tmp_path, "query", canvas[:, d[0]:d[0] + 48, d[1]:d[1] + 48, d[2]:d[2] + 32])
-    m = build_matcher("sam")
+    m = build_matcher("sam", refine=False)
     assert isinstance(m, LearnedMatcher) and isinstance(m, Matcher) and MATCHERS["sam"] is LearnedMatcher
     rng = np.random.default_rng(1)
     for _ in range(10):
@@ -59,16 +59,23 @@ def test_recovers_a_known_translation(tmp_path):
         assert np.allclose(out, p + d), (p, out)
         # fine cos = 1 there; the coarse term is an interpolated cosine (< 1 between coarse centres)
         assert 0.6 < score <= 1.0
-    # off-centre query points land within one fine cell of the truth
-    for _ in range(10):
+    # off-centre query points land within one fine cell of the truth; the sub-cell refinement
+    # moves at most half a cell and is closer on average
+    refined = LearnedMatcher()
+    err, err_ref = [], []
+    for _ in range(30):
         p = rng.uniform([4, 4, 4], [26, 22, 22])
         out, _ = m.match(query, p, key)
-        assert np.abs(out - (p + d)).max() <= FS
+        out_ref, _ = refined.match(query, p, key)
+        assert np.abs(out - (p + d)).max() <= FS and np.abs(out_ref - out).max() <= FS / 2 + 1e-9
+        err.append(np.linalg.norm(out - (p + d)))
+        err_ref.append(np.linalg.norm(out_ref - (p + d)))
+    assert np.mean(err_ref) < np.mean(err)
 
 
 def test_self_match_and_bounds(tmp_path):
     vol = _volume(tmp_path, "v", _canvas(2)[:, :33, :41, :27])  # sizes not divisible by the strides
-    m = LearnedMatcher()
+    m = LearnedMatcher(refine=False)
     p = cell_centre([5, 7, 3], FS)
     out, score = m.match(vol, p, vol)
     assert np.allclose(out, p) and 0.6 < score <= 1.0
