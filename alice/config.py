@@ -152,6 +152,16 @@ def finetune_settings(config: dict, backbone: str) -> dict:
             "threads": config.get("finetune", {}).get("threads", 1)}
 
 
+def plain_method_config(config: dict, method: str) -> dict:
+    """A method's own pretraining settings (`pretrain.methods.<method>`) with the shared masking
+    ratio: what its plain run (no ablation switch) is built from."""
+    section = config.get("pretrain") or {}
+    method_config = dict((section.get("methods") or {}).get(method, {}))
+    if "mask_ratio" in section:
+        method_config.setdefault("mask_ratio", section["mask_ratio"])
+    return method_config
+
+
 def pretrain_settings(config: dict, run: str) -> dict:
     """What `alice pretrain` needs for one run: encoder, crop, optimisation, the method's own
     settings (with the masking ratio and the run's ablation switches) and how crop pairs are
@@ -163,9 +173,7 @@ def pretrain_settings(config: dict, run: str) -> dict:
     if not section or "encoder" not in section or "optim" not in section:
         raise ConfigError("pretrain", "missing: encoder and optim are needed to pretrain")
     method = run.split("__")[0]
-    method_config = dict(section.get("methods", {}).get(method, {}))
-    if "mask_ratio" in section:
-        method_config.setdefault("mask_ratio", section["mask_ratio"])
+    method_config = plain_method_config(config, method)
     _, variant = parse_run_id(run, method_config)
     method_config.update(variant)
     return {"method": method, "run": run, "encoder": section["encoder"], "crop": section["crop"], "optim": section["optim"],

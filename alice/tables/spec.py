@@ -147,12 +147,10 @@ def table_settings(config: dict) -> dict:
     """The part of the config the table stages depend on (passed to them as JSON): what to
     reproduce, the folds per dataset, and each method's pretraining settings (an ablation variant
     equal to them is the plain run)."""
-    pretrain = config.get("pretrain") or {}
-    method_configs = {}
-    for name, section in (pretrain.get("methods") or {}).items():
-        method_configs[name] = dict(section)
-        if "mask_ratio" in pretrain:
-            method_configs[name].setdefault("mask_ratio", pretrain["mask_ratio"])
+    from alice.config import plain_method_config
+
+    methods = (config.get("pretrain") or {}).get("methods") or {}
+    method_configs = {name: plain_method_config(config, name) for name in methods}
     return {
         "reproduce": config.get("reproduce", {"methods": [], "backbones": []}),
         "folds": {name: section["folds"] for name, section in config["datasets"].items()

@@ -10,9 +10,6 @@ import pytest
 from alice.anatomy.evaluate import MATCHING_COLUMNS, POINT_COLUMNS
 from alice.anatomy.learned import load_embeddings
 from alice.cli import main
-from alice.data.folds import make_folds, write_folds
-from alice.data.phantom import write_dataset
-from alice.data.preprocess import prepare
 
 TINY = {"model": {"widths": [8, 8, 8], "blocks": [1, 1, 1], "stem_width": 8, "fpn_dim": 8,
                   "embed_dim": 8, "fine_stride": 2, "coarse_stride": 8},
@@ -21,16 +18,9 @@ TINY = {"model": {"widths": [8, 8, 8], "blocks": [1, 1, 1], "stem_width": 8, "fp
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory):
+def pool(tmp_path_factory, tiny_pool):
     root = tmp_path_factory.mktemp("anatomy")
-    write_dataset("flare22", root / "release", {"labeled": 0, "unlabeled": 4, "validation": 0},
-                  seed=5, geometry={"inplane_voxels": 32, "fov_mm": [340, 400],
-                                    "slice_mm": [8.0, 10.0]}, workers=1)
-    data = root / "data"
-    manifest = prepare("flare22_pool", root / "release", data,
-                       {"spacing": [10.0, 10.0, 10.0], "window": [-125, 255]}, progress=False)
-    write_folds(data / "folds.json", make_folds("flare22_pool", manifest, {"val_fraction": 0.25}, 0))
-    return root, data
+    return root, tiny_pool(root, seed=5, spacing=[10.0, 10.0, 10.0])
 
 
 def test_train_embed_evaluate_and_figure(pool, tmp_path):

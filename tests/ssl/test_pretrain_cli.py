@@ -10,9 +10,6 @@ import yaml
 
 from alice.cli import main
 from alice.config import REPO_ROOT
-from alice.data.folds import make_folds, write_folds
-from alice.data.phantom import write_dataset
-from alice.data.preprocess import prepare
 from alice.downstream.networks import build_segmentation_network, encoder_of
 from alice.downstream.transfer import load_encoder_checkpoint
 
@@ -22,16 +19,8 @@ CROP = [32, 32, 16]
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pool")
-    write_dataset("flare22", root / "release", {"labeled": 0, "unlabeled": 4, "validation": 0},
-                  seed=3, geometry={"inplane_voxels": 32, "fov_mm": [340, 400],
-                                    "slice_mm": [8.0, 10.0]}, workers=1)
-    data = root / "data"
-    manifest = prepare("flare22_pool", root / "release", data,
-                       {"spacing": [12.0, 12.0, 10.0], "window": [-125, 255]}, progress=False)
-    write_folds(data / "folds.json", make_folds("flare22_pool", manifest, {"val_fraction": 0.25}, 0))
-    return data
+def pool(tmp_path_factory, tiny_pool):
+    return tiny_pool(tmp_path_factory.mktemp("pool"), seed=3, spacing=[12.0, 12.0, 10.0])
 
 
 def settings(steps=3):

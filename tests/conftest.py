@@ -1,0 +1,28 @@
+"""Fixtures shared across the test packages."""
+
+from pathlib import Path
+
+import pytest
+
+from alice.data.folds import make_folds, write_folds
+from alice.data.phantom import write_dataset
+from alice.data.preprocess import prepare
+
+
+def build_tiny_pool(root: Path, seed: int, spacing) -> Path:
+    """4 unlabeled FLARE22 phantoms (32² in-plane) as a prepared pool cache with its folds.json;
+    the release (with phantom_truth/) is root/"release", the cache (returned) root/"data"."""
+    write_dataset("flare22", root / "release", {"labeled": 0, "unlabeled": 4, "validation": 0},
+                  seed=seed, geometry={"inplane_voxels": 32, "fov_mm": [340, 400],
+                                       "slice_mm": [8.0, 10.0]}, workers=1)
+    data = root / "data"
+    manifest = prepare("flare22_pool", root / "release", data,
+                       {"spacing": list(spacing), "window": [-125, 255]}, progress=False)
+    write_folds(data / "folds.json", make_folds("flare22_pool", manifest, {"val_fraction": 0.25}, 0))
+    return data
+
+
+@pytest.fixture(scope="session")
+def tiny_pool():
+    """The builder above, for module-scoped fixtures of the tests that need a pool."""
+    return build_tiny_pool
