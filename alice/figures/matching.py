@@ -60,8 +60,11 @@ def draw_matching_figure(points_csv: Path, data_dir: Path, truth_dir: Path, embe
             m, _ = matcher.match(q, pq, k)
             err = float(np.linalg.norm(k.voxel_to_world(m) - k.voxel_to_world(pk)))
             color, label = STYLE.get(name, ("white", name))
+            # the match is projected onto the true point's slice: say how far off-slice it is
+            dz = abs(float(m[2]) - float(pk[2])) * float(k.spacing[2])
+            where = f", {dz:.0f} mm off-slice" if dz >= float(k.spacing[2]) else ""
             row[1].scatter([m[0]], [m[1]], s=40, color=color, lw=1.5, marker="x",
-                           label=f"{label}: {err:.0f} mm")
+                           label=f"{label}: {err:.0f} mm{where}")
         row[1].set_title(f"key {pick['key']} (slice of the true point)", fontsize=8)
         row[1].legend(fontsize=6, loc="lower right", framealpha=0.6)
         for ax in row:
