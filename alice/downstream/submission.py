@@ -27,7 +27,7 @@ spacing boundaries are staircased at the cache resolution (the paper's spacing i
 original grid).
 
 The output folder appears complete or not at all (built in a temporary sibling, then renamed):
-the label files plus `manifest.json` = {"dataset", "split", "format", "ensemble", "models":
+the label files plus `manifest.json` = {"dataset", "split", "format", "labels", "ensemble", "models":
 [{"path", "fold", "method", "backbone", "init", "settings_hash", "sha256"}], "config_hash",
 "code_version", "files": {case_id: file name}, "seconds"}.
 """
@@ -50,6 +50,7 @@ import torch
 from alice.config import settings_hash
 from alice.errors import ConfigError, InputError
 from alice.io import write_json
+from alice.labels import LABEL_NAMES
 from alice.version import code_version
 
 log = logging.getLogger("alice")
@@ -60,6 +61,7 @@ FORMATS: dict[str, dict[str, str]] = {
     "btcv": {
         "case_id": r"img(\d{4})",
         "file": "label{0}.nii.gz",
+        "naming": "labelXXXX.nii.gz for the test image imgXXXX.nii.gz",
         "dtype": "uint8",
         "grid": "the test image's (imgXXXX.nii.gz) shape, affine and header",
         "source": "the release's own label naming (RawData/Training/label/labelXXXX.nii.gz); the "
@@ -201,9 +203,10 @@ def write_submission(
                        "backbone": ckpt["backbone"], "init": ckpt.get("init"),
                        "settings_hash": model_settings_hash(ckpt, data_dir),
                        "sha256": _sha256(path)})
-    if len(classes) != 1:
+    if classes != {1 + max(LABEL_NAMES[dataset])}:
         raise InputError(Path(model_dirs[0]) / MODEL_FILE,
-                         f"the models predict different numbers of classes {sorted(classes)}")
+                         f"the models predict {sorted(classes)} classes, {dataset} has "
+                         f"{1 + max(LABEL_NAMES[dataset])} (background + organs)")
     case_ids, _ = split_cases(data_dir, split)
     if not case_ids:
         raise InputError(data_dir / "folds.json", f"split '{split}' has no cases")
@@ -227,8 +230,8 @@ def write_submission(
         manifest = {
             "dataset": dataset,
             "split": split,
-            "format": {k: v for k, v in fmt.items() if k != "case_id"},
-            "label_ids": list(range(next(iter(classes)))),
+            "format": {k: v for k, v in fmt.items() if k not in ("case_id", "file")},
+            "labels": {"0": "background", **{str(k): v for k, v in LABEL_NAMES[dataset].items()}},
             "ensemble": "single model" if len(models) == 1 else f"mean softmax of {len(models)} models",
             "models": models,
             # what produced these files: every model's settings and the data cache, the split

@@ -95,7 +95,9 @@ def test_submission_files_on_the_test_images_grid(btcv):
         expected = invert_to_original(predict_labels(net, cached, [16, 16, 16], overlap=0.25,
                                                      sw_batch_size=2), meta)
         assert np.array_equal(data, expected)
-    assert manifest["ensemble"] == "single model" and manifest["label_ids"] == list(range(14))
+    assert manifest["ensemble"] == "single model"
+    assert list(manifest["labels"]) == [str(i) for i in range(14)]
+    assert manifest["labels"]["1"] == "spleen" and manifest["labels"]["13"] == "left_adrenal_gland"
     assert [m["fold"] for m in manifest["models"]] == [0]
     assert len(manifest["models"][0]["sha256"]) == 64 and manifest["config_hash"]
     assert manifest["code_version"] and "could not be retrieved" in manifest["format"]["source"]
