@@ -257,3 +257,15 @@ def test_table3_online_column_is_never_computed():
                   "folds": {"btcv": 5}}
     for row in spec["rows"]:
         assert "online_dsc" not in cell_sources(spec, row, everything), row["row"]
+
+
+def test_substitute_entries_are_checked():
+    from alice.errors import ConfigError
+    from alice.tables.spec import substitute_overrides
+
+    settings = {"reproduce": {"substitute": {"backbone": "unetr", "folds": 1}}}
+    assert substitute_overrides(load_spec("table3"), settings) == ("unetr", None)
+    assert substitute_overrides(load_spec("table7"), settings) == ("unetr", 1)
+    assert substitute_overrides(load_spec("table1"), settings) == (None, None)
+    with pytest.raises(ConfigError, match=r"table3.yaml:substitute.*unknown entries \['epochs'\]"):
+        substitute_overrides({"id": "table3", "substitute": ["epochs"]}, settings)
