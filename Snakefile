@@ -20,12 +20,15 @@ include: "workflow/rules/anatomy.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/online.smk"
 
 
 rule all:
     default_target: True
     input:
         "results/table1.tex",
+        "results/table3.tex",
+        expand("results/btcv_online/{method}", method=online_methods()),
         expand("results/{table}.tex", table=ABLATION_TABLES),
         expand("results/data/{dataset}/folds.json", dataset=DATASETS),
         "results/figures/phantom.png",

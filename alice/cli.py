@@ -232,6 +232,19 @@ def cmd_evaluate(args) -> None:
               args.threads or 1, not args.no_progress)
 
 
+def cmd_predict(args) -> None:
+    """Submission files of a test set whose labels are not public (BTCV online)."""
+    from alice.downstream.submission import write_submission
+
+    data = Path(args.data) if args.data else Path("results/data") / args.dataset
+    manifest = write_submission(dataset=args.dataset, model_dirs=args.model_dir, data_dir=data,
+                                out_dir=Path(args.out), split=args.split,
+                                device=args.device or "auto", threads=args.threads or 1,
+                                progress=not args.no_progress)
+    log.info("%d %s files (%s) -> %s", len(manifest["files"]), args.split, manifest["ensemble"],
+             args.out)
+
+
 def cmd_table(args) -> None:
     from alice.tables import render
     from alice.tables.spec import load_spec, table_settings
@@ -360,6 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default: MODEL_DIR/metrics.json")
     p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
     p.add_argument("--split", default="test", help="'test' or 'val:K' (fold K's val cases)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = stage("predict", cmd_predict, "write the online test set's submission files "
+              "(BTCV: labelXXXX.nii.gz on each test image's grid, plus manifest.json)",
+              settings=False)
+    p.add_argument("--dataset", required=True, choices=["btcv"])
+    p.add_argument("--model-dir", required=True, action="append",
+                   help="folder holding model.pt; repeat it for the mean softmax of several models")
+    p.add_argument("--out", required=True, help="e.g. results/btcv_online/alice (replaced)")
+    p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
+    p.add_argument("--split", default="online_test", help="a case list of folds.json")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")

@@ -48,18 +48,24 @@ def fold_entry(folds: Mapping[str, Any], fold: int, path: str | Path) -> Mapping
     raise InputError(path, f"no fold {fold} (folds: {known})")
 
 
+# Case lists of folds.json that belong to no fold: FLARE22's offline test cases, BTCV's online
+# test cases (no public labels: predicted for the challenge server, never scored here).
+FIXED_SPLITS = ("test", "online_test")
+
+
 def split_cases(data_dir: str | Path, split: str) -> tuple[list[str], int | None]:
-    """Case ids of `split`: "test", "val:<k>" or "train:<k>"; also returns the fold (None for test)."""
+    """Case ids of `split`: "test", "online_test", "val:<k>" or "train:<k>"; also returns the fold
+    (None for a fixed list)."""
     path = Path(data_dir) / "folds.json"
     folds = read_folds(data_dir)
-    if split == "test":
-        if "test" not in folds:
-            raise InputError(path, "no 'test' case list")
-        return list(folds["test"]), None
+    if split in FIXED_SPLITS:
+        if split not in folds:
+            raise InputError(path, f"no '{split}' case list")
+        return list(folds[split]), None
     kind, _, k = split.partition(":")
     if kind in ("val", "train") and k.lstrip("-").isdigit():
         return list(fold_entry(folds, int(k), path)[kind]), int(k)
-    raise ConfigError("split", f"must be 'test', 'val:<k>' or 'train:<k>', got {split!r}")
+    raise ConfigError("split", f"must be 'test', 'online_test', 'val:<k>' or 'train:<k>', got {split!r}")
 
 
 # ---------------------------------------------------------------------------------------- loading

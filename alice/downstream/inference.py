@@ -234,15 +234,19 @@ def evaluate(
         "n_cases": len(case_ids),
         "seconds": round(seconds, 3),
         "model": str(model_dir / MODEL_FILE),
-        # what produced these numbers: the run's settings, encoder, init, seed and data cache
-        "settings_hash": settings_hash({k: ckpt.get(k) for k in (
-            "settings", "encoder_config", "init", "seed", "dataset")} | {
-            "preprocessing": _manifest_hash(data_dir)}),
+        "settings_hash": model_settings_hash(ckpt, data_dir),
         "code_version": code_version(),
     }
     write_json(out_path, _nan_to_none(metrics))
     log.info("%s %s: mean DSC %.4f NSD %.4f over %d cases", model_dir, split, mean["dsc"], mean["nsd"], len(case_ids))
     return metrics
+
+
+def model_settings_hash(ckpt: Mapping[str, Any], data_dir: str | Path) -> str:
+    """What produced a model's predictions: its run's settings, encoder, init, seed and data cache."""
+    return settings_hash({k: ckpt.get(k) for k in (
+        "settings", "encoder_config", "init", "seed", "dataset")} | {
+        "preprocessing": _manifest_hash(Path(data_dir))})
 
 
 def _manifest_hash(data_dir: Path) -> str | None:

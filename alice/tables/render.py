@@ -8,7 +8,10 @@ come from is data (alice/tables/specs, alice/tables/reference); this module has 
 
 Cell states: `reproduced`; `not reproduced yet` (the DAG has not computed it: never blank and
 never filled from the paper); `n/a` (the paper marks the cell "-" because the method does not
-apply); `leaderboard` (online-test values only the challenge server can produce).
+apply); `leaderboard` (online-test values only the challenge server can produce: the paper
+column holds the leaderboard's numbers, the reproduced one says "leaderboard", never a number).
+A harness row the paper does not print (spec `in_paper: false`, e.g. Table 3's Rand. init.)
+shows "not in the paper" in every paper cell and a dagger in LaTeX.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ import pandas as pd
 from alice.errors import HarnessError, InputError
 from alice.io import atomic_path
 from alice.tables.reference import load_reference, parse_cell
-from alice.tables.spec import cell_experiment, cell_runs, find_row, load_spec
+from alice.tables.spec import cell_experiment, cell_runs, find_row, in_paper, load_spec
 
 NOT_REPRODUCED = "not reproduced yet"
 NOT_APPLICABLE = "n/a"
 LEADERBOARD = "leaderboard"
+NOT_IN_PAPER = "not in the paper"
 ROW_COLUMNS = ["table", "row", "label", "column", "group", "header", "status", "reproduced",
                "reproduced_mean", "reproduced_std", "n_folds", "paper", "paper_mean", "paper_std",
                "run", "backbone", "folds", "settings_hash", "code_version", "sources"]
@@ -61,9 +65,13 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
     records = []
     for column in spec["columns"]:
         col = column["column"]
-        paper_text = str(reference.loc[row_id, col]) if col in reference.columns else "-"
+        if not in_paper(row):
+            paper_text = NOT_IN_PAPER
+        else:
+            paper_text = str(reference.loc[row_id, col]) if col in reference.columns else "-"
         # settings tables (Table 8) hold text, not numbers
-        paper_mean, paper_std = (None, None) if spec.get("task") == "settings" else parse_cell(paper_text)
+        numeric = spec.get("task") != "settings" and paper_text != NOT_IN_PAPER
+        paper_mean, paper_std = parse_cell(paper_text) if numeric else (None, None)
         record = {"table": table, "row": row_id, "label": row.get("label", row_id), "column": col,
                   "group": column.get("group", ""), "header": column.get("header", col),
                   "paper": paper_text, "paper_mean": paper_mean, "paper_std": paper_std,
@@ -142,12 +150,12 @@ def wide_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
         part = rows[rows["row"] == row["row"]].set_index("column")
         line = {"row": row["row"], spec.get("label_header", "Method"): row.get("label", row["row"])}
         for desc in _descriptive(spec):
-            line[desc["header"]] = reference.loc[row["row"], desc["column"]]
+            line[desc["header"]] = _descriptive_cell(reference, row, desc)
         for column in spec["columns"]:
             name = " ".join(x for x in (column.get("group"), column.get("header")) if x)
             cell = part.loc[column["column"]]
             line[f"{name} (reproduced)"] = cell["reproduced"]
-            line[f"{name} (paper)"] = cell["paper"]
+            line[f"{name} ({_paper_header(column)})"] = cell["paper"]
         # provenance: pretraining run / backbone / folds of the reproduced cells
         done = part[part["status"] == "reproduced"]
         line["reproduced with"] = "; ".join(sorted(
@@ -157,20 +165,47 @@ def wide_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _paper_header(column: dict) -> str:
+    """The paper sub-column's name: "paper", or "paper, leaderboard" for leaderboard values."""
+    return "paper, leaderboard" if column.get("source") == LEADERBOARD else "paper"
+
+
+def _descriptive_cell(reference: pd.DataFrame, row: dict, desc: dict) -> str:
+    """A descriptive cell (e.g. Ensemble): the paper's, or for a harness row its spec value."""
+    if in_paper(row):
+        return reference.loc[row["row"], desc["column"]]
+    return str((row.get("descriptive") or {}).get(desc["column"], NOT_IN_PAPER))
+
+
 def deviation_note(table: str, rows: pd.DataFrame) -> str:
-    """A sentence for reproduced cells that ran on another backbone than the paper's (an ablation
-    table under `reproduce.ablations`), naming what ran; "" when none did."""
+    """A sentence for reproduced cells that ran on another backbone than the paper's (a table
+    under `reproduce.substitute`), naming what ran; "" when none did."""
     spec = load_spec(table)
-    paper_backbone = {c["column"]: cell_experiment(spec, {}, c)["backbone"] for c in spec["columns"]}
+    paper_backbone = {(r["row"], c["column"]): cell_experiment(spec, r, c)["backbone"]
+                      for r in spec["rows"] for c in spec["columns"]}
     done = rows[rows["status"] == "reproduced"]
-    ran = sorted({(b, f) for col, b, f in zip(done["column"], done["backbone"], done["folds"])
-                  if b and paper_backbone.get(col) and b != paper_backbone[col]})
+    ran, paper = set(), set()
+    for row, col, b, f in zip(done["row"], done["column"], done["backbone"], done["folds"]):
+        wanted = paper_backbone.get((row, col))
+        if b and wanted and b != wanted:
+            ran.add((b, f))
+            paper.add(wanted)
     if not ran:
         return ""
-    paper = sorted({paper_backbone[c] for c in done["column"] if paper_backbone.get(c)})
-    what = "; ".join(f"{b} on fold(s) {f.replace(';', ', ')}" for b, f in ran)
-    return (f"Reproduced cells ran with {what} (paper: {', '.join(paper)}); the backbone is "
-            "substituted by the config's reproduce.ablations.")
+    what = "; ".join(f"{b} on fold(s) {f.replace(';', ', ')}" for b, f in sorted(ran))
+    return (f"Reproduced cells ran with {what} (paper: {', '.join(sorted(paper))}); the backbone is "
+            "substituted by the config's reproduce.substitute.")
+
+
+def leaderboard_note(table: str) -> str:
+    """A sentence naming the columns whose values only the challenge server can produce."""
+    spec = load_spec(table)
+    names = [" ".join(x for x in (c.get("group"), c.get("header")) if x)
+             for c in spec["columns"] if c.get("source") == LEADERBOARD]
+    if not names:
+        return ""
+    return (f"{', '.join(names)}: the challenge leaderboard's values as the paper prints them; "
+            "never computed here (the test labels are not public).")
 
 
 def _descriptive(spec: dict) -> list[dict]:
@@ -201,6 +236,8 @@ def _latex_value(text: str, bold: bool) -> str:
         return r"n/a"
     if text == LEADERBOARD:
         return r"\textit{lb.}"
+    if text == NOT_IN_PAPER:
+        return r"\textit{n.i.p.}"
     body = _latex_escape(text)
     return rf"\textbf{{{body}}}" if bold else body
 
@@ -219,10 +256,11 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
     for column in spec["columns"]:
         head = (_latex_escape(column.get("group", "")), _latex_escape(column.get("header", "")))
         head = head if has_groups else head[1:]
-        tuples += [head + ("ours",), head + ("paper",)]
+        paper_head = "paper (lb.)" if column.get("source") == LEADERBOARD else "paper"
+        tuples += [head + ("ours",), head + (paper_head,)]
     for row in spec["rows"]:
         part = rows[rows["row"] == row["row"]].set_index("column")
-        line = [_latex_escape(reference.loc[row["row"], d["column"]]) for d in descriptive]
+        line = [_latex_escape(_descriptive_cell(reference, row, d)) for d in descriptive]
         for column in spec["columns"]:
             cell = part.loc[column["column"]]
             mean = cell["reproduced_mean"]
@@ -230,15 +268,19 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
                     and math.isclose(float(mean), best.get(column["column"], math.inf)))
             line += [_latex_value(cell["reproduced"], bold), _latex_value(cell["paper"], False)]
         data.append(line)
-    frame = pd.DataFrame(data, columns=pd.MultiIndex.from_tuples(tuples),
-                         index=[_latex_escape(r.get("label", r["row"])) for r in spec["rows"]])
+    labels = [_latex_escape(r.get("label", r["row"])) + ("" if in_paper(r) else r"$^\dagger$")
+              for r in spec["rows"]]
+    frame = pd.DataFrame(data, columns=pd.MultiIndex.from_tuples(tuples), index=labels)
     frame.index.name = None
     caption = (_latex_escape(spec["caption"]) + r" Reproduced values (\emph{ours}, mean$\pm$std "
                r"over folds) beside the paper's; best reproduced value per column in bold; "
                r"\textit{n.r.}: not reproduced yet; \textit{lb.}: leaderboard only.")
-    deviation = deviation_note(table, rows)
-    if deviation:
-        caption += " " + _latex_escape(deviation)
+    if not all(in_paper(r) for r in spec["rows"]):
+        caption += (r" $^\dagger$: the harness's own row, not in the paper "
+                    r"(\textit{n.i.p.}: not in the paper).")
+    for note in (leaderboard_note(table), deviation_note(table, rows)):
+        if note:
+            caption += " " + _latex_escape(note)
     tex = frame.style.to_latex(hrules=True, multicol_align="c", caption=caption,
                                label=f"tab:{table}", position="t", position_float="centering",
                                column_format="l" + "r" * frame.shape[1], environment="table*")

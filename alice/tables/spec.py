@@ -5,8 +5,12 @@ A spec lists the paper's rows (each naming the pretraining `method`, maybe a `va
 columns (each naming a `backbone`/`metric`, or a label fraction). A cell is reproduced when the
 config's `reproduce` section enables its (method, backbone); its value then comes from the
 fine-tuning results of every fold. A variant (an ablation switch, e.g. {"casa": false}) names its
-own pretraining run (`alice__casa-false`, alice.ssl.variants); ablation tables (`ablation: true`)
-may run on another backbone and fewer folds (`reproduce.ablations`).
+own pretraining run (`alice__casa-false`, alice.ssl.variants). A table may run on a substitute
+backbone and fewer folds than the paper's (`reproduce.substitute`, where the spec's `substitute`
+lists which of the two it accepts: the ablation tables both, Table 3 the backbone only).
+
+A row marked `in_paper: false` is the harness's own (e.g. Table 3's Rand. init. baseline): it has
+no line in the reference CSV, and its paper cells read "not in the paper".
 """
 
 from __future__ import annotations
@@ -45,6 +49,16 @@ def _load_spec(table: str) -> dict:
         if key not in spec:
             raise ConfigError(f"{path.name}:{key}", "missing from the table spec")
     return spec
+
+
+def in_paper(row: dict) -> bool:
+    """Whether the paper prints `row` (False for the harness's extra rows)."""
+    return row.get("in_paper", True) is not False
+
+
+def paper_rows(spec: dict) -> list[dict]:
+    """The rows the paper prints, in its order (the reference CSV's rows)."""
+    return [row for row in spec["rows"] if in_paper(row)]
 
 
 def find_row(spec: dict, row: str) -> dict:
@@ -92,16 +106,25 @@ def finetune_dir(experiment: dict, fold: int) -> str:
     return f"results/finetune/{experiment['dataset']}/{run}/{experiment['backbone']}/fold{fold}"
 
 
-def ablation_overrides(spec: dict, settings: dict) -> tuple[str | None, int | None]:
-    """(backbone, number of folds) that replace the paper's for an ablation table, if configured.
+SUBSTITUTABLE = ("backbone", "folds")
 
-    `reproduce.ablations` lets a small budget run the ablation tables on another backbone (the
-    demo: UNETR until nnFormer exists) and on the first folds only; the rendered table says so.
+
+def substitute_overrides(spec: dict, settings: dict) -> tuple[str | None, int | None]:
+    """(backbone, number of folds) that replace the paper's for this table, if configured.
+
+    `reproduce.substitute` lets a small budget run tables on another backbone than the paper's
+    (the demo: UNETR until nnFormer exists) and on the first folds only; a spec takes the parts it
+    lists in `substitute` (ablation tables: [backbone, folds]; Table 3: [backbone], so its offline
+    cross-validation keeps every fold). The rendered table states any substitution.
     """
-    if not spec.get("ablation"):
-        return None, None
-    ablations = settings["reproduce"].get("ablations") or {}
-    return ablations.get("backbone"), ablations.get("folds")
+    accepted = spec.get("substitute") or []
+    unknown = sorted(set(accepted) - set(SUBSTITUTABLE))
+    if unknown:
+        raise ConfigError(f"{spec['id']}.yaml:substitute",
+                          f"unknown entries {unknown} (known: {', '.join(SUBSTITUTABLE)})")
+    substitute = settings["reproduce"].get("substitute") or {}
+    return (substitute.get("backbone") if "backbone" in accepted else None,
+            substitute.get("folds") if "folds" in accepted else None)
 
 
 def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
@@ -112,7 +135,7 @@ def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
     """
     from alice.ssl.variants import run_id
 
-    backbone_override, folds_override = ablation_overrides(spec, settings)
+    backbone_override, folds_override = substitute_overrides(spec, settings)
     method_configs = settings.get("method_configs", {})
     runs: dict[str, dict] = {}
     for column in spec["columns"]:

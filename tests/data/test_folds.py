@@ -167,3 +167,26 @@ def test_offline_test_split_per_dataset():
     assert offline_test_split("btcv", 3) == "val:3"    # 5-fold CV: each case tested once
     with pytest.raises(ConfigError, match="--dataset"):
         offline_test_split("mosmed", 0)
+
+
+def test_btcv_offline_protocol_tests_each_labeled_case_once(tmp_path):
+    """Table 3's offline column: fold k is scored on the split the evaluate rule asks for
+    (offline_test_split), read back from folds.json as evaluate does; across the 5 folds every
+    labeled case is tested exactly once and never trained on in its own fold, and no online test
+    case is ever scored."""
+    from alice.data.folds import offline_test_split
+    from alice.downstream.data import split_cases
+
+    manifest = _seg_manifest("btcv", 30, 20, "online_test")
+    write_folds(tmp_path / "folds.json", make_folds("btcv", manifest, {"folds": 5}, seed=0))
+    labeled = sorted(c["case_id"] for c in manifest["cases"] if c["split"] == "train")
+    tested = []
+    for k in range(5):
+        cases, fold = split_cases(tmp_path, offline_test_split("btcv", k))
+        train, _ = split_cases(tmp_path, f"train:{k}")
+        assert fold == k and cases and not set(cases) & set(train)
+        tested += cases
+    assert sorted(tested) == labeled and len(set(tested)) == len(tested) == 30
+    online, fold = split_cases(tmp_path, "online_test")
+    assert fold is None and online == [f"T{i:04d}" for i in range(1, 21)]
+    assert not set(online) & set(tested)

@@ -125,4 +125,6 @@ def dx():
         write_flare22=write_flare22,
         prepare_flare22=prepare_flare22,
         make_case=make_case,
+        stored_affine=stored_affine,
+        ras_spacing=ras_spacing,
     )

@@ -22,7 +22,7 @@ from alice.tables.reference import (
     reference_cell,
     table_id,
 )
-from alice.tables.spec import SPEC_DIR, load_spec
+from alice.tables.spec import SPEC_DIR, in_paper, load_spec, paper_rows
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_NAME = Path("paper") / "alice-iccv2023.txt"
@@ -263,8 +263,21 @@ def test_csv_matches_spec(tid):
     descriptive = [d["column"] for d in spec.get("descriptive_columns", [])]
     values = [c["column"] for c in spec["columns"]]
     assert list(frame.columns) == ["row", "label", *descriptive, *values]
-    assert list(frame["row"]) == [r["row"] for r in spec["rows"]]
-    assert list(frame["label"]) == [r["label"] for r in spec["rows"]]
+    # the paper's rows, in its order; the harness's extra rows (in_paper: false) are not in the CSV
+    assert list(frame["row"]) == [r["row"] for r in paper_rows(spec)]
+    assert list(frame["label"]) == [r["label"] for r in paper_rows(spec)]
+
+
+def test_extra_rows_are_marked_and_not_the_papers():
+    """Table 3's Rand. init. is the harness's baseline: marked, and nowhere in the reference."""
+    extra = {tid: [r["row"] for r in load_spec(tid)["rows"] if not in_paper(r)] for tid in TABLES}
+    assert extra == {tid: (["rand_init"] if tid == "table3" else []) for tid in TABLES}
+    row = load_spec("table3")["rows"][0]
+    assert row["row"] == "rand_init" and row["in_paper"] is False
+    assert "harness" in row["label"] and "not in the paper" in row["note"]
+    assert "rand_init" not in set(load_reference("table3")["row"])
+    with pytest.raises(KeyError, match="no row 'rand_init'"):
+        reference_cell("table3", "rand_init", "offline_dsc")
 
 
 @pytest.mark.parametrize("tid", TABLES)
@@ -331,6 +344,7 @@ def test_table1_not_applicable_is_exactly_the_dashes():
 def test_table3_online_is_leaderboard_only():
     columns = {c["column"]: c for c in load_spec("table3")["columns"]}
     assert columns["online_dsc"]["source"] == "leaderboard"
+    assert load_spec("table3")["substitute"] == ["backbone"]  # every offline fold runs
     assert "source" not in columns["offline_dsc"]
     assert [c["split"] for c in columns.values()] == ["offline", "online"]
     notes = {r["row"]: r.get("note", "") for r in load_spec("table3")["rows"]}

@@ -128,7 +128,7 @@ def test_check_latex_catches_broken_markup():
 
 
 ABLATION_SETTINGS = {"reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
-                                   "ablations": {"backbone": "unetr", "folds": 1}},
+                                   "substitute": {"backbone": "unetr", "folds": 1}},
                      "folds": {"flare22": 5, "btcv": 5},
                      "method_configs": {"alice": {"target_mask_ratio": 0.0}}}
 
@@ -154,11 +154,11 @@ def test_ablation_cells_name_their_variant_run():
 
 def test_ablation_tables_need_their_backbone_without_override():
     # the paper's backbone (nnFormer) is not reproduced: without the override nothing runs
-    settings = {**ABLATION_SETTINGS, "reproduce": {**ABLATION_SETTINGS["reproduce"], "ablations": {}}}
+    settings = {**ABLATION_SETTINGS, "reproduce": {**ABLATION_SETTINGS["reproduce"], "substitute": {}}}
     spec = load_spec("table7")
     assert cell_sources(spec, find_row(spec, "alice_cosine"), settings) == {}
     # all folds when folds is null
-    settings["reproduce"] = {"methods": ["alice"], "backbones": ["nnformer"], "ablations": {}}
+    settings["reproduce"] = {"methods": ["alice"], "backbones": ["nnformer"], "substitute": {}}
     assert len(cell_sources(spec, find_row(spec, "alice_cosine"), settings)["dsc"]) == 5
 
 
@@ -181,3 +181,91 @@ def test_rendered_column_names_are_unique(table):
     spec = load_spec(table)
     names = [" ".join(x for x in (c.get("group"), c.get("header")) if x) for c in spec["columns"]]
     assert len(names) == len(set(names)), names
+
+
+# Table 3: BTCV offline 5-fold CV for Rand. init. (the harness's extra row) and Alice; the online
+# column is the leaderboard's and never computed.
+TABLE3_SETTINGS = {"reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
+                                 "substitute": {"backbone": "unetr", "folds": 1}},
+                   "folds": {"flare22": 5, "btcv": 5}}
+BTCV_DSC = {"rand_init": [0.60, 0.62, 0.64, 0.66, 0.68], "alice": [0.70, 0.71, 0.72, 0.73, 0.74]}
+
+
+def write_btcv_metrics(root, method, dsc):
+    for k, value in enumerate(dsc):
+        path = root / f"results/finetune/btcv/{method}/unetr/fold{k}/metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"mean": {"dsc": value, "nsd": None}, "split": f"val:{k}",
+                                    "settings_hash": f"h{k}", "code_version": "v"}))
+
+
+def test_table3_offline_cells_are_five_fold_cv_on_the_substitute_backbone(tmp_path):
+    for method, dsc in BTCV_DSC.items():
+        write_btcv_metrics(tmp_path, method, dsc)
+    spec = load_spec("table3")
+    for method in BTCV_DSC:
+        sources = cell_sources(spec, find_row(spec, method), TABLE3_SETTINGS)
+        # every fold (the ablation tables' one-fold cut does not apply), never the online column
+        assert sources == {"offline_dsc": [
+            f"results/finetune/btcv/{method}/unetr/fold{k}/metrics.json" for k in range(5)]}
+    rand = render.compute_row("table3", "rand_init", TABLE3_SETTINGS, root=tmp_path).set_index("column")
+    assert rand.loc["offline_dsc", "status"] == "reproduced" and rand.loc["offline_dsc", "n_folds"] == 5
+    assert rand.loc["offline_dsc", "reproduced"] == "64.00±3.16"
+    assert rand.loc["offline_dsc", "paper"] == render.NOT_IN_PAPER  # never invented
+    assert pd.isna(rand.loc["offline_dsc", "paper_mean"])
+    assert rand.loc["online_dsc", "status"] == "leaderboard"
+    assert rand.loc["online_dsc", "reproduced"] == render.LEADERBOARD
+    alice = render.compute_row("table3", "alice", TABLE3_SETTINGS, root=tmp_path).set_index("column")
+    assert alice.loc["offline_dsc", "reproduced"] == "72.00±1.58"
+    assert alice.loc["offline_dsc", "paper"] == "86.76±0.98"
+    assert alice.loc["offline_dsc", "settings_hash"] == "h0;h1;h2;h3;h4"
+    assert alice.loc["online_dsc", "paper"] == "88.58"
+    assert alice.loc["online_dsc", "reproduced"] == render.LEADERBOARD
+    assert alice.loc["online_dsc", "sources"] == "" and alice.loc["online_dsc", "n_folds"] == 0
+
+    files = all_rows(tmp_path, "table3", TABLE3_SETTINGS)
+    render.render_table("table3", files, tmp_path / "t3.csv", tmp_path / "t3.tex")
+    wide = pd.read_csv(tmp_path / "t3.csv", dtype=str, keep_default_na=False).set_index("row")
+    assert list(wide.index) == ["rand_init"] + list(load_reference_rows("table3"))
+    assert wide.loc["rand_init", "Method"] == "Rand. init. (harness baseline)"
+    assert wide.loc["rand_init", "Ensemble"] == "1"
+    assert wide.loc["rand_init", "Offline Test Set (paper)"] == "not in the paper"
+    assert wide.loc["alice", "Online Test Set (paper, leaderboard)"] == "88.58"
+    assert wide.loc["alice", "Online Test Set (reproduced)"] == "leaderboard"
+    assert wide.loc["alice", "reproduced with"] == "alice / unetr / folds 0,1,2,3,4"
+    assert wide.loc["mae", "Offline Test Set (reproduced)"] == render.NOT_REPRODUCED
+    tex = (tmp_path / "t3.tex").read_text()
+    render.check_latex(tex)
+    assert r"Rand. init. (harness baseline)$^\dagger$" in tex and r"\textit{n.i.p.}" in tex
+    assert "not in the paper" in tex
+    assert "ran with unetr on fold(s) 0, 1, 2, 3, 4 (paper: nnformer)" in tex
+    assert "Online Test Set: the challenge leaderboard" in tex and "paper (lb.)" in tex
+    assert r"\textbf{72.00$\pm$1.58}" in tex
+
+
+def load_reference_rows(table):
+    from alice.tables.reference import load_reference
+
+    return load_reference(table)["row"]
+
+
+def test_table3_online_column_is_never_computed():
+    """Even with every method and backbone enabled, no online cell has a source."""
+    spec = load_spec("table3")
+    everything = {"reproduce": {"methods": [r["method"] for r in spec["rows"]],
+                                "backbones": ["unetr", "swin_unetr", "nnformer"]},
+                  "folds": {"btcv": 5}}
+    for row in spec["rows"]:
+        assert "online_dsc" not in cell_sources(spec, row, everything), row["row"]
+
+
+def test_substitute_entries_are_checked():
+    from alice.errors import ConfigError
+    from alice.tables.spec import substitute_overrides
+
+    settings = {"reproduce": {"substitute": {"backbone": "unetr", "folds": 1}}}
+    assert substitute_overrides(load_spec("table3"), settings) == ("unetr", None)
+    assert substitute_overrides(load_spec("table7"), settings) == ("unetr", 1)
+    assert substitute_overrides(load_spec("table1"), settings) == (None, None)
+    with pytest.raises(ConfigError, match=r"table3.yaml:substitute.*unknown entries \['epochs'\]"):
+        substitute_overrides({"id": "table3", "substitute": ["epochs"]}, settings)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alice import config as cfg
 from alice.data.folds import offline_test_split
+from alice.downstream.submission import online_models
 from alice.tables.spec import cell_sources, find_row, load_spec, table_ids, table_settings
 
 # Fills schema defaults in place; a bad key stops the workflow with one line naming it.
@@ -59,6 +60,22 @@ def row_inputs(wildcards):
     spec = load_spec(wildcards.table)
     sources = cell_sources(spec, find_row(spec, wildcards.row), table_settings(config))
     return sorted({path for paths in sources.values() for path in paths})
+
+
+def online_model_files(wildcards):
+    """The fine-tuned models behind a method's BTCV submission: those of its Table 3 offline cell,
+    fold 0 alone or every fold (online_test.models)."""
+    try:
+        return online_models(config, wildcards.method)
+    except cfg.ConfigError as exc:
+        raise WorkflowError(str(exc))
+
+
+def online_methods():
+    """Methods whose Table 3 offline cell the DAG reproduces (and so can predict the test set)."""
+    spec = load_spec("table3")
+    settings = table_settings(config)
+    return [row["method"] for row in spec["rows"] if cell_sources(spec, row, settings)]
 
 
 def table_rows(wildcards):
