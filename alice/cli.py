@@ -198,8 +198,12 @@ def cmd_anatomy(args) -> None:
 
 
 def cmd_finetune(args) -> None:
+    if args.dataset == "mosmed":
+        return _finetune_classification(args)
     from alice.downstream.segmentation import finetune
 
+    if args.label_fraction:
+        raise ConfigError("--label-fraction", "applies to --dataset mosmed only")
     settings = _settings(args, lambda c: cfg.finetune_settings(c, args.backbone))
     device = args.device or settings.get("device", "auto")
     threads = args.threads or settings.get("threads", 1)
@@ -216,7 +220,38 @@ def cmd_finetune(args) -> None:
                   device, threads, not args.no_progress)
 
 
+def _finetune_classification(args) -> None:
+    """MosMed: one classifier per label fraction of split --fold, each in OUT/labels<percent>/."""
+    from alice.data.folds import label_fraction_dir
+    from alice.downstream.classification import evaluate_classifier, finetune_classifier, split_fractions
+
+    settings = _settings(args, lambda c: cfg.classification_settings(c, args.backbone))
+    device = args.device or settings.get("device", "auto")
+    threads = args.threads or settings.get("threads", 1)
+    data = Path(args.data) if args.data else Path("results/data/mosmed")
+    fractions = args.label_fraction or split_fractions(data, args.fold)
+    for fraction in fractions:
+        out = Path(args.out) / label_fraction_dir(fraction)
+        summary = finetune_classifier(backbone=args.backbone, method=args.method, init=args.init,
+                                      fold=args.fold, label_fraction=fraction, data_dir=data,
+                                      out_dir=out, settings=settings["classification"],
+                                      encoder_config=settings["encoder"], seed=settings["seed"],
+                                      device=device, threads=threads, progress=not args.no_progress)
+        log.info("fine-tuned mosmed/%s/%s split %d, %g labels: %d iterations in %.1f s",
+                 args.method, args.backbone, args.fold, fraction, summary["iterations"],
+                 summary["seconds"])
+        if args.evaluate:
+            evaluate_classifier(model_dir=out, data_dir=data, out_path=out / "metrics.json",
+                                split="test", device=device, threads=threads)
+
+
 def _evaluate(dataset, model_dir, data, out, split, device, threads, progress) -> None:
+    if dataset == "mosmed":
+        from alice.downstream.classification import evaluate_classifier
+
+        evaluate_classifier(model_dir=model_dir, data_dir=data, out_path=out, split=split,
+                            device=device, threads=threads)
+        return
     from alice.downstream.inference import evaluate
 
     metrics = evaluate(dataset=dataset, model_dir=model_dir, data_dir=data, out_path=out,
@@ -353,13 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
     p.add_argument("--no-progress", action="store_true")
 
-    p = stage("finetune", cmd_finetune, "fine-tune a segmentation network on one fold")
-    p.add_argument("--dataset", required=True, choices=["flare22", "btcv"])
-    p.add_argument("--backbone", required=True, help="unetr (swin_unetr, nnformer: issue E)")
+    p = stage("finetune", cmd_finetune, "fine-tune a segmentation network on one fold, or "
+              "(mosmed) a classifier on one split per label fraction")
+    p.add_argument("--dataset", required=True, choices=["flare22", "btcv", "mosmed"])
+    p.add_argument("--backbone", required=True,
+                   help="segmentation: unetr (swin_unetr, nnformer: issue E); mosmed: vit, resnet3d")
     p.add_argument("--method", required=True, help="pretraining method that made --init")
     p.add_argument("--init", required=True, help="'scratch' or a pretraining checkpoint")
-    p.add_argument("--fold", required=True, type=int)
-    p.add_argument("--out", required=True, help="fold folder: model.pt, log.csv, ...")
+    p.add_argument("--fold", required=True, type=int, help="fold (mosmed: split) index")
+    p.add_argument("--label-fraction", type=float, action="append", default=[],
+                   help="mosmed: train on this label fraction of the split (repeatable; default: "
+                   "every fraction of folds.json), each in OUT/labels<percent>/")
+    p.add_argument("--out", required=True, help="fold folder: model.pt, log.csv, ... "
+                   "(mosmed: one labels<percent>/ subfolder per label fraction)")
     p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -368,11 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("evaluate", cmd_evaluate, "score a fine-tuned model on the test cases",
               settings=False)
-    p.add_argument("--dataset", required=True, choices=["flare22", "btcv"])
+    p.add_argument("--dataset", required=True, choices=["flare22", "btcv", "mosmed"])
     p.add_argument("--model-dir", required=True, help="folder holding model.pt")
     p.add_argument("--out", default=None, help="default: MODEL_DIR/metrics.json")
     p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
-    p.add_argument("--split", default="test", help="'test' or 'val:K' (fold K's val cases)")
+    p.add_argument("--split", default="test", help="'test' or 'val:K' (fold K's val cases); "
+                   "mosmed: 'test' or 'val' of the model's split")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")

@@ -152,6 +152,30 @@ def finetune_settings(config: dict, backbone: str) -> dict:
             "threads": config.get("finetune", {}).get("threads", 1)}
 
 
+def vit_encoder_config(config: dict) -> dict:
+    """The ViT encoder's architecture (name, embed_dim, depth, heads, mlp_ratio, patch): the one
+    place the classification stage reads it from (today `pretrain.encoder`)."""
+    encoder = (config.get("pretrain") or {}).get("encoder")
+    if encoder is None:
+        raise ConfigError("pretrain.encoder", "missing: the ViT encoder architecture")
+    return dict(encoder)
+
+
+def classification_settings(config: dict, backbone: str) -> dict:
+    """What `alice finetune --dataset mosmed` needs: the `classification` section, the ViT
+    encoder, seed, device, threads. `backbone` is checked against the networks the section sizes
+    (resnet3d has its own subsection; vit is the pretraining encoder)."""
+    section = config.get("classification")
+    if section is None:
+        raise ConfigError("classification", "missing: no classification fine-tuning settings")
+    if backbone not in ("vit", "resnet3d"):
+        raise ConfigError("--backbone", f"'{backbone}' is not a classification backbone "
+                                        "(known: vit, resnet3d)")
+    return {"classification": copy.deepcopy(section), "encoder": vit_encoder_config(config),
+            "seed": config["seed"], "device": config.get("device", "auto"),
+            "threads": section.get("threads", 1)}
+
+
 def plain_method_config(config: dict, method: str) -> dict:
     """A method's own pretraining settings (`pretrain.methods.<method>`) with the shared masking
     ratio: what its plain run (no ablation switch) is built from."""

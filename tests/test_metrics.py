@@ -230,3 +230,18 @@ def test_auc_matches_sklearn_and_rejects_one_class():
     assert auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
     with pytest.raises(ValueError, match="both classes"):
         auc([1, 1, 1], [0.2, 0.5, 0.9])
+
+
+def test_auc_with_ties_equals_sklearn():
+    # tied scores across and within classes: each tied (negative, positive) pair counts one half
+    y = [0, 0, 1, 1, 0, 1, 1, 0]
+    s = [0.3, 0.5, 0.5, 0.9, 0.3, 0.3, 0.5, 0.1]
+    assert auc(y, s) == roc_auc_score(y, s)
+    # by hand, 4 x 4 pairs: positives 0.5, 0.5 each beat 3 negatives and tie 1 (3.5), 0.9 beats all
+    # 4, 0.3 beats 1 and ties 2 (2.0): 13 / 16
+    assert auc(y, s) == 13 / 16
+    assert auc([0, 1], [0.4, 0.4]) == 0.5  # all tied: chance
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, size=200)
+    s = rng.integers(0, 4, size=200) / 4 + 0.1 * y  # heavily tied
+    assert auc(y, s) == roc_auc_score(y, s)

@@ -62,8 +62,17 @@ def _kfold(ids: list[str], n_splits: int, seed: int, dataset: str) -> list[dict[
     ]
 
 
-def _fraction_key(f: float) -> str:
+def fraction_key(f: float) -> str:
+    """The key of a label fraction in folds.json ("0.2", "1.0")."""
     return repr(float(f))
+
+
+_fraction_key = fraction_key
+
+
+def label_fraction_dir(f: float) -> str:
+    """The results folder of a label fraction: labels20, labels50, labels100 (labels12.5 ...)."""
+    return f"labels{float(f) * 100:g}"
 
 
 def _mosmed(cases: list[Mapping[str, Any]], settings: Mapping[str, Any], seed: int) -> dict[str, Any]:

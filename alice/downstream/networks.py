@@ -1,12 +1,16 @@
-"""Segmentation networks for fine-tuning, one builder per backbone in a single registry.
+"""Fine-tuning networks, one builder per backbone in a single registry.
 
     net = build_segmentation_network("unetr", num_classes=14, settings=cfg["finetune"]["unetr"],
                                      encoder_config=cfg["pretrain"]["encoder"])
+    net = build_classification_network("vit", num_classes=2, settings=cfg["classification"],
+                                       encoder_config=..., input_size=[128, 128, 64])
 
-A backbone is one `Backbone` entry in `BACKBONES`: the encoder names its checkpoints may carry,
-the encoder architecture fields that must match a checkpoint, a builder, and the accessor of the
-encoder sub-module whose state dict a pretraining checkpoint holds (see `alice.downstream.transfer`).
-Adding Swin UNETR or nnFormer is one builder function plus one registry entry.
+A backbone is one `Backbone` entry in `BACKBONES`: its task (segmentation or classification), the
+encoder names its checkpoints may carry, the encoder architecture fields that must match a
+checkpoint, a builder, and the accessor of the encoder sub-module whose state dict a pretraining
+checkpoint holds (see `alice.downstream.transfer`). Adding Swin UNETR or nnFormer is one builder
+function plus one registry entry. The classification backbones (`vit`, `resnet3d`, modules in
+`alice.downstream.classifiers`) share the registry so the same strict transfer serves them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Backbone:
     build: Callable[[int, Mapping[str, Any], Mapping[str, Any]], torch.nn.Module]
     encoder: Callable[[torch.nn.Module], torch.nn.Module]  # the sub-module a checkpoint's "encoder" fills
     arch_fields: tuple[str, ...] = ARCH_FIELDS
+    task: str = "segmentation"
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -119,9 +124,58 @@ def _build_unetr(num_classes: int, settings: Mapping[str, Any], encoder_config: 
     )
 
 
+# ---------------------------------------------------------------------------------- classification
+# A classification builder's `settings` are the `classification` section plus "input_size" (the
+# cached volume size, datasets.mosmed.size), which the ViT's position embeddings depend on.
+def _input_size(settings: Mapping[str, Any]) -> list[int]:
+    if "input_size" not in settings:
+        raise ConfigError("datasets.mosmed.size", "missing: the classifier's input size")
+    return _int3(settings["input_size"], "datasets.mosmed.size")
+
+
+def _build_vit_classifier(num_classes: int, settings: Mapping[str, Any],
+                          encoder_config: Mapping[str, Any]) -> torch.nn.Module:
+    from alice.downstream.classifiers import vit_classifier
+
+    enc = normalized_encoder_config(encoder_config)
+    if enc["name"] != "vit":
+        raise ConfigError("pretrain.encoder.name", f"the vit classifier needs a 'vit' encoder, got {enc['name']!r}")
+    if enc["embed_dim"] % enc["heads"]:
+        raise ConfigError(
+            "pretrain.encoder.heads", f"embed_dim {enc['embed_dim']} is not divisible by heads {enc['heads']}"
+        )
+    size = _input_size(settings)
+    if any(s % p for s, p in zip(size, enc["patch"])):
+        raise ConfigError("datasets.mosmed.size",
+                          f"{size} is not a multiple of the ViT patch {enc['patch']} (pretrain.encoder.patch)")
+    return vit_classifier(enc, size, num_classes)
+
+
+def _build_resnet_classifier(num_classes: int, settings: Mapping[str, Any],
+                             encoder_config: Mapping[str, Any]) -> torch.nn.Module:
+    from alice.downstream.classifiers import RESNET_LAYERS, ResNetClassifier
+
+    section = settings.get("resnet3d")
+    if not isinstance(section, Mapping):
+        raise ConfigError("classification.resnet3d", "missing: depth and widen_factor of the 3-D ResNet")
+    depth = section.get("depth")
+    if depth not in RESNET_LAYERS:
+        raise ConfigError("classification.resnet3d.depth",
+                          f"must be one of {sorted(RESNET_LAYERS)}, got {depth!r}")
+    widen = section.get("widen_factor")
+    if isinstance(widen, bool) or not isinstance(widen, (int, float)) or not widen > 0:
+        raise ConfigError("classification.resnet3d.widen_factor", f"must be a positive number, got {widen!r}")
+    _input_size(settings)
+    return ResNetClassifier(int(depth), float(widen), num_classes)
+
+
 # -------------------------------------------------------------------------------------- registry
 BACKBONES: dict[str, Backbone] = {
     "unetr": Backbone("unetr", ("vit",), _build_unetr, lambda net: net.vit),
+    "vit": Backbone("vit", ("vit",), _build_vit_classifier, lambda net: net.encoder, task="classification"),
+    # no CNN pretraining method exists yet: only Rand. init., so no checkpoint encoder fits
+    "resnet3d": Backbone("resnet3d", (), _build_resnet_classifier, lambda net: net.encoder, arch_fields=(),
+                         task="classification"),
 }
 
 
@@ -139,12 +193,33 @@ def build_segmentation_network(
     settings: the backbone's `finetune.<backbone>` section (crop, feature_size); encoder_config: the
     `pretrain.encoder` section (name, embed_dim, depth, heads, mlp_ratio, patch).
     """
+    return _build("segmentation", backbone, num_classes, settings, encoder_config)
+
+
+def build_classification_network(
+    backbone: str, num_classes: int, settings: Mapping[str, Any], encoder_config: Mapping[str, Any],
+    input_size: list[int] | tuple[int, ...],
+) -> torch.nn.Module:
+    """The classifier of `backbone` (vit, resnet3d) for inputs of `input_size` (x, y, z).
+
+    settings: the `classification` section (resnet3d: depth, widen_factor); encoder_config: the
+    ViT encoder architecture (`alice.config.vit_encoder_config`).
+    """
+    return _build("classification", backbone, num_classes, {**settings, "input_size": list(input_size)},
+                  encoder_config)
+
+
+def _build(task: str, backbone: str, num_classes: int, settings: Mapping[str, Any],
+           encoder_config: Mapping[str, Any]) -> torch.nn.Module:
     spec = get_backbone(backbone)
+    if spec.task != task:
+        known = ", ".join(n for n, b in BACKBONES.items() if b.task == task)
+        raise ConfigError("backbone", f"'{backbone}' is a {spec.task} backbone, not a {task} one (known: {known})")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError("num_classes", f"must be an integer >= 2, got {num_classes!r}")
     return spec.build(num_classes, settings, encoder_config)
 
 
 def encoder_of(net: torch.nn.Module, backbone: str) -> torch.nn.Module:
-    """The encoder sub-module of a network built by `build_segmentation_network` (UNETR: `.vit`)."""
+    """The encoder sub-module of a network of the registry (UNETR: `.vit`; classifiers: `.encoder`)."""
     return get_backbone(backbone).encoder(net)

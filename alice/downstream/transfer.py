@@ -1,4 +1,4 @@
-"""Strict transfer of a pretrained encoder into a segmentation network.
+"""Strict transfer of a pretrained encoder into a fine-tuning network (segmentation or classification).
 
 A pretraining checkpoint (DESIGN.md) is a dict loaded with `torch.load(..., weights_only=True)`:
 `{"encoder": state_dict, "encoder_config": {...}, "method": str, "method_config": {...},
@@ -112,7 +112,7 @@ def check_encoder_config(
     if name not in spec.encoder_names:
         raise WeightTransferError(
             f"{path}: checkpoint encoder '{name or '<none>'}' cannot initialise backbone '{backbone}' "
-            f"(needs: {', '.join(spec.encoder_names)})"
+            f"(needs: {', '.join(spec.encoder_names) or 'none, it trains from scratch only'})"
         )
     run = normalized_encoder_config(run_config)
     try:

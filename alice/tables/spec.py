@@ -3,8 +3,8 @@ produces each cell.
 
 A spec lists the paper's rows (each naming the pretraining `method`, maybe a `variant`) and
 columns (each naming a `backbone`/`metric`, or a label fraction). A cell is reproduced when the
-config's `reproduce` section enables its (method, backbone); its value then comes from the
-fine-tuning results of every fold. A variant (an ablation switch, e.g. {"casa": false}) names its
+config's `reproduce` section enables its (method, backbone) (and, for MosMed, its label fraction is
+configured); its value then comes from the fine-tuning results of every fold (MosMed: split). A variant (an ablation switch, e.g. {"casa": false}) names its
 own pretraining run (`alice__casa-false`, alice.ssl.variants). A table may run on a substitute
 backbone and fewer folds than the paper's (`reproduce.substitute`, where the spec's `substitute`
 lists which of the two it accepts: the ablation tables both, Table 3 the backbone only).
@@ -86,14 +86,15 @@ def cell_experiment(spec: dict, row: dict, column: dict) -> dict:
 def is_enabled(experiment: dict, reproduce: dict) -> bool:
     """Whether the config asks the DAG to compute this cell.
 
-    Segmentation cells of a reproduced (method, backbone), including ablation variants made of the
-    method's known switches (alice.ssl.variants); classification and the settings table arrive with
-    issues E and F and are reported as not reproduced until then.
+    Segmentation and classification (MosMed) cells of a reproduced (method, backbone), including
+    ablation variants made of the method's known switches (alice.ssl.variants); the settings table
+    arrives with issue F and is reported as not reproduced until then. (`cell_runs` also needs a
+    classification cell's label fraction among the configured ones.)
     """
     from alice.ssl.variants import has_switches
 
     return (
-        experiment["task"] == "segmentation"
+        experiment["task"] in ("segmentation", "classification")
         and experiment["method"] in reproduce.get("methods", [])
         and experiment["backbone"] in reproduce.get("backbones", [])
         and has_switches(experiment["method"], experiment["variant"])
@@ -101,9 +102,24 @@ def is_enabled(experiment: dict, reproduce: dict) -> bool:
 
 
 def finetune_dir(experiment: dict, fold: int) -> str:
-    """The fine-tuning folder of a cell's experiment; `experiment["run"]` is the pretraining run."""
+    """The fine-tuning folder of a cell's experiment; `experiment["run"]` is the pretraining run.
+    A classification cell's label fraction is a subfolder of its split: .../fold3/labels20."""
+    from alice.data.folds import label_fraction_dir
+
     run = experiment.get("run") or experiment["method"]
-    return f"results/finetune/{experiment['dataset']}/{run}/{experiment['backbone']}/fold{fold}"
+    path = f"results/finetune/{experiment['dataset']}/{run}/{experiment['backbone']}/fold{fold}"
+    if experiment.get("label_fraction") is not None:
+        path += "/" + label_fraction_dir(experiment["label_fraction"])
+    return path
+
+
+def _fraction_configured(experiment: dict, settings: dict) -> bool:
+    """Whether a cell's label fraction (if any) is one the dataset's splits are made with."""
+    fraction = experiment.get("label_fraction")
+    if fraction is None:
+        return True
+    configured = (settings.get("label_fractions") or {}).get(experiment["dataset"]) or []
+    return any(abs(float(fraction) - float(f)) < 1e-9 for f in configured)
 
 
 SUBSTITUTABLE = ("backbone", "folds")
@@ -131,7 +147,8 @@ def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
     """Per enabled column of `row`: what computes it.
 
     {"run": pretraining run id, "backbone": the backbone that runs, "dataset", "folds": [k, ...],
-    "paths": [metrics file per fold]}. `settings` = `table_settings(config)`.
+    "paths": [metrics file per fold]}. `settings` = `table_settings(config)`. MosMed's "folds"
+    are its splits (`datasets.mosmed.repeats`), each cell at its column's label fraction.
     """
     from alice.ssl.variants import run_id
 
@@ -146,7 +163,7 @@ def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
         experiment = cell_experiment(spec, row, column)
         if backbone_override:
             experiment["backbone"] = backbone_override
-        if not is_enabled(experiment, settings["reproduce"]):
+        if not is_enabled(experiment, settings["reproduce"]) or not _fraction_configured(experiment, settings):
             continue
         experiment["run"] = run_id(experiment["method"], experiment["variant"],
                                    method_configs.get(experiment["method"]))
@@ -168,15 +185,19 @@ def cell_sources(spec: dict, row: dict, settings: dict) -> dict[str, list[str]]:
 
 def table_settings(config: dict) -> dict:
     """The part of the config the table stages depend on (passed to them as JSON): what to
-    reproduce, the folds per dataset, and each method's pretraining settings (an ablation variant
-    equal to them is the plain run)."""
+    reproduce, the folds per dataset (MosMed: its splits), MosMed's label fractions, and each
+    method's pretraining settings (an ablation variant equal to them is the plain run)."""
     from alice.config import plain_method_config
 
     methods = (config.get("pretrain") or {}).get("methods") or {}
     method_configs = {name: plain_method_config(config, name) for name in methods}
+    datasets = config["datasets"]
+    folds = {name: section["folds"] for name, section in datasets.items() if "folds" in section}
+    folds.update({name: section["repeats"] for name, section in datasets.items() if "repeats" in section})
     return {
         "reproduce": config.get("reproduce", {"methods": [], "backbones": []}),
-        "folds": {name: section["folds"] for name, section in config["datasets"].items()
-                  if "folds" in section},
+        "folds": folds,
+        "label_fractions": {name: [float(f) for f in section["label_fractions"]]
+                            for name, section in datasets.items() if "label_fractions" in section},
         "method_configs": method_configs,
     }

@@ -116,6 +116,28 @@ def test_mosmed_repeats_disjoint_covering_stratified_nested():
     assert folds["repeats"][0]["test"] != folds["repeats"][1]["test"]
 
 
+@pytest.mark.parametrize("counts", [(12, 8, 4, 3, 2), (30, 45, 10, 5, 1), (254, 684, 125, 45, 2)])
+def test_mosmed_parts_keep_the_class_ratio_within_rounding(counts):
+    """Each split's train/val/test hold round(size x ratio) positives up to one case (the demo
+    phantoms, a mid-size set, the real counts); each label fraction keeps its parent's ratio the
+    same way and is nested in it."""
+    manifest = _mosmed_manifest(counts)
+    label = {c["case_id"]: c["class_label"] for c in manifest["cases"]}
+    positives = lambda part: sum(label[i] for i in part)  # noqa: E731
+
+    def within_rounding(part, parent):
+        return abs(positives(part) - len(part) * positives(parent) / len(parent)) < 1
+
+    folds = make_folds("mosmed", manifest, MOSMED, seed=0)
+    for rep in folds["repeats"]:
+        for part in ("train", "val", "test"):
+            assert within_rounding(rep[part], list(label)), (rep["repeat"], part)
+        fr = rep["label_fractions"]
+        for small, big in (("0.2", "0.5"), ("0.5", "1.0")):
+            assert set(fr[small]) < set(fr[big])
+            assert within_rounding(fr[small], fr[big]), (rep["repeat"], small)
+
+
 def test_mosmed_deterministic_and_seed_dependent():
     manifest = _mosmed_manifest((40, 60, 0, 0, 0))
     a = make_folds("mosmed", manifest, MOSMED, seed=3)

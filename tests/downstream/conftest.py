@@ -127,4 +127,74 @@ def dx():
         make_case=make_case,
         stored_affine=stored_affine,
         ras_spacing=ras_spacing,
+        CLS_SETTINGS=CLS_SETTINGS,
+        CLS_ENCODER=CLS_ENCODER,
     )
+
+
+# ------------------------------------------------------------------------------ MosMed (classification)
+# ViT patch 8 on 16³ volumes: 2x2x2 tokens keep a classification step at a few ms
+CLS_ENCODER = {"name": "vit", "embed_dim": 24, "depth": 2, "heads": 2, "mlp_ratio": 2, "patch": [8, 8, 8]}
+CLS_SETTINGS = {
+    "optim": {"optimizer": "adamw", "lr": 1.0e-3, "weight_decay": 1.0e-5, "betas": [0.9, 0.999], "batch_size": 2,
+              "schedule": "cosine", "warmup_iterations": 1, "iterations": 4},
+    "augmentation": ["rotation", "scaling", "flip", "gaussian_noise", "gaussian_blur", "brightness_contrast",
+                     "low_resolution"],
+    "val_every": 2,
+    "selection": "best_val",
+    "resnet3d": {"depth": 10, "widen_factor": 0.125},
+}
+CLS_SIZE = [16, 16, 16]
+# 6 CT-0 and 6 CT-1..4 studies: enough for 2 stratified 50/25/25 splits with label fractions 0.5, 1.0
+MOSMED_STUDIES = {0: [1, 2, 3, 4, 5, 6], 1: [7, 8], 2: [9, 10], 3: [11], 4: [12]}
+MOSMED_FOLDS = {"repeats": 2, "split": [0.5, 0.25, 0.25], "label_fractions": [0.5, 1.0]}
+
+
+def make_chest(seed: int, category: int, shape=(24, 24, 12)) -> np.ndarray:
+    """HU chest: soft tissue body, two dark lungs, ground-glass blobs filling ~category/5 of them."""
+    rng = np.random.default_rng(seed)
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[2:-2, 3:-3, :] = 40.0
+    lungs = np.zeros(shape, bool)
+    lungs[4:11, 5:-5, 1:-1] = True
+    lungs[13:20, 5:-5, 1:-1] = True
+    hu[lungs] = -850.0
+    if category:
+        ggo = lungs & (rng.random(shape) < 0.2 * category)
+        hu[ggo] = -500.0
+    hu += rng.normal(0.0, 20.0, shape).astype(np.float32)
+    return np.rint(hu).astype(np.int16)
+
+
+def write_mosmed(root: Path, studies=None) -> Path:
+    affine = np.diag([1.5, 1.5, 5.0, 1.0])
+    for category, numbers in (studies or MOSMED_STUDIES).items():
+        for n in numbers:
+            _write(root / "studies" / f"CT-{category}" / f"study_{n:04d}.nii.gz", make_chest(n, category), affine)
+    return root
+
+
+def prepare_mosmed(root: Path, out: Path, folds=None) -> Path:
+    from alice.data.folds import make_folds, write_folds
+    from alice.data.preprocess import prepare
+
+    manifest = prepare("mosmed", root, out, {"window": [-1000, 400], "rotate90": 1, "size": CLS_SIZE}, progress=False)
+    write_folds(out / "folds.json", make_folds("mosmed", manifest, folds or MOSMED_FOLDS, seed=0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mosmed(tmp_path_factory) -> Path:
+    """A prepared tiny MosMed (12 studies, 16³) with 2 splits and label fractions 0.5, 1.0."""
+    base = tmp_path_factory.mktemp("tiny_mosmed")
+    return prepare_mosmed(write_mosmed(base / "COVID19_1110"), base / "cache")
+
+
+@pytest.fixture
+def cls_settings():
+    return copy.deepcopy(CLS_SETTINGS)
+
+
+@pytest.fixture
+def cls_encoder():
+    return copy.deepcopy(CLS_ENCODER)

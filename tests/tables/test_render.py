@@ -269,3 +269,84 @@ def test_substitute_entries_are_checked():
     assert substitute_overrides(load_spec("table1"), settings) == (None, None)
     with pytest.raises(ConfigError, match=r"table3.yaml:substitute.*unknown entries \['epochs'\]"):
         substitute_overrides({"id": "table3", "substitute": ["epochs"]}, settings)
+# ------------------------------------------------------------------------------ classification (MosMed)
+CLS_SETTINGS = {"reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr", "vit", "resnet3d"]},
+                "folds": {"flare22": 5, "btcv": 5, "mosmed": 10},
+                "label_fractions": {"mosmed": [0.2, 0.5, 1.0]}}
+SPLIT_AUC = {"rand_init/resnet3d": 0.60, "rand_init/vit": 0.55, "alice/vit": 0.70}
+
+
+def write_auc(root, run, backbone, fraction_dir, base, n=10):
+    values = [base + 0.01 * k for k in range(n)]
+    for k, value in enumerate(values):
+        path = root / f"results/finetune/mosmed/{run}/{backbone}/fold{k}/{fraction_dir}/metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"mean": {"auc": value}, "cases": {}, "settings_hash": "h",
+                                    "code_version": "v"}))
+    return values
+
+
+def test_classification_cells_read_every_split_at_their_label_fraction():
+    spec = load_spec("table9")
+    sources = cell_sources(spec, find_row(spec, "rand_init_resnet3d"), CLS_SETTINGS)
+    assert set(sources) == {"auc_20", "auc_50", "auc_100"}
+    assert len(sources["auc_20"]) == 10
+    assert sources["auc_20"][3] == "results/finetune/mosmed/rand_init/resnet3d/fold3/labels20/metrics.json"
+    assert sources["auc_100"][9] == "results/finetune/mosmed/rand_init/resnet3d/fold9/labels100/metrics.json"
+    assert cell_sources(spec, find_row(spec, "alice"), CLS_SETTINGS)["auc_50"][0] == (
+        "results/finetune/mosmed/alice/vit/fold0/labels50/metrics.json")
+    assert cell_sources(spec, find_row(spec, "mae"), CLS_SETTINGS) == {}
+    table4 = load_spec("table4")
+    assert cell_sources(table4, find_row(table4, "alice"), CLS_SETTINGS) == {
+        "auc": [f"results/finetune/mosmed/alice/vit/fold{k}/labels100/metrics.json" for k in range(10)]}
+    assert cell_sources(table4, find_row(table4, "byol"), CLS_SETTINGS) == {}
+
+
+def test_classification_needs_its_backbone_and_label_fraction():
+    spec = load_spec("table9")
+    row = find_row(spec, "rand_init_vit")
+    no_vit = {**CLS_SETTINGS, "reproduce": {"methods": ["rand_init"], "backbones": ["unetr", "resnet3d"]}}
+    assert cell_sources(spec, row, no_vit) == {}
+    full_only = {**CLS_SETTINGS, "label_fractions": {"mosmed": [1.0]}}
+    assert set(cell_sources(spec, row, full_only)) == {"auc_100"}
+    assert cell_sources(spec, row, SETTINGS) == {}  # no label fractions configured: not reproduced
+
+
+def test_tables_4_and_9_from_fake_metrics(tmp_path):
+    values = {}
+    for run_backbone, base in SPLIT_AUC.items():
+        run, backbone = run_backbone.split("/")
+        for fraction_dir, shift in (("labels20", -0.1), ("labels50", -0.05), ("labels100", 0.0)):
+            values[run_backbone, fraction_dir] = write_auc(tmp_path, run, backbone, fraction_dir, base + shift)
+    frame = render.compute_row("table9", "rand_init_resnet3d", CLS_SETTINGS, root=tmp_path).set_index("column")
+    cell = frame.loc["auc_20"]
+    expected = pd.Series(values["rand_init/resnet3d", "labels20"]) * 100
+    assert cell["status"] == "reproduced" and cell["n_folds"] == 10
+    assert cell["reproduced_mean"] == pytest.approx(expected.mean())
+    assert cell["reproduced_std"] == pytest.approx(expected.std(), abs=1e-4)  # sample std over the splits
+    assert cell["reproduced"] == f"{expected.mean():.2f}±{expected.std():.2f}" == "54.50±3.03"
+    assert cell["paper"] == "73.55±9.33"
+    for table in ("table4", "table9"):
+        files = all_rows(tmp_path, table, CLS_SETTINGS)
+        render.render_table(table, files, tmp_path / f"{table}.csv", tmp_path / f"{table}.tex")
+        render.check_latex((tmp_path / f"{table}.tex").read_text())
+    t4 = pd.read_csv(tmp_path / "table4.csv", dtype=str, keep_default_na=False).set_index("row")
+    assert t4.loc["alice", "AUC on COVID-19 (reproduced)"] == "74.50±3.03"  # the 100 % splits
+    assert t4.loc["alice", "AUC on COVID-19 (paper)"] == "90.88±1.29"
+    assert t4.loc["alice", "reproduced with"] == "alice / vit / folds 0,1,2,3,4,5,6,7,8,9"
+    assert t4.loc["byol", "AUC on COVID-19 (reproduced)"] == render.NOT_REPRODUCED
+    t9 = pd.read_csv(tmp_path / "table9.csv", dtype=str, keep_default_na=False).set_index("row")
+    assert t9.loc["rand_init_vit", "COVID-19 50% (reproduced)"] == "54.50±3.03"
+    assert t9.loc["alice", "COVID-19 100% (reproduced)"] == "74.50±3.03"
+    assert t9.loc["dira", "COVID-19 20% (reproduced)"] == render.NOT_REPRODUCED
+    assert (t9 != "").all().all()
+
+
+def test_table_settings_of_the_demo_config():
+    from alice import config as cfg
+    from alice.tables.spec import table_settings
+
+    settings = table_settings(cfg.load_config())
+    assert settings["folds"]["mosmed"] == 10
+    assert settings["label_fractions"] == {"mosmed": [0.2, 0.5, 1.0]}
+    assert {"vit", "resnet3d"} <= set(settings["reproduce"]["backbones"])

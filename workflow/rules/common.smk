@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from alice import config as cfg
-from alice.data.folds import offline_test_split
+from alice.data.folds import label_fraction_dir, offline_test_split
 from alice.downstream.submission import online_models
 from alice.tables.spec import cell_sources, find_row, load_spec, table_ids, table_settings
 
@@ -50,6 +50,31 @@ def finetune_init(wildcards):
 def finetune_inputs(wildcards):
     init = finetune_init(wildcards)
     inputs = {"folds": f"results/data/{wildcards.dataset}/folds.json"}
+    if init != "scratch":
+        inputs["init"] = init
+    return inputs
+
+
+# MosMed classification: one job per (run, backbone, split) trains every label fraction (one
+# process: its start-up, ~5 s of imports, costs more than a demo training)
+LABEL_FRACTIONS = [float(f) for f in config["datasets"]["mosmed"]["label_fractions"]]
+LABEL_DIRS = [label_fraction_dir(f) for f in LABEL_FRACTIONS]
+
+
+def classifier_init(wildcards):
+    """'scratch' for Rand. init., else the ViT checkpoint of the pretraining run."""
+    if wildcards.method == "rand_init":
+        return "scratch"
+    if wildcards.backbone != "vit":
+        raise WorkflowError(f"no pretrained '{wildcards.backbone}' encoder exists (no CNN pretraining "
+                            f"method yet): only rand_init runs on it, not '{wildcards.method}'")
+    encoder = cfg.vit_encoder_config(config)["name"]
+    return f"results/pretrain/{wildcards.method}/{encoder}/checkpoint.pt"
+
+
+def classifier_inputs(wildcards):
+    init = classifier_init(wildcards)
+    inputs = {"folds": "results/data/mosmed/folds.json"}
     if init != "scratch":
         inputs["init"] = init
     return inputs

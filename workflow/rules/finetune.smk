@@ -1,4 +1,5 @@
-# Downstream stage: fine-tune each (dataset, method, backbone, fold) and score it.
+# Downstream stage: fine-tune each (dataset, method, backbone, fold) and score it; MosMed
+# classification: each (run, backbone, split) for every label fraction, scored on the split's test part.
 
 
 rule finetune:
@@ -48,3 +49,32 @@ rule evaluate:
         "alice evaluate --dataset {wildcards.dataset} --model-dir {params.model_dir} "
         "--out {output} --split {params.split} --device {params.device} --threads {threads} "
         "--no-progress 2> {log}"
+
+
+rule finetune_classifier:
+    input:
+        unpack(classifier_inputs),
+    output:
+        models=expand("results/finetune/mosmed/{{method}}/{{backbone}}/fold{{fold}}/{labels}/model.pt",
+                      labels=LABEL_DIRS),
+        metrics=expand("results/finetune/mosmed/{{method}}/{{backbone}}/fold{{fold}}/{labels}/metrics.json",
+                       labels=LABEL_DIRS),
+    wildcard_constraints:
+        method=RUN_PATTERN,
+        backbone="vit|resnet3d",
+        fold=r"\d+",
+    params:
+        settings=lambda w: as_json(cfg.classification_settings(config, w.backbone)),
+        init=classifier_init,
+        fractions=" ".join(f"--label-fraction {f}" for f in LABEL_FRACTIONS),
+        out=lambda w: f"results/finetune/mosmed/{w.method}/{w.backbone}/fold{w.fold}",
+    threads: config["classification"].get("threads", 1)
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/finetune/mosmed/{method}/{backbone}/fold{fold}.log",
+    shell:
+        "alice finetune --dataset mosmed --backbone {wildcards.backbone} "
+        "--method {wildcards.method} --init {params.init:q} --fold {wildcards.fold} "
+        "{params.fractions} --out {params.out} --threads {threads} "
+        "--settings {params.settings:q} --evaluate --no-progress 2> {log}"

@@ -1,0 +1,63 @@
+"""Classification networks of the MosMed task (paper supplementary B.3): an encoder, global
+average pooling and one linear layer ("we extract the pretrained online encoder and appended a FC
+layer with the output channel as the number of classes").
+
+- `ViTClassifier`: `alice.models.vit.ViTEncoder` (key-for-key MONAI UNETR's `vit`, so a pretraining
+  checkpoint loads strictly, as into UNETR) -> mean over all tokens -> `Linear(embed_dim, classes)`.
+- `ResNetClassifier`: MONAI's 3-D ResNet (`monai.networks.nets.resnet.ResNet`, without its own fc)
+  -> its global average pooling -> `Linear(width, classes)`.
+
+Both expose `encoder` (what a pretraining checkpoint fills) and `head`; the registry entries live
+in `alice.downstream.networks`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from alice.models.vit import ViTEncoder
+
+# depth -> (MONAI block, blocks per stage), the standard ResNet family (He et al. 2016)
+RESNET_LAYERS = {10: ("basic", [1, 1, 1, 1]), 18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]),
+                 50: ("bottleneck", [3, 4, 6, 3])}
+RESNET_WIDTHS = (64, 128, 256, 512)
+
+
+class ViTClassifier(nn.Module):
+    def __init__(self, encoder: ViTEncoder, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.embed_dim, num_classes)
+
+    @property
+    def feat_size(self) -> tuple[int, int, int]:
+        """The token grid (read by the loader to interpolate pretrained position embeddings)."""
+        return self.encoder.grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, _, _ = self.encoder(x)  # no masking: every token, after the final LayerNorm
+        return self.head(tokens.mean(dim=1))
+
+
+class ResNetClassifier(nn.Module):
+    def __init__(self, depth: int, widen_factor: float, num_classes: int, in_channels: int = 1):
+        super().__init__()
+        from monai.networks.nets.resnet import ResNet
+
+        block, layers = RESNET_LAYERS[depth]
+        # stem stride 2 as in the standard ResNet (MONAI's default 1 runs the 7³ stem at full
+        # resolution, 4x the cost for no benefit on 128x128x64 inputs)
+        self.encoder = ResNet(block=block, layers=layers, block_inplanes=list(RESNET_WIDTHS), spatial_dims=3,
+                              n_input_channels=in_channels, conv1_t_size=7, conv1_t_stride=2,
+                              widen_factor=widen_factor, feed_forward=False)
+        self.head = nn.Linear(self.encoder.in_planes, num_classes)  # in_planes: the last stage's width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))  # the encoder ends in global average pooling + flatten
+
+
+def vit_classifier(encoder_config, input_size: Sequence[int], num_classes: int) -> ViTClassifier:
+    return ViTClassifier(ViTEncoder.from_config(encoder_config, img_size=tuple(input_size)), num_classes)
