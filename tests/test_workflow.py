@@ -97,8 +97,8 @@ def test_table1_from_an_empty_folder(tmp_path):
     config["phantom"]["counts"]["flare22"] = {"labeled": 4, "unlabeled": 0, "validation": 1}
     config["datasets"]["flare22"]["offline_test"] = ["FLARETs_0001"]
     config["reproduce"]["methods"] = ["rand_init"]  # Alice's pretraining: tests/ssl/test_pretrain_cli.py
-    config["pretrain"]["encoder"] = {"name": "vit", "embed_dim": 24, "depth": 12, "heads": 2,
-                                     "mlp_ratio": 2, "patch": [16, 16, 16]}
+    config["pretrain"]["encoders"]["vit"] = {"embed_dim": 24, "depth": 12, "heads": 2,
+                                             "mlp_ratio": 2, "patch": [16, 16, 16]}
     unetr = config["finetune"]["unetr"]
     unetr.update(crop=[32, 32, 16], feature_size=4, samples_per_volume=1, val_every=1)
     unetr["optim"].update(epochs=1, warmup_epochs=0, batch_size=2)
