@@ -29,6 +29,23 @@ def test_dry_run_lists_the_data_stage(tmp_path):
         assert rule in out
 
 
+def test_backbone_picks_its_encoders_checkpoint(tmp_path):
+    """A fold of Swin UNETR / nnFormer needs the pretraining run of its own encoder."""
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config["pretrain"]["pairs"]["matcher"] = "bbox"  # no learned matcher in this DAG
+    path = tmp_path / "bbox.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("results/finetune/flare22/alice/nnformer/fold0/metrics.json",
+                       "results/finetune/flare22/alice/swin_unetr/fold1/metrics.json", "-n",
+                       "--directory", str(tmp_path), "--snakefile", str(REPO_ROOT / "Snakefile"),
+                       "--configfile", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "results/pretrain/alice/nnformer/checkpoint.pt" in out
+    assert "results/pretrain/alice/swin/checkpoint.pt" in out
+    assert "results/pretrain/alice/vit/" not in out
+
+
 def test_lint_is_clean():
     result = snakemake("--lint")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -32,9 +32,6 @@ from alice.models.configs import FIELDS, check_crop, int3, normalized_encoder_co
 if TYPE_CHECKING:
     import torch
 
-# Encoder architecture fields of the ViT (kept for callers of the UNETR-only API).
-ARCH_FIELDS = FIELDS["vit"]
-
 
 @dataclass(frozen=True)
 class Backbone:
