@@ -34,6 +34,15 @@ ALICE = dict(decoder={"dim": 16, "depth": 1, "heads": 2}, head={"hidden_dim": 32
              casa_dim=16)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny networks, busy shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _settings(backbone):
     enc, _, crop, width = CASES[backbone]
     return {"crop": list(crop), "feature_size": width}

@@ -22,6 +22,15 @@ ARGS = dict(decoder={"dim": 16, "depth": 1, "heads": 2}, head={"hidden_dim": 32,
             casa_dim=16)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny networks, busy shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make(name, **kw):
     torch.manual_seed(0)
     enc, crop = ENCODERS[name]

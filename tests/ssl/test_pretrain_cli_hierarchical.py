@@ -17,6 +17,15 @@ ENCODER = {"name": "nnformer", "embed_dim": 8, "depths": [2, 2, 1], "heads": [1,
 CROP = [32, 32, 16]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny networks, busy shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory, tiny_pool):
     return tiny_pool(tmp_path_factory.mktemp("pool"), seed=4, spacing=[12.0, 12.0, 10.0])
