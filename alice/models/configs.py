@@ -31,7 +31,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 SWIN_PATCH = 2      # SwinUNETR's decoder upsamples by 2 five times: patch 2, then 4 patch mergings
 SWIN_STAGES = 4
-NNFORMER_PATCH = (1, 2, 4)  # two stride-s convolutions, s in {1, 2}, make the embedding (§3.1)
+NNFORMER_PATCH = (1, 2, 4)  # two stride-s convolutions, s in {1, 2}, make the embedding layer
 
 
 def config_key(name: str) -> str:

@@ -1,29 +1,31 @@
 """nnFormer (Zhou et al., "nnFormer: Volumetric Medical Image Segmentation via a 3D Transformer",
 IEEE TIP 2023; arXiv:2109.03201, the Alice paper's [53]), written from the paper.
 
-Architecture (paper §3, Fig. 2), sizes for a crop (X, Y, Z), embedding patch p and S stages:
+Architecture (the paper's Method section and its architecture figure; section names below are
+those of the method's parts: Encoder / Bottleneck / Decoder), sizes for a crop (X, Y, Z), embedding
+patch p and S stages:
 
-- Embedding (§3.1): stacked 3³ convolutions with small strides instead of one large-patch
+- Embedding layer (Encoder): stacked 3³ convolutions with small strides instead of one large-patch
   projection — conv(stride s1) → GELU → LN → conv → GELU → LN → conv(stride s2) → GELU → LN → conv,
   s1·s2 = p per axis — giving the map (C, X/p0, Y/p1, Z/p2).
-- Encoder stages i = 1..S of width C·2^(i-1) (§3.2), separated by down-sampling layers (a strided
-  convolution, kernel 2, stride 2, doubling the width; §3.1 "down-sampling"), the map halving on
-  every axis. Blocks are pre-norm transformer blocks (z' = A(LN(z)) + z, z'' = MLP(LN(z')) + z'):
+- Encoder stages i = 1..S of width C·2^(i-1), separated by down-sampling layers (Encoder: a
+  strided convolution, kernel 2, stride 2, doubling the width), the map halving on every axis.
+  Blocks are pre-norm transformer blocks (z' = A(LN(z)) + z, z'' = MLP(LN(z')) + z'):
   * LV-MSA, local volume-based multi-head self-attention: attention inside non-overlapping 3-D
     windows (local volumes), alternating with SLV-MSA, the same on windows shifted by half a
-    window (§3.2, eqs. 1–2, the Swin scheme in 3-D), with a learned relative position bias B:
-    Attention(Q, K, V) = softmax(QKᵀ/√d + B) V (eq. 3);
+    window (the Swin scheme in 3-D), with a learned relative position bias B in the paper's
+    attention equation Attention(Q, K, V) = softmax(QKᵀ/√d_k + B) V;
   * GV-MSA, global volume-based multi-head self-attention: the same attention over every token of
-    the (down-sampled, low-resolution) map at once (§3.2), used by the last `global_stages`
-    stages (the bottleneck). Its relative position bias uses the LV-MSA table, offsets clipped to
+    the (down-sampled, low-resolution) map at once (Bottleneck), used by the last
+    `global_stages` stages. Its relative position bias uses the LV-MSA table, offsets clipped to
     the window, so no weight depends on the crop (a pretrained encoder fits any fine-tuning crop).
-- Decoder (§3.3) mirrors stages S-1..1: a transposed convolution (kernel 2, stride 2) up-samples
+- Decoder mirrors stages S-1..1: a transposed convolution (kernel 2, stride 2) up-samples
   and halves the width, then blocks of the mirrored kind with skip attention: the queries come from
   the decoder tokens, the keys and values from the encoder stage's tokens at the same resolution
   (the paper's replacement of concatenation/addition skips).
-- Output (§3.3, "final patch expanding"): a transposed convolution (kernel = stride = p) maps a
-  decoder stage to class logits; deep supervision (§4, nnU-Net's training) puts one such head on
-  each decoder stage: outputs at full, 1/2, 1/4, ... resolution. In training mode `forward`
+- Output (Decoder, "final patch expanding"): a transposed convolution (kernel = stride = p) maps a
+  decoder stage to class logits; deep supervision (its training follows nnU-Net's) puts one
+  such head on each decoder stage: outputs at full, 1/2, 1/4, ... resolution. In training mode `forward`
   returns that list (full resolution first) when `deep_supervision` is on; in eval mode only the
   full-resolution logits (what sliding-window inference needs). The loss weights (halving per
   scale) are applied by alice.downstream.segmentation.
@@ -109,7 +111,7 @@ def _shift_mask(size: Sequence[int], window: Sequence[int], shift: Sequence[int]
 
 
 class RelativePositionBias(nn.Module):
-    """Learned relative position bias B of eq. 3: one value per head and 3-D offset, offsets within
+    """Learned relative position bias B of the attention: one value per head and 3-D offset, offsets within
     ±(window − 1) per axis (larger ones, in GV-MSA, are clipped to the table's edge)."""
 
     def __init__(self, window: Sequence[int], heads: int) -> None:
@@ -140,7 +142,7 @@ class RelativePositionBias(nn.Module):
 
 
 class VolumeAttention(nn.Module):
-    """Multi-head attention (eq. 3) inside token groups: queries from `x`, keys/values from `kv`
+    """Multi-head attention with relative position bias inside token groups: queries from `x`, keys/values from `kv`
     (the same tokens for LV-/GV-MSA, the encoder's skip tokens for skip attention)."""
 
     def __init__(self, dim: int, heads: int, window: Sequence[int]) -> None:
@@ -226,7 +228,8 @@ class NNFormerStage(nn.Module):
 
 
 class ConvEmbedding(nn.Module):
-    """§3.1: four 3³ convolutions with small strides (s1, 1, s2, 1), s1·s2 = patch per axis."""
+    """The embedding layer: four 3³ convolutions with small strides (s1, 1, s2, 1), s1·s2 = patch
+    per axis, GELU and LayerNorm between them."""
 
     def __init__(self, in_channels: int, dim: int, patch: Sequence[int]) -> None:
         super().__init__()
