@@ -39,4 +39,4 @@ rule all:
          else ["results/anatomy/matching.csv", "results/figures/matching.png"]),
         expand("results/figures/pretrain_{method}_{encoder}.png",
                method=[m for m in config["reproduce"]["methods"] if m != "rand_init"],
-               encoder=config["pretrain"]["encoder"]["name"]),
+               encoder=reproduced_encoders()),

@@ -81,14 +81,14 @@ def cmd_pretrain(args) -> None:
     from alice.ssl.registry import build_method
     from alice.ssl.trainer import pretrain, seed_everything, step_seed
 
-    settings = _settings(args, lambda c: cfg.pretrain_settings(c, args.method))
+    settings = _settings(args, lambda c: cfg.pretrain_settings(c, args.method, args.encoder))
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     encoder = settings["encoder"]
     if encoder["name"] != args.encoder:
-        raise ConfigError("--encoder", f"the config's pretrain.encoder is '{encoder['name']}', "
+        raise ConfigError("--encoder", f"the settings' encoder is '{encoder['name']}', "
                                        f"not '{args.encoder}'")
     data = Path(args.data)
     splits_path = data / "folds.json"
@@ -392,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
               "(mosmed) a classifier on one split per label fraction")
     p.add_argument("--dataset", required=True, choices=["flare22", "btcv", "mosmed"])
     p.add_argument("--backbone", required=True,
-                   help="segmentation: unetr (swin_unetr, nnformer: issue E); mosmed: vit, resnet3d")
+                   help="segmentation: unetr, swin_unetr or nnformer (its encoder: vit, swin, "
+                   "nnformer; --init must be a checkpoint of that encoder); mosmed: vit, resnet3d")
     p.add_argument("--method", required=True, help="pretraining method that made --init")
     p.add_argument("--init", required=True, help="'scratch' or a pretraining checkpoint")
     p.add_argument("--fold", required=True, type=int, help="fold (mosmed: split) index")

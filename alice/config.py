@@ -139,14 +139,37 @@ def folds_settings(config: dict, dataset: str) -> dict:
     return {**{k: section[k] for k in keys}, "seed": config["seed"]}
 
 
+def backbone_encoder(backbone: str) -> str:
+    """The encoder a fine-tuning backbone takes weights from (unetr: vit, swin_unetr: swin,
+    nnformer: nnformer), as its registry entry (alice.downstream.networks) declares."""
+    from alice.downstream.networks import encoder_name_of
+
+    return encoder_name_of(backbone)
+
+
+def encoder_config(config: dict, name: str) -> dict:
+    """The architecture of encoder `name` with its name: `{"name": name, **pretrain.encoders.<name>}`
+    (what a checkpoint records as encoder_config)."""
+    section = (config.get("pretrain") or {}).get("encoders") or {}
+    if name not in section:
+        raise ConfigError(f"pretrain.encoders.{name}", "missing: the encoder architecture")
+    return {"name": name, **copy.deepcopy(section[name])}
+
+
+def pretrain_crop(config: dict, encoder: str) -> list:
+    """The pretraining crop of `encoder` (`pretrain.crop.<encoder>`)."""
+    crops = (config.get("pretrain") or {}).get("crop") or {}
+    if encoder not in crops:
+        raise ConfigError(f"pretrain.crop.{encoder}", "missing: the pretraining crop of this encoder")
+    return list(crops[encoder])
+
+
 def finetune_settings(config: dict, backbone: str) -> dict:
-    """What `alice finetune` needs: the backbone's section, the encoder, seed, device, threads."""
+    """What `alice finetune` needs: the backbone's section, its encoder, seed, device, threads."""
     section = config.get("finetune", {}).get(backbone)
     if section is None:
         raise ConfigError(f"finetune.{backbone}", "missing: no fine-tuning settings for this backbone")
-    encoder = config.get("pretrain", {}).get("encoder")
-    if encoder is None:
-        raise ConfigError("pretrain.encoder", "missing: the encoder architecture")
+    encoder = encoder_config(config, backbone_encoder(backbone))
     return {"finetune": section, "encoder": encoder, "seed": config["seed"],
             "device": config.get("device", "auto"),
             "threads": config.get("finetune", {}).get("threads", 1)}
@@ -154,11 +177,8 @@ def finetune_settings(config: dict, backbone: str) -> dict:
 
 def vit_encoder_config(config: dict) -> dict:
     """The ViT encoder's architecture (name, embed_dim, depth, heads, mlp_ratio, patch): the one
-    place the classification stage reads it from (today `pretrain.encoder`)."""
-    encoder = (config.get("pretrain") or {}).get("encoder")
-    if encoder is None:
-        raise ConfigError("pretrain.encoder", "missing: the ViT encoder architecture")
-    return dict(encoder)
+    place the classification stage reads it from (`pretrain.encoders.vit`)."""
+    return encoder_config(config, "vit")
 
 
 def classification_settings(config: dict, backbone: str) -> dict:
@@ -186,21 +206,22 @@ def plain_method_config(config: dict, method: str) -> dict:
     return method_config
 
 
-def pretrain_settings(config: dict, run: str) -> dict:
-    """What `alice pretrain` needs for one run: encoder, crop, optimisation, the method's own
-    settings (with the masking ratio and the run's ablation switches) and how crop pairs are
-    mined. `run` is a method name or a variant run id (`alice__casa-false`, see
-    alice.ssl.variants)."""
+def pretrain_settings(config: dict, run: str, encoder: str = "vit") -> dict:
+    """What `alice pretrain` needs for one run of one encoder: the encoder's architecture and crop,
+    optimisation, the method's own settings (with the masking ratio and the run's ablation
+    switches) and how crop pairs are mined. `run` is a method name or a variant run id
+    (`alice__casa-false`, see alice.ssl.variants); `encoder` a `pretrain.encoders` name."""
     from alice.ssl.variants import parse_run_id
 
     section = config.get("pretrain")
-    if not section or "encoder" not in section or "optim" not in section:
-        raise ConfigError("pretrain", "missing: encoder and optim are needed to pretrain")
+    if not section or "encoders" not in section or "optim" not in section:
+        raise ConfigError("pretrain", "missing: encoders and optim are needed to pretrain")
     method = run.split("__")[0]
     method_config = plain_method_config(config, method)
     _, variant = parse_run_id(run, method_config)
     method_config.update(variant)
-    return {"method": method, "run": run, "encoder": section["encoder"], "crop": section["crop"], "optim": section["optim"],
+    return {"method": method, "run": run, "encoder": encoder_config(config, encoder),
+            "crop": pretrain_crop(config, encoder), "optim": section["optim"],
             "method_config": method_config, "pairs": section.get("pairs", {}),
             "checkpoint_every": section.get("checkpoint_every", 1000),
             "grad_clip": section.get("grad_clip", 3.0), "amp": section.get("amp"),

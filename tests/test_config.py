@@ -32,8 +32,13 @@ def test_shipped_configs_validate():
 
 def test_paper_settings(tmp_path):
     paper = cfg.load_config(cfg.REPO_ROOT / "config" / "paper.yaml")
-    assert paper["pretrain"]["crop"] == [192, 192, 64]
-    assert paper["pretrain"]["encoder"]["embed_dim"] == 768
+    assert paper["pretrain"]["crop"] == {"vit": [192, 192, 64], "swin": [192, 192, 64],
+                                         "nnformer": [192, 192, 64]}
+    assert paper["pretrain"]["encoders"]["vit"]["embed_dim"] == 768
+    assert paper["pretrain"]["encoders"]["swin"] == {"embed_dim": 48, "depths": [2, 2, 2, 2],
+                                                     "heads": [3, 6, 12, 24], "window": [7, 7, 7],
+                                                     "mlp_ratio": 4}
+    assert paper["finetune"]["nnformer"]["optim"]["optimizer"] == "sgd"
     assert paper["pretrain"]["optim"]["iterations"] == 100_000
     assert paper["finetune"]["unetr"]["optim"]["lr"] == 1e-4
     assert paper["finetune"]["nnformer"]["crop"] == [128, 128, 96]

@@ -29,6 +29,23 @@ def test_dry_run_lists_the_data_stage(tmp_path):
         assert rule in out
 
 
+def test_backbone_picks_its_encoders_checkpoint(tmp_path):
+    """A fold of Swin UNETR / nnFormer needs the pretraining run of its own encoder."""
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config["pretrain"]["pairs"]["matcher"] = "bbox"  # no learned matcher in this DAG
+    path = tmp_path / "bbox.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("results/finetune/flare22/alice/nnformer/fold0/metrics.json",
+                       "results/finetune/flare22/alice/swin_unetr/fold1/metrics.json", "-n",
+                       "--directory", str(tmp_path), "--snakefile", str(REPO_ROOT / "Snakefile"),
+                       "--configfile", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "results/pretrain/alice/nnformer/checkpoint.pt" in out
+    assert "results/pretrain/alice/swin/checkpoint.pt" in out
+    assert "results/pretrain/alice/vit/" not in out
+
+
 def test_lint_is_clean():
     result = snakemake("--lint")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -97,8 +114,8 @@ def test_table1_from_an_empty_folder(tmp_path):
     config["phantom"]["counts"]["flare22"] = {"labeled": 4, "unlabeled": 0, "validation": 1}
     config["datasets"]["flare22"]["offline_test"] = ["FLARETs_0001"]
     config["reproduce"]["methods"] = ["rand_init"]  # Alice's pretraining: tests/ssl/test_pretrain_cli.py
-    config["pretrain"]["encoder"] = {"name": "vit", "embed_dim": 24, "depth": 12, "heads": 2,
-                                     "mlp_ratio": 2, "patch": [16, 16, 16]}
+    config["pretrain"]["encoders"]["vit"] = {"embed_dim": 24, "depth": 12, "heads": 2,
+                                             "mlp_ratio": 2, "patch": [16, 16, 16]}
     unetr = config["finetune"]["unetr"]
     unetr.update(crop=[32, 32, 16], feature_size=4, samples_per_volume=1, val_every=1)
     unetr["optim"].update(epochs=1, warmup_epochs=0, batch_size=2)
@@ -142,8 +159,8 @@ def test_table9_from_an_empty_folder(tmp_path):
     config["phantom"]["counts"]["mosmed"] = {"per_category": [12, 6, 3, 2, 1], "masks": 0}
     config["datasets"]["mosmed"].update(size=[16, 16, 16], repeats=2)
     config["reproduce"]["methods"] = ["rand_init"]
-    config["pretrain"]["encoder"] = {"name": "vit", "embed_dim": 24, "depth": 2, "heads": 2,
-                                     "mlp_ratio": 2, "patch": [16, 16, 16]}
+    config["pretrain"]["encoders"]["vit"] = {"embed_dim": 24, "depth": 2, "heads": 2,
+                                             "mlp_ratio": 2, "patch": [16, 16, 16]}
     cls = config["classification"]
     cls["optim"].update(iterations=2, warmup_iterations=1, batch_size=2)
     cls.update(val_every=1, resnet3d={"depth": 10, "widen_factor": 0.125})

@@ -1,52 +1,66 @@
-"""Fine-tuning networks, one builder per backbone in a single registry.
+"""Segmentation networks for fine-tuning, one builder per backbone in a single registry.
 
     net = build_segmentation_network("unetr", num_classes=14, settings=cfg["finetune"]["unetr"],
-                                     encoder_config=cfg["pretrain"]["encoder"])
+                                     encoder_config={"name": "vit", **cfg["pretrain"]["encoders"]["vit"]})
+
+A backbone is one `Backbone` entry in `BACKBONES`: the encoder it takes weights from (`encoder`:
+its `pretrain.encoders` entry, its checkpoints `results/pretrain/<method>/<encoder>/`), the encoder
+architecture fields that must match a checkpoint (alice.models.configs.FIELDS), a builder, and
+the accessor of the encoder sub-module whose state dict a pretraining checkpoint holds (see
+`alice.downstream.transfer`):
+
+    unetr       MONAI UNETR            encoder vit       sub-module net.vit
+    swin_unetr  MONAI SwinUNETR        encoder swin      sub-module net.swinViT
+    nnformer    alice.models.nnformer  encoder nnformer  sub-module net.encoder
+
+Deep supervision: a network with `deep_supervision` set returns a list of logits (full resolution
+first, then 1/2, 1/4, ...) in training mode and only the full-resolution logits in eval mode;
+alice.downstream.segmentation weights the scales.
+
+The classification backbones (`vit`, `resnet3d`: alice.downstream.classifiers, MosMed) share the
+registry (`task: classification`) so the same strict transfer serves them:
+
     net = build_classification_network("vit", num_classes=2, settings=cfg["classification"],
                                        encoder_config=..., input_size=[128, 128, 64])
 
-A backbone is one `Backbone` entry in `BACKBONES`: its task (segmentation or classification), the
-encoder names its checkpoints may carry, the encoder architecture fields that must match a
-checkpoint, a builder, and the accessor of the encoder sub-module whose state dict a pretraining
-checkpoint holds (see `alice.downstream.transfer`). Adding Swin UNETR or nnFormer is one builder
-function plus one registry entry. The classification backbones (`vit`, `resnet3d`, modules in
-`alice.downstream.classifiers`) share the registry so the same strict transfer serves them.
+No torch at import: the DAG reads the backbone -> encoder mapping (`encoder_name_of`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from alice.errors import ConfigError
+from alice.models.configs import FIELDS, check_crop, int3, normalized_encoder_config as _normalized
 
-# Encoder architecture fields compared between a checkpoint and the run (transfer.py).
-ARCH_FIELDS = ("embed_dim", "depth", "heads", "mlp_ratio", "patch")
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
 class Backbone:
     name: str
-    encoder_names: tuple[str, ...]  # encoder_config["name"] values this backbone can take weights from
-    build: Callable[[int, Mapping[str, Any], Mapping[str, Any]], torch.nn.Module]
-    encoder: Callable[[torch.nn.Module], torch.nn.Module]  # the sub-module a checkpoint's "encoder" fills
-    arch_fields: tuple[str, ...] = ARCH_FIELDS
+    # the encoder name (pretrain.encoders.<encoder>) this backbone takes weights from; None: no
+    # pretraining encoder fits it (resnet3d until a CNN pretraining method exists: Rand. init. only)
+    encoder: str | None
+    build: Callable[[int, Mapping[str, Any], Mapping[str, Any]], "torch.nn.Module"]
+    encoder_module: Callable[["torch.nn.Module"], "torch.nn.Module"]  # the sub-module a checkpoint's "encoder" fills
     task: str = "segmentation"
+
+    @property
+    def encoder_names(self) -> tuple[str, ...]:
+        """encoder_config["name"] values this backbone can take weights from."""
+        return (self.encoder,) if self.encoder else ()
+
+    @property
+    def arch_fields(self) -> tuple[str, ...]:
+        """The architecture fields compared between a checkpoint and the run (transfer.py)."""
+        return FIELDS[self.encoder] if self.encoder else ()
 
 
 # ------------------------------------------------------------------------------------ validation
-def _int3(value: Any, key: str) -> list[int]:
-    try:
-        out = [int(v) for v in value]
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"must be 3 positive integers, got {value!r}") from None
-    if len(out) != 3 or min(out) < 1 or any(isinstance(v, bool) or float(v) != o for v, o in zip(value, out)):
-        raise ConfigError(key, f"must be 3 positive integers, got {value!r}")
-    return out
-
-
 def _positive_int(mapping: Mapping[str, Any], field: str, key: str) -> int:
     if field not in mapping:
         raise ConfigError(key, "missing required key")
@@ -59,28 +73,31 @@ def _positive_int(mapping: Mapping[str, Any], field: str, key: str) -> int:
 def crop_of(settings: Mapping[str, Any], key: str = "finetune.<backbone>.crop") -> list[int]:
     if "crop" not in settings:
         raise ConfigError(key, "missing required key")
-    return _int3(settings["crop"], key)
+    return int3(settings["crop"], key)
 
 
 def normalized_encoder_config(encoder_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The architecture fields in one canonical form (ints, float ratio, patch as a list of 3)."""
-    key = "pretrain.encoder"
-    if not isinstance(encoder_config, Mapping):
-        raise ConfigError(key, f"must be a mapping, got {type(encoder_config).__name__}")
-    out: dict[str, Any] = {"name": str(encoder_config.get("name", ""))}
-    if not out["name"]:
-        raise ConfigError(f"{key}.name", "missing required key")
-    for field in ("embed_dim", "depth", "heads"):
-        out[field] = _positive_int(encoder_config, field, f"{key}.{field}")
-    ratio = encoder_config.get("mlp_ratio", 4)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
-        raise ConfigError(f"{key}.mlp_ratio", f"must be a positive number, got {ratio!r}")
-    out["mlp_ratio"] = float(ratio)
-    patch = encoder_config.get("patch")
-    if patch is None:
-        raise ConfigError(f"{key}.patch", "missing required key")
-    out["patch"] = _int3([patch] * 3 if isinstance(patch, int) else patch, f"{key}.patch")
-    return out
+    """The architecture fields in one canonical form (alice.models.configs)."""
+    return _normalized(encoder_config)
+
+
+def _encoder_for(backbone: str, encoder_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The normalised encoder config, ConfigError unless it is the kind `backbone` takes."""
+    spec = get_backbone(backbone)
+    name = encoder_config.get("name") if isinstance(encoder_config, Mapping) else None
+    if name != spec.encoder:
+        raise ConfigError(f"pretrain.encoders.{spec.encoder}",
+                          f"{backbone} needs a '{spec.encoder}' encoder config, got {name!r}")
+    return _normalized(encoder_config)
+
+
+def _same_width(settings: Mapping[str, Any], enc: Mapping[str, Any], backbone: str) -> None:
+    """Swin UNETR's and nnFormer's decoder widths derive from the encoder's: feature_size must be it."""
+    feature_size = _positive_int(settings, "feature_size", f"finetune.{backbone}.feature_size")
+    if feature_size != enc["embed_dim"]:
+        raise ConfigError(f"finetune.{backbone}.feature_size",
+                          f"must equal pretrain.encoders.{enc['name']}.embed_dim ({enc['embed_dim']}): "
+                          f"{backbone}'s decoder widths follow its encoder's, got {feature_size}")
 
 
 # ----------------------------------------------------------------------------------------- UNETR
@@ -88,23 +105,21 @@ UNETR_DEPTH = 12  # MONAI's UNETR hard-wires 12 ViT blocks (skips from blocks 3,
 UNETR_PATCH = 16  # ... and a 16³ patch (its decoder upsamples by 2 four times)
 
 
-def _build_unetr(num_classes: int, settings: Mapping[str, Any], encoder_config: Mapping[str, Any]) -> torch.nn.Module:
+def _build_unetr(num_classes: int, settings: Mapping[str, Any], encoder_config: Mapping[str, Any]) -> "torch.nn.Module":
     from monai.networks.nets import UNETR
 
-    enc = normalized_encoder_config(encoder_config)
-    if enc["name"] != "vit":
-        raise ConfigError("pretrain.encoder.name", f"UNETR needs a 'vit' encoder, got {enc['name']!r}")
+    enc = _encoder_for("unetr", encoder_config)
     if enc["depth"] != UNETR_DEPTH:
         raise ConfigError(
-            "pretrain.encoder.depth", f"MONAI's UNETR has exactly {UNETR_DEPTH} transformer blocks, got {enc['depth']}"
+            "pretrain.encoders.vit.depth", f"MONAI's UNETR has exactly {UNETR_DEPTH} transformer blocks, got {enc['depth']}"
         )
     if enc["patch"] != [UNETR_PATCH] * 3:
         raise ConfigError(
-            "pretrain.encoder.patch", f"MONAI's UNETR uses a {UNETR_PATCH}³ patch, got {enc['patch']}"
+            "pretrain.encoders.vit.patch", f"MONAI's UNETR uses a {UNETR_PATCH}³ patch, got {enc['patch']}"
         )
     if enc["embed_dim"] % enc["heads"]:
         raise ConfigError(
-            "pretrain.encoder.heads", f"embed_dim {enc['embed_dim']} is not divisible by heads {enc['heads']}"
+            "pretrain.encoders.vit.heads", f"embed_dim {enc['embed_dim']} is not divisible by heads {enc['heads']}"
         )
     crop = crop_of(settings, "finetune.unetr.crop")
     bad = [c for c in crop if c % UNETR_PATCH]
@@ -124,35 +139,65 @@ def _build_unetr(num_classes: int, settings: Mapping[str, Any], encoder_config: 
     )
 
 
+# ------------------------------------------------------------------------------------ Swin UNETR
+def _build_swin_unetr(num_classes: int, settings: Mapping[str, Any],
+                      encoder_config: Mapping[str, Any]) -> "torch.nn.Module":
+    """MONAI's SwinUNETR (Hatamizadeh et al. 2022), its `swinViT` built as alice.models.swin builds
+    the pretraining encoder. Crops must be multiples of 32 (patch 2, four patch mergings) and give
+    a bottleneck of more than one cell (its instance norms need it)."""
+    from monai.networks.nets import SwinUNETR
+
+    from alice.models.swin import swin_kwargs
+
+    enc = _encoder_for("swin_unetr", encoder_config)
+    _same_width(settings, enc, "swin_unetr")
+    crop = check_crop(enc, crop_of(settings, "finetune.swin_unetr.crop"), "finetune.swin_unetr.crop")
+    if math.prod(c // 32 for c in crop) == 1:
+        raise ConfigError("finetune.swin_unetr.crop", f"gives a 1x1x1 bottleneck, which SwinUNETR's instance "
+                                                      f"norm cannot train on; got {crop}")
+    return SwinUNETR(in_channels=1, out_channels=num_classes, norm_name="instance", **swin_kwargs(enc))
+
+
+# -------------------------------------------------------------------------------------- nnFormer
+def _build_nnformer(num_classes: int, settings: Mapping[str, Any],
+                    encoder_config: Mapping[str, Any]) -> "torch.nn.Module":
+    """nnFormer (alice.models.nnformer) with deep supervision; the crop must be a multiple of the
+    encoder's stride and tiled by the LV-MSA windows at every local stage."""
+    from alice.models.nnformer import NNFormer
+
+    enc = _encoder_for("nnformer", encoder_config)
+    _same_width(settings, enc, "nnformer")
+    check_crop(enc, crop_of(settings, "finetune.nnformer.crop"), "finetune.nnformer.crop")
+    return NNFormer(num_classes, enc, deep_supervision=True)
+
+
 # ---------------------------------------------------------------------------------- classification
 # A classification builder's `settings` are the `classification` section plus "input_size" (the
 # cached volume size, datasets.mosmed.size), which the ViT's position embeddings depend on.
 def _input_size(settings: Mapping[str, Any]) -> list[int]:
     if "input_size" not in settings:
         raise ConfigError("datasets.mosmed.size", "missing: the classifier's input size")
-    return _int3(settings["input_size"], "datasets.mosmed.size")
+    return int3(settings["input_size"], "datasets.mosmed.size")
 
 
 def _build_vit_classifier(num_classes: int, settings: Mapping[str, Any],
-                          encoder_config: Mapping[str, Any]) -> torch.nn.Module:
+                          encoder_config: Mapping[str, Any]) -> "torch.nn.Module":
     from alice.downstream.classifiers import vit_classifier
 
-    enc = normalized_encoder_config(encoder_config)
-    if enc["name"] != "vit":
-        raise ConfigError("pretrain.encoder.name", f"the vit classifier needs a 'vit' encoder, got {enc['name']!r}")
+    enc = _encoder_for("vit", encoder_config)
     if enc["embed_dim"] % enc["heads"]:
         raise ConfigError(
-            "pretrain.encoder.heads", f"embed_dim {enc['embed_dim']} is not divisible by heads {enc['heads']}"
+            "pretrain.encoders.vit.heads", f"embed_dim {enc['embed_dim']} is not divisible by heads {enc['heads']}"
         )
     size = _input_size(settings)
     if any(s % p for s, p in zip(size, enc["patch"])):
         raise ConfigError("datasets.mosmed.size",
-                          f"{size} is not a multiple of the ViT patch {enc['patch']} (pretrain.encoder.patch)")
+                          f"{size} is not a multiple of the ViT patch {enc['patch']} (pretrain.encoders.vit.patch)")
     return vit_classifier(enc, size, num_classes)
 
 
 def _build_resnet_classifier(num_classes: int, settings: Mapping[str, Any],
-                             encoder_config: Mapping[str, Any]) -> torch.nn.Module:
+                             encoder_config: Mapping[str, Any]) -> "torch.nn.Module":
     from alice.downstream.classifiers import RESNET_LAYERS, ResNetClassifier
 
     section = settings.get("resnet3d")
@@ -171,10 +216,11 @@ def _build_resnet_classifier(num_classes: int, settings: Mapping[str, Any],
 
 # -------------------------------------------------------------------------------------- registry
 BACKBONES: dict[str, Backbone] = {
-    "unetr": Backbone("unetr", ("vit",), _build_unetr, lambda net: net.vit),
-    "vit": Backbone("vit", ("vit",), _build_vit_classifier, lambda net: net.encoder, task="classification"),
-    # no CNN pretraining method exists yet: only Rand. init., so no checkpoint encoder fits
-    "resnet3d": Backbone("resnet3d", (), _build_resnet_classifier, lambda net: net.encoder, arch_fields=(),
+    "unetr": Backbone("unetr", "vit", _build_unetr, lambda net: net.vit),
+    "swin_unetr": Backbone("swin_unetr", "swin", _build_swin_unetr, lambda net: net.swinViT),
+    "nnformer": Backbone("nnformer", "nnformer", _build_nnformer, lambda net: net.encoder),
+    "vit": Backbone("vit", "vit", _build_vit_classifier, lambda net: net.encoder, task="classification"),
+    "resnet3d": Backbone("resnet3d", None, _build_resnet_classifier, lambda net: net.encoder,
                          task="classification"),
 }
 
@@ -185,13 +231,18 @@ def get_backbone(name: str) -> Backbone:
     return BACKBONES[name]
 
 
+def encoder_name_of(backbone: str) -> str:
+    """The encoder a backbone takes weights from (unetr: vit, swin_unetr: swin, nnformer: nnformer)."""
+    return get_backbone(backbone).encoder
+
+
 def build_segmentation_network(
     backbone: str, num_classes: int, settings: Mapping[str, Any], encoder_config: Mapping[str, Any]
-) -> torch.nn.Module:
+) -> "torch.nn.Module":
     """The segmentation network of `backbone` with `num_classes` output channels (background included).
 
-    settings: the backbone's `finetune.<backbone>` section (crop, feature_size); encoder_config: the
-    `pretrain.encoder` section (name, embed_dim, depth, heads, mlp_ratio, patch).
+    settings: the backbone's `finetune.<backbone>` section (crop, feature_size, ...); encoder_config:
+    the backbone's encoder config (`pretrain.encoders.<encoder>` with its name).
     """
     return _build("segmentation", backbone, num_classes, settings, encoder_config)
 
@@ -199,7 +250,7 @@ def build_segmentation_network(
 def build_classification_network(
     backbone: str, num_classes: int, settings: Mapping[str, Any], encoder_config: Mapping[str, Any],
     input_size: list[int] | tuple[int, ...],
-) -> torch.nn.Module:
+) -> "torch.nn.Module":
     """The classifier of `backbone` (vit, resnet3d) for inputs of `input_size` (x, y, z).
 
     settings: the `classification` section (resnet3d: depth, widen_factor); encoder_config: the
@@ -210,7 +261,7 @@ def build_classification_network(
 
 
 def _build(task: str, backbone: str, num_classes: int, settings: Mapping[str, Any],
-           encoder_config: Mapping[str, Any]) -> torch.nn.Module:
+           encoder_config: Mapping[str, Any]) -> "torch.nn.Module":
     spec = get_backbone(backbone)
     if spec.task != task:
         known = ", ".join(n for n, b in BACKBONES.items() if b.task == task)
@@ -220,6 +271,6 @@ def _build(task: str, backbone: str, num_classes: int, settings: Mapping[str, An
     return spec.build(num_classes, settings, encoder_config)
 
 
-def encoder_of(net: torch.nn.Module, backbone: str) -> torch.nn.Module:
-    """The encoder sub-module of a network of the registry (UNETR: `.vit`; classifiers: `.encoder`)."""
-    return get_backbone(backbone).encoder(net)
+def encoder_of(net: "torch.nn.Module", backbone: str) -> "torch.nn.Module":
+    """The encoder sub-module of a network built by `build_segmentation_network`."""
+    return get_backbone(backbone).encoder_module(net)

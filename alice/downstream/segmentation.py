@@ -2,8 +2,8 @@
 
     summary = finetune(dataset="flare22", backbone="unetr", method="rand_init", init="scratch",
                        fold=0, data_dir="results/data/flare22", out_dir=".../fold0",
-                       settings=cfg["finetune"]["unetr"], encoder_config=cfg["pretrain"]["encoder"],
-                       seed=0)
+                       settings=cfg["finetune"]["unetr"],
+                       encoder_config={"name": "vit", **cfg["pretrain"]["encoders"]["vit"]}, seed=0)
 
 - Data: the fold's training cases from `data_dir/folds.json`, `samples_per_volume` random crops
   of `crop` per volume and epoch, batches of `optim.batch_size` crops (`alice.downstream.data`);
@@ -12,7 +12,11 @@
   loaded strictly into the encoder (`load_encoder_checkpoint`).
 - Optimisation: AdamW or SGD (nesterov), cosine or poly schedule with linear warm-up over
   `warmup_epochs` epochs, stepped every step (`alice.downstream.schedules`); loss
-  `DiceCELoss(to_onehot_y=True, softmax=True)`; bf16 autocast on CUDA only.
+  `DiceCELoss(to_onehot_y=True, softmax=True)`; bf16 autocast on CUDA only. A network with deep
+  supervision (nnFormer) returns logits at full, 1/2, 1/4, ... resolution in training mode; the
+  loss is then nnU-Net's (Isensee et al. 2021, which nnFormer trains with): DiceCE of each scale
+  against the label map downsampled by nearest neighbour, weighted 1, 1/2, 1/4, ... and
+  normalised to sum 1 (`deep_supervision_loss`).
 - Validation every `val_every` epochs and after the last: sliding-window prediction of the fold's
   val cases on the cached grid; score = mean over cases of the mean Dice over the organs present
   in the case's label (a quick curve, not the reported metric).
@@ -79,6 +83,27 @@ def quick_dice(gt: np.ndarray, pred: np.ndarray) -> float:
     if not organs:
         return math.nan
     return float(np.mean([dice(gt == v, pred == v) for v in organs]))
+
+
+def deep_supervision_weights(n: int) -> list[float]:
+    """Loss weights of n output scales, full resolution first: halving per scale, summing to 1."""
+    raw = [0.5 ** i for i in range(n)]
+    return [w / sum(raw) for w in raw]
+
+
+def deep_supervision_loss(loss_fn, outputs, label: torch.Tensor) -> torch.Tensor:
+    """`loss_fn` of one logits tensor, or the weighted sum over a list of scales (full first); the
+    label map (B, 1, X, Y, Z) is downsampled to each scale by nearest neighbour."""
+    if isinstance(outputs, torch.Tensor):
+        return loss_fn(outputs.float(), label)
+    total = None
+    for weight, logits in zip(deep_supervision_weights(len(outputs)), outputs):
+        size = tuple(logits.shape[2:])
+        target = label if tuple(label.shape[2:]) == size else torch.nn.functional.interpolate(
+            label.float(), size=size, mode="nearest").to(label.dtype)
+        term = weight * loss_fn(logits.float(), target)
+        total = term if total is None else total + term
+    return total
 
 
 def validate(net, data_dir, case_ids, settings, device) -> float:
@@ -203,7 +228,7 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(dev):
                     logits = net(image)
-                loss = loss_fn(logits.float(), label)
+                loss = deep_supervision_loss(loss_fn, logits, label)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()

@@ -4,7 +4,11 @@ A pretraining checkpoint (DESIGN.md) is a dict loaded with `torch.load(..., weig
 `{"encoder": state_dict, "encoder_config": {...}, "method": str, "method_config": {...},
 "preprocessing": {...}, "step": int, "code_version": str}` plus whatever resume needs. The encoder
 state dict uses the key names of the backbone's encoder module (UNETR: MONAI's `ViT` as `net.vit`,
-e.g. `patch_embedding.position_embeddings`, `blocks.0.attn.qkv.weight`, `norm.weight`).
+e.g. `patch_embedding.position_embeddings`, `blocks.0.attn.qkv.weight`, `norm.weight`; Swin UNETR:
+MONAI's `SwinTransformer` as `net.swinViT`, e.g. `layers1.0.blocks.0.attn.qkv.weight`; nnFormer:
+`net.encoder`, e.g. `embedding.conv1.weight`, `layers.0.blocks.0.attn.bias.table`).
+`encoder_config["name"]` says which encoder it is (vit, swin, nnformer); the backbone's encoder must
+be that one (networks.Backbone.encoder).
 
 `load_encoder_checkpoint` is strict: the checkpoint's encoder must be the kind the backbone takes,
 its architecture fields must equal the run's, and every tensor of the network's encoder must be
@@ -122,7 +126,7 @@ def check_encoder_config(
     diffs = [f"{f}: checkpoint {ckpt[f]} vs run {run[f]}" for f in spec.arch_fields if not _same(ckpt[f], run[f])]
     if diffs:
         raise WeightTransferError(
-            f"{path}: checkpoint encoder architecture differs from pretrain.encoder: " + "; ".join(diffs)
+            f"{path}: checkpoint encoder architecture differs from pretrain.encoders.{name}: " + "; ".join(diffs)
         )
 
 
@@ -134,9 +138,11 @@ def load_encoder_checkpoint(
     Raises InputError (file missing, unreadable, not weights-only, wrong structure) or
     WeightTransferError (encoder kind or architecture fields differ from `encoder_config`; a key
     missing, unexpected, or of another shape) before touching the network.
-    The one shape change allowed: when only the position embeddings differ because the
+    The one shape change allowed: when only the (ViT's) position embeddings differ because the
     pretraining crop differs from the fine-tuning crop, they are interpolated (trilinear) from the
     checkpoint's token grid (its `preprocessing.crop` / patch) to the network's, and the log says so.
+    Swin's and nnFormer's weights do not depend on the crop (relative position bias tables sized by
+    the window), so any crop the encoder takes loads as it is.
     """
     path = Path(checkpoint_path)
     ckpt = read_encoder_checkpoint(path)

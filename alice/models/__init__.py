@@ -1,8 +1,25 @@
-"""models: encoders, decoder, projection heads, CASA."""
+"""models: encoders (ViT, Swin, nnFormer), the masked-pretraining adapters, decoder, projection
+heads, CASA.
 
-from alice.models.casa import CASA
-from alice.models.decoder import MaskedDecoder
-from alice.models.heads import ProjectionHead
-from alice.models.vit import ViTEncoder, random_masking
+Imports are lazy: `alice.models.configs` (encoder fields, strides, crop checks; no torch) is read
+by the DAG and `alice.config`.
+"""
 
-__all__ = ["CASA", "MaskedDecoder", "ProjectionHead", "ViTEncoder", "random_masking"]
+import importlib
+
+_EXPORTS = {
+    "CASA": "alice.models.casa",
+    "MaskedDecoder": "alice.models.decoder",
+    "ProjectionHead": "alice.models.heads",
+    "ViTEncoder": "alice.models.vit",
+    "random_masking": "alice.models.vit",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'alice.models' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

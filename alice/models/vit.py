@@ -53,7 +53,11 @@ def random_masking(
 
 
 class ViTEncoder(nn.Module):
-    """ViT over a 3-D volume (B, C, X, Y, Z) with MONAI-UNETR-compatible parameter names."""
+    """ViT over a 3-D volume (B, C, X, Y, Z) with MONAI-UNETR-compatible parameter names.
+
+    Also the masked-encoder interface of alice.models.masked (MAE: only visible tokens come out)."""
+
+    keeps_all_tokens = False
 
     def __init__(
         self,
@@ -97,7 +101,7 @@ class ViTEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], img_size: int | Sequence[int]) -> "ViTEncoder":
-        """Build from the `pretrain.encoder` mapping (keys embed_dim, depth, heads, mlp_ratio, patch)."""
+        """Build from the `pretrain.encoders.vit` mapping (keys embed_dim, depth, heads, mlp_ratio, patch)."""
         return cls(
             img_size=img_size,
             patch=config.get("patch", 16),
@@ -106,6 +110,11 @@ class ViTEncoder(nn.Module):
             heads=int(config["heads"]),
             mlp_ratio=float(config.get("mlp_ratio", 4.0)),
         )
+
+    @property
+    def transferable(self) -> nn.Module:
+        """The module whose state dict a checkpoint carries (UNETR's `vit`): this one."""
+        return self
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, X, Y, Z) -> (B, N, p0*p1*p2*C), tokens in the same (x, y, z) raster order as the conv."""

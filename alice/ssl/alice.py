@@ -1,7 +1,7 @@
 """The Alice objective (paper §3, eqs. 1–5) as one `nn.Module`.
 
 Views (built inside `forward` from a batch {"Q": (B,1,X,Y,Z), "K": (B,1,X,Y,Z)}):
-  u, r = random masking of Q, K (MAE; `mask_ratio`)  -> online encoder E_s      -> V_u^Q, V_r^K
+  u, r = random masking of Q, K (`mask_ratio`)       -> online encoder E_s      -> V_u^Q, V_r^K
                                                       -> online decoder          -> Q̄, K̄ (voxels), H_u^Q, H_r^K
   w, v = strong augmentation of Q, K (intact unless `target_mask_ratio` > 0)
                                                       -> target encoder E_t (EMA) -> Y_w^Q, Y_v^K
@@ -15,6 +15,17 @@ Losses
   ℓ_st (eq. 5) ℓ_s(S_u^Q, T_w^Q) + ℓ_s(S_r^K, T_v^K), S_u^Q = CASA(V_u^Q, H_u^Q),
        T_w^Q = CASA(V_u^Q, Y_w^Q) (eqs. 3–4), compared per query token and averaged.
   loss = Σ weight_i · ℓ_i over the enabled objectives.
+
+Encoders (alice.models.masked): the online encoder is a masked encoder — tokens (B, N_t, D), mask
+(B, N), ids_restore (B, N), `patchify` for the ℓ_r targets — so everything below is the same for
+  vit       MAE (the paper's §3.1): only the visible 16³ patches go through the ViT; V has N_vis
+            tokens, the decoder re-inserts mask tokens;
+  swin,     SimMIM (Xie et al. 2022): a masked unit is one bottleneck cell (`stride`³ voxels); its
+  nnformer  patch-embedding cells are replaced by a learned mask token, the encoder sees the whole
+            volume and V has all N bottleneck tokens; the decoder takes them as they are. The mask
+            token belongs to the online encoder's adapter (the target's is its EMA, used only with
+            `target_mask_ratio` > 0) and is not part of `encoder_state_dict()`.
+  (why SimMIM for the hierarchical encoders: alice.models.masked.)
 
 Decisions (the paper leaves them open):
 - ℓ_s "cosine similarity loss [10, 16]": BYOL's form 2 − 2·cos (≥ 0, 0 at alignment). With
@@ -48,8 +59,9 @@ import torch.nn.functional as F
 from alice.models.casa import CASA
 from alice.models.decoder import MaskedDecoder
 from alice.models.heads import ProjectionHead
-from alice.models.vit import ViTEncoder
+from alice.models.masked import build_masked_encoder
 from alice.errors import ConfigError
+from alice.models.configs import ENCODERS
 from alice.ssl.augment import StrongAugmentConfig, strong_augment
 from alice.ssl.registry import SSLMethod, register_method
 from alice.ssl.schedules import ema_momentum
@@ -140,12 +152,13 @@ class AliceModel(SSLMethod):
         self.augment_config = augment
 
         self.encoder_config = dict(encoder_config)
-        self.encoder = ViTEncoder.from_config(self.encoder_config, self.crop)
+        self.encoder = build_masked_encoder(self.encoder_config, self.crop)
         d = self.encoder.embed_dim
         dec = {"dim": 384, "depth": 4, "heads": 12, **(decoder or {})}
         self.decoder = MaskedDecoder(
             d, int(dec["dim"]), int(dec["depth"]), int(dec["heads"]),
             self.encoder.num_patches, self.encoder.patch_voxels, feat_dim=d,
+            insert_mask_tokens=not self.encoder.keeps_all_tokens,
         )
         hd = {"hidden_dim": 2048, "bottleneck_dim": 256, **(head or {})}
         self.phi = ProjectionHead(d, int(hd["hidden_dim"]), int(hd["bottleneck_dim"]))
@@ -166,8 +179,9 @@ class AliceModel(SSLMethod):
         self.last_masks: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """The online encoder's weights, under MONAI UNETR `vit` key names."""
-        return {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
+        """The online encoder's weights under the key names of the segmentation network's encoder
+        (UNETR `vit`, Swin UNETR `swinViT`, nnFormer `encoder`); never the mask token."""
+        return {k: v.detach().clone() for k, v in self.encoder.transferable.state_dict().items()}
 
     def after_step(self, step: int, total_steps: int) -> None:
         self.update_target(self.momentum_at(step, total_steps))
@@ -264,8 +278,9 @@ def build(method_config: Mapping[str, Any], encoder_config: Mapping[str, Any], c
     unknown = sorted(k for k in cfg if k not in _KWARGS)
     if unknown:
         raise ConfigError(f"pretrain.method_config.{unknown[0]}", f"unknown key for method 'alice' (known: {', '.join(_KWARGS)})")
-    if encoder_config.get("name", "vit") != "vit":
-        raise ConfigError("pretrain.encoder.name", f"the Alice objective is built for 'vit', got {encoder_config.get('name')!r}")
+    if encoder_config.get("name", "vit") not in ENCODERS:
+        raise ConfigError("pretrain.encoders", f"unknown encoder {encoder_config.get('name')!r} "
+                                               f"(known: {', '.join(ENCODERS)})")
     try:
         return AliceModel(encoder_config, crop, method_config=cfg, **cfg)
     except (TypeError, ValueError) as e:

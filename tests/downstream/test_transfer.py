@@ -176,9 +176,9 @@ def test_bad_files_are_input_errors(tmp_path, pair, encoder_config):
 
 
 def test_network_config_errors(settings, encoder_config):
-    with pytest.raises(ConfigError, match="pretrain.encoder.depth"):
+    with pytest.raises(ConfigError, match="pretrain.encoders.vit.depth"):
         build_segmentation_network("unetr", 14, settings, dict(encoder_config, depth=6))
-    with pytest.raises(ConfigError, match="pretrain.encoder.patch"):
+    with pytest.raises(ConfigError, match="pretrain.encoders.vit.patch"):
         build_segmentation_network("unetr", 14, settings, dict(encoder_config, patch=[8, 8, 8]))
     with pytest.raises(ConfigError, match="known: unetr"):
         build_segmentation_network("swin_unetrr", 14, settings, encoder_config)

@@ -40,11 +40,17 @@ RUN_PATTERN = r"[a-z0-9_]+(__[a-z0-9_]+-[a-z0-9_.\-]+)*"
 
 def finetune_init(wildcards):
     """'scratch' for Rand. init., else the checkpoint of the pretraining run (a method or a
-    variant run id)."""
+    variant run id) of the backbone's encoder (unetr: vit, swin_unetr: swin, nnformer: nnformer)."""
     if wildcards.method == "rand_init":
         return "scratch"
-    encoder = config["pretrain"]["encoder"]["name"]
+    encoder = cfg.backbone_encoder(wildcards.backbone)
     return f"results/pretrain/{wildcards.method}/{encoder}/checkpoint.pt"
+
+
+def reproduced_encoders():
+    """The encoders of the backbones whose table cells the DAG computes (resnet3d has none)."""
+    encoders = {cfg.backbone_encoder(b) for b in config["reproduce"]["backbones"]}
+    return sorted(e for e in encoders if e)
 
 
 def finetune_inputs(wildcards):

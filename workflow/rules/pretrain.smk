@@ -1,5 +1,6 @@
 # Pretraining stage: one self-supervised run per (run, encoder) on the unlabeled pool; a run is a
-# method or one of its ablation variants (`alice__casa-false`, see alice.ssl.variants).
+# method or one of its ablation variants (`alice__casa-false`, see alice.ssl.variants), the encoder
+# one of pretrain.encoders (vit, swin, nnformer) with its own pretraining crop.
 # checkpoint.pt appears only when the run has finished. The running state is resume.pt and the
 # per-step losses log.csv: neither is a declared output, so Snakemake keeps them when a job fails
 # or is preempted (exit 75) and the resubmitted job resumes from resume.pt.
@@ -14,7 +15,7 @@ rule pretrain:
         method=RUN_PATTERN,
         encoder="vit|swin|nnformer",
     params:
-        settings=lambda w: as_json(cfg.pretrain_settings(config, w.method)),
+        settings=lambda w: as_json(cfg.pretrain_settings(config, w.method, w.encoder)),
         out=lambda w: f"results/pretrain/{w.method}/{w.encoder}",
     threads: config["pretrain"].get("threads", 1)
     conda:
