@@ -1,13 +1,9 @@
 """Shared fixtures of the anatomy tests."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions: one thread is faster and keeps results independent of the machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_here(one_thread):
+    """Every test of this folder runs on one torch thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(n)

@@ -19,6 +19,8 @@ from alice.downstream.transfer import WeightTransferError, load_encoder_checkpoi
 from alice.errors import ConfigError
 from alice.ssl.alice import AliceModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks, busy shared cores
+
 # backbone: (encoder config, pretraining crop, fine-tuning crop, feature size); Swin's and nnFormer's
 # weights do not depend on the crop, so they are fine-tuned on another crop than pretrained on
 CASES = {
@@ -33,14 +35,6 @@ CASES = {
 ALICE = dict(decoder={"dim": 16, "depth": 1, "heads": 2}, head={"hidden_dim": 32, "bottleneck_dim": 16},
              casa_dim=16)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny networks, busy shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _settings(backbone):

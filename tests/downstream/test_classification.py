@@ -33,12 +33,7 @@ from alice.models.vit import ViTEncoder
 SIZE = [16, 16, 16]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks, busy shared cores
 
 
 # ----------------------------------------------------------------------------------------- labels

@@ -12,6 +12,8 @@ from alice.errors import ConfigError
 from alice.ssl.alice import AliceModel
 from alice.ssl.registry import build_method
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks, busy shared cores
+
 ENCODERS = {
     "swin": ({"name": "swin", "embed_dim": 12, "depths": [2, 1, 1, 1], "heads": [3, 6, 12, 24],
               "window": [4, 4, 2], "mlp_ratio": 2}, (64, 64, 32)),
@@ -21,14 +23,6 @@ ENCODERS = {
 ARGS = dict(decoder={"dim": 16, "depth": 1, "heads": 2}, head={"hidden_dim": 32, "bottleneck_dim": 16},
             casa_dim=16)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny networks, busy shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(name, **kw):

@@ -12,18 +12,12 @@ from alice.cli import main
 from alice.downstream.networks import build_segmentation_network, encoder_of
 from alice.downstream.transfer import load_encoder_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks, busy shared cores
+
 ENCODER = {"name": "nnformer", "embed_dim": 8, "depths": [2, 2, 1], "heads": [1, 2, 4], "window": [4, 4, 2],
            "patch": [2, 2, 2], "mlp_ratio": 2, "global_stages": 1}
 CROP = [32, 32, 16]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny networks, busy shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
