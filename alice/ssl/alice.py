@@ -85,6 +85,18 @@ def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
     return F.cross_entropy(logits, torch.arange(s.shape[0], device=s.device))
 
 
+def spread(z: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor (SimSiam, Chen & He 2021, §4.1): the per-dimension std over the batch of the
+    l2-normalised embeddings, averaged over dimensions and scaled by √C — ≈ 1 for embeddings spread
+    over the sphere, 0 when every sample maps to one point (the failure a low ℓ_s alone cannot rule
+    out). (B, T, C) inputs are averaged over tokens first; NaN-free only for B ≥ 2."""
+    z = z.detach().float()
+    if z.dim() == 3:
+        z = z.mean(1)
+    c = z.shape[-1]
+    return F.normalize(z, dim=-1).std(0).mean() * c ** 0.5
+
+
 def norm_pix(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     mean = patches.mean(-1, keepdim=True)
     var = patches.var(-1, keepdim=True, unbiased=False)
@@ -99,7 +111,10 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 class AliceModel(SSLMethod):
-    """The Alice objective; `forward(batch)` with batch {"Q", "K"} -> {"loss", "l_r", "l_dv", "l_st"}.
+    """The Alice objective; `forward(batch)` with batch {"Q", "K"} -> {"loss", "l_r", "l_dv", "l_st"}
+    plus, for batches of ≥ 2 crops, the collapse monitors "dv_spread" (the student's [cls] of ℓ_dv)
+    and "st_spread" (CASA's student embeddings S of ℓ_st) when those are computed (`spread`; no
+    gradient, logged beside the losses).
 
     Registered as SSL method "alice" (`build(method_config, encoder_config, crop)`); the method config
     takes the keyword arguments below except `encoder_config` and `crop`.
@@ -249,6 +264,8 @@ class AliceModel(SSLMethod):
                     cls_w, cls_v = self.psi(y_w).mean(1), self.psi(y_v).mean(1)
             if "dv" in self.objectives and self.inter_volume:
                 out["l_dv"] = self._ls(cls_u, cls_v) + self._ls(cls_r, cls_w)  # eq. 2
+                if q.shape[0] > 1:
+                    out["dv_spread"] = spread(torch.cat([cls_u, cls_r]))
             if "st" in self.objectives:
                 if self.use_casa:
                     s_u = self.casa(on_q["V"], on_q["H"])
@@ -257,6 +274,8 @@ class AliceModel(SSLMethod):
                         t_w = self.casa(on_q["V"], y_w)
                         t_v = self.casa(on_k["V"], y_v)
                     out["l_st"] = self._ls(s_u, t_w) + self._ls(s_r, t_v)  # eq. 5
+                    if q.shape[0] > 1:
+                        out["st_spread"] = spread(torch.cat([s_u, s_r]))
                 else:
                     out["l_st"] = self._ls(cls_u, cls_w) + self._ls(cls_r, cls_v)
 

@@ -164,10 +164,14 @@ def test_mean_softmax_of_several_models(btcv):
 def test_which_models_predict_follows_table3_and_the_config():
     config = cfg.load_config()
     assert config["online_test"]["models"] == "fold0"
-    assert online_models(config, "alice") == ["results/finetune/btcv/alice/unetr/fold0/model.pt"]
+    assert config["reproduce"]["substitute"]["backbone"] is None  # Table 3's own backbone: nnFormer
+    assert online_models(config, "alice") == ["results/finetune/btcv/alice/nnformer/fold0/model.pt"]
     assert online_models(config, "rand_init") == [
-        "results/finetune/btcv/rand_init/unetr/fold0/model.pt"]
+        "results/finetune/btcv/rand_init/nnformer/fold0/model.pt"]
     config["online_test"]["models"] = "all_folds"
+    assert online_models(config, "alice") == [
+        f"results/finetune/btcv/alice/nnformer/fold{k}/model.pt" for k in range(5)]
+    config["reproduce"]["substitute"]["backbone"] = "unetr"  # a substituted backbone is followed
     assert online_models(config, "alice") == [
         f"results/finetune/btcv/alice/unetr/fold{k}/model.pt" for k in range(5)]
     with pytest.raises(ConfigError, match="offline cell of 'mae' is not reproduced"):

@@ -206,3 +206,24 @@ def test_registered_method_and_checkpoint_keys():
     unetr.vit.load_state_dict(m.encoder_state_dict(), strict=True)
     with pytest.raises(ConfigError):
         build_method("alice", {"nope": 1}, ENC, CROP)
+
+
+def test_spread_is_zero_for_collapsed_and_near_one_for_spread_embeddings():
+    from alice.ssl.alice import spread
+
+    g = torch.Generator().manual_seed(0)
+    one = torch.randn(1, 64, generator=g)
+    assert spread(one.expand(16, 64)).item() == pytest.approx(0.0, abs=1e-6)
+    assert spread(torch.randn(512, 64, generator=g)).item() == pytest.approx(1.0, abs=0.05)
+    tokens = torch.randn(8, 5, 64, generator=g)  # (B, T, C): averaged over tokens first
+    torch.testing.assert_close(spread(tokens), spread(tokens.mean(1)))
+
+
+def test_spread_monitors_logged_for_batches_of_two_or_more():
+    m = make()
+    out = m(batch(b=2), generator=gen())
+    assert {"dv_spread", "st_spread"} <= set(out)
+    assert all(0 < out[k] < 2 for k in ("dv_spread", "st_spread"))
+    assert not out["dv_spread"].requires_grad
+    torch.testing.assert_close(out["loss"], out["l_r"] + out["l_dv"] + out["l_st"])  # not in the loss
+    assert not {"dv_spread", "st_spread"} & set(m(batch(b=1), generator=gen()))
