@@ -17,6 +17,7 @@ rule pretrain:
     params:
         settings=lambda w: as_json(cfg.pretrain_settings(config, w.method, w.encoder)),
         out=lambda w: f"results/pretrain/{w.method}/{w.encoder}",
+    priority: 40  # on the critical path (see anatomy_train)
     threads: config["pretrain"].get("threads", 1)
     conda:
         "../../environment.yml"
