@@ -19,6 +19,7 @@ same slice and the figure is the same on every run.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -86,16 +87,36 @@ def _dsc_text(metrics: dict, case_id: str) -> str:
     return "DSC n/a" if dsc is None else f"DSC {100 * float(dsc):.1f}"
 
 
-def draw_overlays(runs: Sequence[tuple[str, str | Path]], data_dir: str | Path, out_png: str | Path,
-                  *, max_cases: int = 4, title: str | None = None) -> Path:
-    """Draw one row per test case (the first `max_cases` case ids, sorted) and one column each for
-    the image, the ground truth and every run (label, fine-tuned fold folder); write `out_png`
-    atomically. Every run must have scored the same cases of the same dataset."""
+@dataclass
+class OverlayCase:
+    """One row of the figure: a test case's arrays in RAS+ and the slice to show."""
+
+    case_id: str
+    image: np.ndarray
+    truth: np.ndarray
+    predictions: list[np.ndarray]  # one per run, in the runs' order
+    zooms: tuple[float, float, float]
+    slice: int
+
+
+@dataclass
+class OverlayData:
+    dataset: str
+    runs: list[tuple[str, Path, dict]]  # (label, fold folder, its metrics.json)
+    cases: list[str]  # every test case the runs scored
+    rows: list[OverlayCase]  # the ones drawn
+
+
+def load_overlays(runs: Sequence[tuple[str, str | Path]], data_dir: str | Path,
+                  max_cases: int = 4) -> OverlayData:
+    """Read every run's metrics.json and, for the first `max_cases` test cases by id, the source
+    image, the ground truth and each run's prediction; a missing or inconsistent file is an
+    InputError naming it (nothing is drawn before everything has been read)."""
     if not runs:
-        raise InputError(out_png, "no runs given to draw")
+        raise InputError("--run", "no runs given to draw")
     if max_cases < 1:
-        raise InputError(out_png, f"max_cases must be ≥ 1, got {max_cases}")
-    data_dir, out_png = Path(data_dir), Path(out_png)
+        raise InputError("--max-cases", f"must be ≥ 1, got {max_cases}")
+    data_dir = Path(data_dir)
     loaded = [(label, Path(d), _read_metrics(Path(d))) for label, d in runs]
     first_label, first_dir, first = loaded[0]
     dataset, cases = first["dataset"], sorted(first["cases"])
@@ -106,18 +127,17 @@ def draw_overlays(runs: Sequence[tuple[str, str | Path]], data_dir: str | Path, 
         if sorted(metrics["cases"]) != cases:
             raise InputError(d / "metrics.json", f"scores cases {sorted(metrics['cases'])}, "
                              f"{first_dir / 'metrics.json'} scores {cases}: not the same test set")
-    organs = palette(dataset)
-    colors = [organs[i][1] for i in range(1, max(organs) + 1)]
-    shown = cases[:max_cases]
-
-    # read everything before drawing: a missing file stops the figure before any output
+    try:
+        organs = palette(dataset)
+    except KeyError as exc:
+        raise InputError(first_dir / "metrics.json", str(exc).strip("'\"")) from None
     rows = []
-    for case_id in shown:
+    for case_id in cases[:max_cases]:
         image_path, label_path = _case_sources(data_dir, case_id)
         label_img = read_nifti(label_path, "ground-truth label")
         image_img = read_nifti(image_path, "image")
         _check_grid(image_img, label_img, image_path, label_path)
-        preds = []
+        pred_paths, preds = [], []
         for label, d, _ in loaded:
             path = d / PREDICTIONS / f"{case_id}.nii.gz"
             if not path.is_file():
@@ -125,28 +145,42 @@ def draw_overlays(runs: Sequence[tuple[str, str | Path]], data_dir: str | Path, 
                                  "(`alice evaluate` writes it)")
             pred_img = read_nifti(path, "prediction")
             _check_grid(pred_img, label_img, path, label_path)
+            pred_paths.append(path)
             preds.append(np.rint(ras_array(pred_img, path)[0]).astype(np.int16))
         gt, zooms = ras_array(label_img, label_path)
         gt = np.rint(gt).astype(np.int16)
         image = ras_array(image_img, image_path)[0].astype(np.float32)
-        for arr, path in [(gt, label_path)] + [(p, d / PREDICTIONS / f"{case_id}.nii.gz")
-                                              for p, (_, d, _) in zip(preds, loaded)]:
+        for arr, path in [(gt, label_path), *zip(preds, pred_paths)]:
             bad = sorted(set(np.unique(arr).tolist()) - {0, *organs})
             if bad:
                 raise InputError(path, f"label ids {bad} are not {dataset} organs")
-        rows.append((case_id, image, gt, preds, zooms, best_slice(gt)))
+        rows.append(OverlayCase(case_id, image, gt, preds, zooms, best_slice(gt)))
+    return OverlayData(dataset, loaded, cases, rows)
+
+
+def draw_overlays(runs: Sequence[tuple[str, str | Path]], data_dir: str | Path, out_png: str | Path,
+                  *, max_cases: int = 4, title: str | None = None) -> Path:
+    """Draw one row per test case (the first `max_cases` case ids, sorted) and one column each for
+    the image, the ground truth and every run (label, fine-tuned fold folder); write `out_png`
+    atomically. Every run must have scored the same cases of the same dataset."""
+    out_png = Path(out_png)
+    data = load_overlays(runs, data_dir, max_cases)
+    organs = palette(data.dataset)
+    colors = [organs[i][1] for i in range(1, max(organs) + 1)]
+    loaded, rows, cases, dataset = data.runs, data.rows, data.cases, data.dataset
 
     ncols = 2 + len(loaded)
     # panel size follows the slice's physical aspect ratio
-    _, _, _, _, z0, _ = rows[0]
-    aspect = (rows[0][1].shape[1] * z0[1]) / (rows[0][1].shape[0] * z0[0])
+    z0, shape0 = rows[0].zooms, rows[0].image.shape
+    aspect = (shape0[1] * z0[1]) / (shape0[0] * z0[0])
     width = 2.3
     fig = Figure(figsize=(width * ncols, width * aspect * len(rows) + 1.3), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), ncols, squeeze=False)
-    for r, (case_id, image, gt, preds, zooms, k) in enumerate(rows):
+    for r, row in enumerate(rows):
+        case_id, image, zooms, k = row.case_id, row.image, row.zooms, row.slice
         heads = ["image", "ground truth"] + [label for label, _, _ in loaded]
-        overlays = [None, gt] + preds
+        overlays = [None, row.truth] + row.predictions
         for c, (head, overlay) in enumerate(zip(heads, overlays)):
             ax = axes[r][c]
             draw_panel(ax, image, overlay, zooms, "axial", k, WINDOW, colors,
@@ -159,7 +193,7 @@ def draw_overlays(runs: Sequence[tuple[str, str | Path]], data_dir: str | Path, 
     handles = [Patch(color=color, label=name) for name, color in organs.values()]
     fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=7,
                frameon=False)
-    more = f" (first {len(shown)} of {len(cases)} test cases)" if len(shown) < len(cases) else ""
+    more = f" (first {len(rows)} of {len(cases)} test cases)" if len(rows) < len(cases) else ""
     fig.suptitle((title or f"{dataset} test cases") + more +
                  "; axial slice with the most ground-truth foreground; DSC of the whole case (%)",
                  fontsize=9)
