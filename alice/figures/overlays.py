@@ -23,18 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import nibabel as nib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from alice.errors import InputError  # noqa: E402
-from alice.figures.organs import palette  # noqa: E402
-from alice.figures.slices import draw_panel, ras_array, read_nifti  # noqa: E402
-from alice.io import atomic_path  # noqa: E402
+from alice.errors import InputError
+from alice.figures.organs import palette
+from alice.figures.slices import draw_panel, ras_array, read_nifti
+from alice.io import atomic_path
 
 WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window, W400 / L40 (HU)
 PREDICTIONS = "predictions"
@@ -75,11 +73,17 @@ def _case_sources(data_dir: Path, case_id: str) -> tuple[Path, Path]:
     return Path(source["image"]), Path(source["label"])
 
 
-def _check_grid(img, ref, path: Path, ref_path: Path) -> None:
+def _check_grid(img, ref, path: Path, ref_path: Path, exact: bool = True) -> None:
+    """`img` must lie on `ref`'s voxel grid: the same shape and affine (a prediction is written
+    with its label's affine), or, with `exact=False` (an image beside its label, which `alice
+    prepare` accepted within its affine tolerance), the same shape and axis orientation."""
     if tuple(img.shape) != tuple(ref.shape):
         raise InputError(path, f"shape {tuple(img.shape)} differs from {ref_path}'s {tuple(ref.shape)}")
-    if not np.allclose(img.affine, ref.affine, atol=1e-3):
+    if exact and not np.allclose(img.affine, ref.affine, atol=1e-3):
         raise InputError(path, f"affine differs from {ref_path}'s (not on the original label grid)")
+    if nib.aff2axcodes(img.affine) != nib.aff2axcodes(ref.affine):
+        raise InputError(path, f"orientation {''.join(nib.aff2axcodes(img.affine))} differs from "
+                         f"{ref_path}'s {''.join(nib.aff2axcodes(ref.affine))}")
 
 
 def _dsc_text(metrics: dict, case_id: str) -> str:
@@ -136,7 +140,7 @@ def load_overlays(runs: Sequence[tuple[str, str | Path]], data_dir: str | Path,
         image_path, label_path = _case_sources(data_dir, case_id)
         label_img = read_nifti(label_path, "ground-truth label")
         image_img = read_nifti(image_path, "image")
-        _check_grid(image_img, label_img, image_path, label_path)
+        _check_grid(image_img, label_img, image_path, label_path, exact=False)
         pred_paths, preds = [], []
         for label, d, _ in loaded:
             path = d / PREDICTIONS / f"{case_id}.nii.gz"
