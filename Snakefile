@@ -13,6 +13,8 @@ min_version("9.0")
 
 configfile: "config/config.yaml"
 
+report: "workflow/report/workflow.rst"
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
@@ -21,6 +23,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/online.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

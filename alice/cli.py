@@ -315,6 +315,31 @@ def cmd_figure(args) -> None:
 
         draw_phantom_figure(Path(args.flare), Path(args.mosmed), Path(args.out))
         log.info("figure written to %s", args.out)
+    if args.figure == "overlays":
+        from alice.figures.overlays import draw_overlays
+
+        draw_overlays(_labelled(args.run, "--run"), Path(args.data), Path(args.out),
+                      max_cases=args.max_cases, title=args.title)
+        log.info("figure written to %s", args.out)
+    if args.figure == "finetune":
+        from alice.figures.curves import draw_finetune_curves
+
+        runs: dict[str, list[str]] = {}
+        for label, path in _labelled(args.log, "--log"):
+            runs.setdefault(label, []).append(path)  # a label's logs in the order given
+        draw_finetune_curves(list(runs.items()), Path(args.out), title=args.title)
+        log.info("figure written to %s", args.out)
+
+
+def _labelled(values: list[str], option: str) -> list[tuple[str, str]]:
+    """LABEL=PATH arguments as (label, path) pairs (the label is everything before the first '=')."""
+    pairs = []
+    for value in values:
+        label, sep, path = value.partition("=")
+        if not sep or not label.strip() or not path:
+            raise ConfigError(option, f"expects LABEL=PATH, got {value!r}")
+        pairs.append((label.strip(), path))
+    return pairs
 
 
 def cmd_config(args) -> None:
@@ -457,6 +482,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--truth", default="results/phantoms/flare22/phantom_truth")
     f.add_argument("--embeddings", default="results/anatomy/embeddings")
     f.add_argument("--out", default="results/figures/matching.png")
+    f = figs.add_parser("overlays", help="one axial slice per test case: image, ground truth and "
+                        "each method's prediction (paper Fig. 4/7 style)")
+    f.add_argument("--run", action="append", required=True, metavar="LABEL=DIR",
+                   help="a method's label and its fine-tuned fold folder (metrics.json and "
+                   "predictions/ written by `alice evaluate`); repeat per method, in column order")
+    f.add_argument("--data", required=True, help="the dataset's preprocessing cache, e.g. "
+                   "results/data/flare22 (<case>.json names the source image and label)")
+    f.add_argument("--out", required=True, help="e.g. results/figures/overlays_flare22_unetr.png")
+    f.add_argument("--max-cases", type=int, default=4, help="rows: the first N test cases by id")
+    f.add_argument("--title", default=None)
+    f = figs.add_parser("finetune", help="fine-tuning curves: loss and val Dice per fold of "
+                        "each method")
+    f.add_argument("--log", action="append", required=True, metavar="LABEL=LOG",
+                   help="a method's label and one fold's log.csv; repeat per fold and method")
+    f.add_argument("--out", required=True, help="e.g. results/figures/finetune_flare22_unetr.png")
+    f.add_argument("--title", default=None)
     f = figs.add_parser("curves", help="loss curves of a training log.csv")
     f.add_argument("--log", required=True, help="e.g. results/pretrain/alice/vit/log.csv")
     f.add_argument("--out", required=True, help="e.g. results/figures/pretrain_alice_vit.png")

@@ -11,46 +11,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from alice.errors import InputError
+from alice.figures.organs import palette
+from alice.figures.slices import draw_panel, load_ras
 from alice.io import atomic_path
 
-FLARE22_ORGANS = {
-    1: ("liver", "#c0504d"),
-    2: ("right kidney", "#f2a33a"),
-    3: ("spleen", "#8064a2"),
-    4: ("pancreas", "#f4e04d"),
-    5: ("aorta", "#e8293b"),
-    6: ("IVC", "#3b6fd1"),
-    7: ("right adrenal", "#2fb7a1"),
-    8: ("left adrenal", "#7fd35c"),
-    9: ("gallbladder", "#2e9d3a"),
-    10: ("esophagus", "#d16fc2"),
-    11: ("stomach", "#e87e4f"),
-    12: ("duodenum", "#9fc5e8"),
-    13: ("left kidney", "#c98a2e"),
-}
+FLARE22_ORGANS = palette("flare22")  # id -> (name, colour), shared with the other figures
 GGO_COLOR = "#ffb000"
 ABDOMEN_WINDOW = (-160.0, 240.0)  # W400 / L40
 LUNG_WINDOW = (-1350.0, 150.0)  # W1500 / L-600
-
-
-def _load_ras(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
-        data = np.asarray(img.dataobj)
-    except Exception as exc:  # noqa: BLE001 - any read failure is a bad input file
-        raise InputError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from None
-    if data.ndim != 3:
-        raise InputError(path, f"expected a 3-D volume, got shape {data.shape}")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return data, zooms
 
 
 def _first(paths: list[Path]) -> Path | None:
@@ -114,48 +88,19 @@ def _lung_slices(image: np.ndarray) -> tuple[int, int, int]:
     return int(round(cs[0])), c[1], c[2]
 
 
-def _panel(ax, image, overlay, zooms, view, index, window, colors, title):
-    """Draw one slice of RAS-ordered arrays in radiological display orientation."""
-    sx, sy, sz = zooms
-    nx, ny, nz = image.shape
-    if view == "axial":
-        img, lab = image[:, :, index], None if overlay is None else overlay[:, :, index]
-        extent, flip_x = (0, nx * sx, 0, ny * sy), True
-    elif view == "coronal":
-        img, lab = image[:, index, :], None if overlay is None else overlay[:, index, :]
-        extent, flip_x = (0, nx * sx, 0, nz * sz), True
-    else:
-        img, lab = image[index, :, :], None if overlay is None else overlay[index, :, :]
-        extent, flip_x = (0, ny * sy, 0, nz * sz), True  # anterior (high y) on the left
-    ax.imshow(img.T, cmap="gray", vmin=window[0], vmax=window[1], origin="lower", extent=extent, interpolation="nearest")
-    if lab is not None and lab.any():
-        cmap = ListedColormap(["#00000000"] + colors)
-        ax.imshow(np.ma.masked_equal(lab.T, 0), cmap=cmap, vmin=-0.5, vmax=len(colors) + 0.5, origin="lower", extent=extent, alpha=0.45, interpolation="nearest")
-    if flip_x:
-        ax.set_xlim(extent[1], extent[0])
-    ax.set_ylim(extent[2], extent[3])
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    letters = {"axial": ("R", "L", "A"), "coronal": ("R", "L", "S"), "sagittal": ("A", "P", "S")}[view]
-    ax.text(0.02, 0.5, letters[0], transform=ax.transAxes, color="yellow", fontsize=8, va="center")
-    ax.text(0.96, 0.5, letters[1], transform=ax.transAxes, color="yellow", fontsize=8, va="center")
-    ax.text(0.5, 0.95, letters[2], transform=ax.transAxes, color="yellow", fontsize=8, ha="center", va="top")
-
-
 def draw_phantom_figure(flare_root, mosmed_root, out_png) -> Path:
     """Draw the 2x3 phantom figure (abdomen row, chest row) to `out_png`, atomically."""
     flare_root, mosmed_root, out_png = Path(flare_root), Path(mosmed_root), Path(out_png)
     ab_image_path, ab_label_path = _find_abdomen(flare_root)
     ch_image_path, ch_mask_path = _find_chest(mosmed_root)
-    ab_image, ab_zooms = _load_ras(ab_image_path)
-    ab_label, _ = _load_ras(ab_label_path)
+    ab_image, ab_zooms = load_ras(ab_image_path)
+    ab_label, _ = load_ras(ab_label_path)
     if ab_label.shape != ab_image.shape:
         raise InputError(ab_label_path, f"label shape {ab_label.shape} differs from image shape {ab_image.shape}")
-    ch_image, ch_zooms = _load_ras(ch_image_path)
+    ch_image, ch_zooms = load_ras(ch_image_path)
     ch_mask = None
     if ch_mask_path is not None:
-        ch_mask, _ = _load_ras(ch_mask_path)
+        ch_mask, _ = load_ras(ch_mask_path)
         if ch_mask.shape != ch_image.shape:
             raise InputError(ch_mask_path, f"mask shape {ch_mask.shape} differs from image shape {ch_image.shape}")
         ch_mask = (ch_mask > 0).astype(np.uint8)
@@ -173,10 +118,10 @@ def draw_phantom_figure(flare_root, mosmed_root, out_png) -> Path:
     ch_cat = ch_image_path.parent.name
     for col, view in enumerate(("axial", "coronal", "sagittal")):
         idx = {"axial": ab_sl[2], "coronal": ab_sl[1], "sagittal": ab_sl[0]}[view]
-        _panel(axes[0, col], ab_image, ab_label, ab_zooms, view, idx, ABDOMEN_WINDOW, organ_colors,
+        draw_panel(axes[0, col], ab_image, ab_label, ab_zooms, view, idx, ABDOMEN_WINDOW, organ_colors,
                f"FLARE22 {ab_id} - {view} (slice {idx})")
         idx = {"axial": ch_sl[2], "coronal": ch_sl[1], "sagittal": ch_sl[0]}[view]
-        _panel(axes[1, col], ch_image, ch_mask, ch_zooms, view, idx, LUNG_WINDOW, [GGO_COLOR],
+        draw_panel(axes[1, col], ch_image, ch_mask, ch_zooms, view, idx, LUNG_WINDOW, [GGO_COLOR],
                f"MosMed {ch_cat} {ch_id} - {view} (slice {idx})")
     handles = [Patch(color=c, label=f"{i} {n}") for i, (n, c) in FLARE22_ORGANS.items()]
     fig.legend(handles=handles, loc="upper center", ncol=7, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.995))

@@ -47,7 +47,8 @@ rule anatomy_evaluate:
         embeddings=pool_embeddings,
         truth=phantom_truth,
     output:
-        csv="results/anatomy/matching.csv",
+        csv=report("results/anatomy/matching.csv", caption="../report/matching_csv.rst",
+                   category="Anatomical matching", labels={"result": "landmark errors"}),
         points="results/anatomy/matching_points.csv",
     params:
         settings=lambda w: as_json(cfg.matching_settings(config)),
@@ -67,7 +68,8 @@ rule matching_figure:
         embeddings=pool_embeddings,
         truth=phantom_truth,
     output:
-        "results/figures/matching.png",
+        report("results/figures/matching.png", caption="../report/matching.rst",
+               category="Anatomical matching", labels={"result": "matched points"}),
     conda:
         "../../environment.yml"
     log:

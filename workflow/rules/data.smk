@@ -61,7 +61,8 @@ rule phantom_figure:
         flare="results/phantoms/flare22",
         mosmed="results/phantoms/mosmed",
     output:
-        "results/figures/phantom.png",
+        report("results/figures/phantom.png", caption="../report/phantom.rst", category="Figures",
+               subcategory="Data", labels={"figure": "phantom datasets"}),
     conda:
         "../../environment.yml"
     log:

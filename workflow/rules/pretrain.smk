@@ -35,7 +35,10 @@ rule pretrain_curves:
         # log.csv is complete once the checkpoint exists
         "results/pretrain/{method}/{encoder}/checkpoint.pt",
     output:
-        "results/figures/pretrain_{method}_{encoder}.png",
+        report("results/figures/pretrain_{method}_{encoder}.png",
+               caption="../report/pretrain_curves.rst", category="Figures",
+               subcategory="Pretraining curves",
+               labels={"figure": "pretraining curves", "run": "{method}", "encoder": "{encoder}"}),
     wildcard_constraints:
         method=RUN_PATTERN,
         encoder="vit|swin|nnformer",

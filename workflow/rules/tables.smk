@@ -24,8 +24,10 @@ rule table:
     input:
         table_rows,
     output:
-        csv="results/{table}.csv",
-        tex="results/{table}.tex",
+        csv=report("results/{table}.csv", caption="../report/table.rst", category="Tables",
+                   labels={"table": "{table}", "format": "CSV"}),
+        tex=report("results/{table}.tex", caption="../report/table.rst", category="Tables",
+                   labels={"table": "{table}", "format": "LaTeX"}),
     wildcard_constraints:
         table="table[0-9]+",
     conda:

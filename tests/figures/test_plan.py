@@ -1,0 +1,51 @@
+"""Which overlay and fine-tuning-curve figures the DAG draws, and the rules' arguments."""
+
+import copy
+import shlex
+
+import pytest
+
+from alice import config as cfg
+from alice.errors import ConfigError
+from alice.figures import plan
+from alice.tables.spec import table_settings
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return cfg.load_config(None)
+
+
+def test_demo_figures_follow_tables_1_and_3(demo):
+    figures = plan.segmentation_figures(table_settings(demo))
+    assert list(figures) == [("flare22", "unetr"), ("flare22", "swin_unetr"),
+                             ("flare22", "nnformer"), ("btcv", "nnformer")]
+    for (dataset, backbone), runs in figures.items():
+        assert [r["label"] for r in runs] == ["Rand. init.", "Alice"]  # the table's row order
+        assert [r["run"] for r in runs] == ["rand_init", "alice"]
+        assert runs[1]["dirs"] == [f"results/finetune/{dataset}/alice/{backbone}/fold{k}"
+                                   for k in range(5)]
+    assert plan.figure_targets(figures)[:2] == ["results/figures/overlays_flare22_unetr.png",
+                                                "results/figures/finetune_flare22_unetr.png"]
+
+
+def test_substitute_backbone_and_methods(demo):
+    config = copy.deepcopy(demo)
+    config["reproduce"]["substitute"]["backbone"] = "unetr"  # Table 3 on UNETR
+    config["reproduce"]["methods"] = ["alice"]
+    figures = plan.segmentation_figures(table_settings(config))
+    assert ("btcv", "unetr") in figures and ("btcv", "nnformer") not in figures
+    assert [r["label"] for r in figures[("flare22", "unetr")]] == ["Alice"]
+    with pytest.raises(ConfigError, match="btcv_unetr"):
+        plan.runs_of(figures, "btcv", "nnformer")
+
+
+def test_rule_arguments_round_trip_through_the_shell():
+    runs = [{"label": "Rand. init.", "dirs": ["results/a/fold0", "results/a/fold1"]},
+            {"label": "Alice's", "dirs": ["results/b/fold0", "results/b/fold1"]}]
+    assert shlex.split(plan.overlay_args(runs)) == [
+        "--run", "Rand. init.=results/a/fold0", "--run", "Alice's=results/b/fold0"]
+    assert plan.overlay_metrics(runs) == ["results/a/fold0/metrics.json", "results/b/fold0/metrics.json"]
+    assert shlex.split(plan.finetune_log_args(runs))[-2:] == ["--log", "Alice's=results/b/fold1/log.csv"]
+    assert len(plan.finetune_logs(runs)) == 4
+    assert plan.short_label("Rand. init. (harness baseline)") == "Rand. init."
