@@ -13,12 +13,11 @@
 # refuses to replace a slurm.conf it did not write. State, logs and PIDs go to $SLURM_LOCAL_DIR
 # (default /tmp/alice-slurm).
 #
-# The node is one partition-less machine that advertises (SlurmdParameters=config_overrides)
-# SLURM_LOCAL_CPUS CPUs (default 16) and SLURM_LOCAL_MEM_MB MB (default 262144), so that the
-# profile's paper-scale cpus_per_task / mem_mb requests are accepted; nothing enforces them
-# (task/none), so bound concurrency with snakemake --jobs. It has no GPUs: jobs that request
-# them cannot be scheduled here. Partitions `cpu` (default) and `gpu` match the profile's
-# placeholder partition names.
+# The node is this machine, advertising (SlurmdParameters=config_overrides) SLURM_LOCAL_CPUS CPUs
+# (default 64), SLURM_LOCAL_MEM_MB MB (default 524288) and SLURM_LOCAL_GPUS pretend GPUs (default
+# 8: empty files as devices, no CUDA), so that the profile's paper-scale requests (cpus, mem_mb,
+# gpu) are accepted; nothing enforces them (task/none), so bound concurrency with snakemake
+# --jobs. Partitions `cpu` (default) and `gpu` match the profile's placeholder partition names.
 # Job status: there is no accounting database, so `sacct` cannot see jobs; run the plugin with
 # `--slurm-status-command squeue` (MinJobAge=3600 keeps finished jobs visible to squeue).
 set -euo pipefail

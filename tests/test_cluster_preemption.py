@@ -94,7 +94,7 @@ def pool(tmp_path_factory, tiny_pool):
 @pytest.mark.parametrize("gpus, sig", [(0, signal.SIGTERM), (2, signal.SIGUSR1)],
                          ids=["plain-SIGTERM", "torchrun2-SIGUSR1"])
 def test_rule_command_preempts_and_resumes_exactly(tmp_path, pool, gpus, sig):
-    iterations = 60
+    iterations = 40
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_pretrain_config(tmp_path, gpus, iterations)))
     runs = {}

@@ -9,14 +9,16 @@
 # Launch: pretrain.gpus <= 1 runs one process; > 1 one torchrun job of that many processes on one
 # node (DDP: one per GPU, gloo on CPU; alice/ssl/trainer.py), all in one cluster job. Preemption:
 # the command is `exec`ed, so the process Snakemake (and SLURM) signals is the trainer itself, not a
-# shell that would die of the signal; torchrun is told to forward SIGUSR1 too (it forwards SIGTERM
-# by default) and gives its workers 30 s to checkpoint. README "Cluster (SLURM)".
+# shell that would die of the signal; torchrun is told (its --signals-to-handle and shutdown timeout,
+# as environment variables, which older torchruns ignore) to forward SIGUSR1 as well as SIGTERM and
+# to give its workers 240 s to checkpoint (the profile warns 300 s before the limit) instead of 30.
+# README "Cluster (SLURM)".
 
 
 PRETRAIN_PROCESSES = max(1, int(config["pretrain"].get("gpus") or 0))
 PRETRAIN_LAUNCH = (
     "exec alice" if PRETRAIN_PROCESSES == 1 else
-    "export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1; "
+    "export PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 TORCH_ELASTIC_SHUTDOWN_TIMEOUT=240; "
     f"exec torchrun --standalone --nnodes=1 --nproc_per_node={PRETRAIN_PROCESSES} -m alice.cli"
 )
 
