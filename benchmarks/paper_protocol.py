@@ -10,9 +10,10 @@ Runs Snakemake's dry run of the full protocol with the SLURM profile, once per t
 
 No data is needed: a dataset root is read only by `alice prepare` when it runs, so any path
 that is not paper.yaml's `/path/to/` placeholder lets the DAG expand (here /data/<release>).
-One part of the DAG cannot be listed before the pool's folds.json exists (a checkpoint): one
-`anatomy_embed` job per pool training volume. The script adds them from the pool size
-(phantom.counts.flare22.unlabeled in paper.yaml mirrors the real pool: 2,000 CTs).
+One part of the DAG cannot be listed before the pool's folds.json exists (a checkpoint): the
+learned matcher's training and one `anatomy_embed` job per pool training volume, which
+pretraining needs (pretrain.pairs.matcher: sam). The script adds them, the latter from the pool
+size (phantom.counts.flare22.unlabeled in paper.yaml mirrors the real pool: 2,000 CTs).
 
 GPU-hours per job = optimizer steps x step time x GPUs, from the paper's iterations and epochs in
 the config. Step times (one H200, bf16, batch 8; shared/FACTS.md):
@@ -57,8 +58,11 @@ def forward_gflops(net: torch.nn.Module, shape) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     net = net.to("meta")
+    # an encoder without its own forward (nnFormer's) runs as embedding + stages
+    has_forward = type(net).forward is not torch.nn.Module.forward
+    run = net if has_forward else (lambda x: net.stages(net.embed(x)))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(torch.empty(1, 1, *shape, device="meta"))
+        run(torch.empty(1, 1, *shape, device="meta"))
     return counter.get_total_flops() / 1e9
 
 
@@ -172,6 +176,10 @@ class CostModel:
         return 0.0  # CPU jobs: data stage, tables, figures
 
 
+# GPU rules by what they cost (the rest run on CPUs: data stage, tables, figures)
+GROUP = {"pretrain": "pretraining", "finetune": "downstream", "evaluate": "downstream",
+         "finetune_classifier": "downstream", "btcv_online": "downstream",
+         "anatomy_train": "matcher", "anatomy_embed": "matcher"}
 JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 
 
@@ -216,30 +224,38 @@ def main() -> None:
     rows = []
     for name, target in targets.items():
         jobs = dry_run(target, args.config)
+        if (any(rule == "pretrain" for rule, _ in jobs) and config["pretrain"]["pairs"].get("matcher") == "sam"
+                and not any(rule == "anatomy_train" for rule, _ in jobs)):
+            # behind the pool's folds checkpoint: the matcher and one embedding job per volume
+            jobs = jobs + [("anatomy_train", {})] + [("anatomy_embed", {})] * embeds
         rules = Counter(rule for rule, _ in jobs)
-        if rules["anatomy_train"]:
-            rules["anatomy_embed"] += embeds
-            jobs = jobs + [("anatomy_embed", {})] * embeds
-        hours = sum(model.gpu_hours(rule, wc) for rule, wc in jobs)
-        gpu_jobs = sum(n for r, n in rules.items() if r in ("pretrain", "finetune", "evaluate", "finetune_classifier",
-                                                              "btcv_online", "anatomy_train", "anatomy_embed"))
-        detail = ", ".join(f"{r} {n}" for r, n in sorted(rules.items(), key=lambda kv: -kv[1])
-                           if r in ("pretrain", "finetune", "finetune_classifier", "anatomy_embed"))
-        rows.append((name, sum(rules.values()), gpu_jobs, hours, detail))
+        hours = Counter()
+        for rule, wc in jobs:
+            hours[GROUP.get(rule, "cpu")] += model.gpu_hours(rule, wc)
+        gpu_jobs = sum(n for r, n in rules.items() if r in GROUP)
+        runs = sorted({f"{wc['method']}/{wc['encoder']}" for rule, wc in jobs if rule == "pretrain"})
+        rows.append([name, str(sum(rules.values())), str(gpu_jobs), str(rules["pretrain"]),
+                     str(rules["finetune"] + rules["finetune_classifier"])]
+                    + [f"{hours[g]:,.0f}" for g in ("pretraining", "downstream", "matcher")]
+                    + [f"{sum(hours.values()):,.0f}", ", ".join(runs)])
 
+    header = ["target", "jobs", "GPU jobs", "pretraining runs", "fine-tuning jobs", "GPU-h pretraining",
+              "GPU-h fine-tuning + scoring", "GPU-h matcher", "GPU-h total", "pretraining runs (run/encoder)"]
     if args.markdown:
-        print("| target | jobs | GPU jobs | GPU-hours (est.) | of which |")
-        print("| --- | --- | --- | --- | --- |")
-        for name, n, g, h, d in rows:
-            print(f"| {name} | {n} | {g} | {h:,.0f} | {d} |")
+        print("| " + " | ".join(header) + " |")
+        print("|" + " --- |" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
     else:
-        print(f"{'target':30s} {'jobs':>6s} {'GPU jobs':>9s} {'GPU-h':>8s}  of which")
-        for name, n, g, h, d in rows:
-            print(f"{name:30s} {n:6d} {g:9d} {h:8,.0f}  {d}")
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-1])]
+        print("  ".join(h.rjust(w) for h, w in zip(header, widths)) + "  " + header[-1])
+        for row in rows:
+            print("  ".join(c.rjust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     print("\nstep times (ms, one H200, batch 8): " + ", ".join(f"{k} {v:.0f}" for k, v in model.step_ms.items()))
     for note in model.notes:
         print("- " + note)
-    print(f"- anatomy_embed: {embeds} jobs (pool training volumes) added to the dry run's count")
+    print(f"- added to a dry run that has pretraining: anatomy_train 1 and anatomy_embed {embeds} "
+          "(one per pool training volume; known once the pool's folds.json exists)")
 
 
 if __name__ == "__main__":
