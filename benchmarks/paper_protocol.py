@@ -1,0 +1,262 @@
+"""The paper protocol on a cluster: jobs per table and an estimate of its GPU-hours.
+
+    python benchmarks/paper_protocol.py [--config config/paper.yaml] [--markdown]
+
+Runs Snakemake's dry run of the full protocol with the SLURM profile, once per table target
+(`results/tableN.tex`) and once for all of them with the default target:
+
+    snakemake -n --configfile config/paper.yaml --workflow-profile workflow/profiles/slurm \\
+        --config 'datasets={"flare22": {"root": ...}, "btcv": {"root": ...}, "mosmed": {"root": ...}}'
+
+No data is needed: a dataset root is read only by `alice prepare` when it runs, so any path
+that is not paper.yaml's `/path/to/` placeholder lets the DAG expand (here /data/<release>).
+One part of the DAG cannot be listed before the pool's folds.json exists (a checkpoint): the
+learned matcher's training and one `anatomy_embed` job per pool training volume, which
+pretraining needs (pretrain.pairs.matcher: sam). The script adds them, the latter from the pool
+size (phantom.counts.flare22.unlabeled in paper.yaml mirrors the real pool: 2,000 CTs).
+
+GPU-hours per job = optimizer steps x step time x GPUs, from the paper's iterations and epochs in
+the config. Step times (one H200, bf16, batch 8; shared/FACTS.md):
+  measured: Alice ViT-B pretraining step 30.7 ms, UNETR 83 ms, Swin UNETR 273 ms;
+  estimated (nnFormer, the classifiers, the Swin / nnFormer pretraining, the anatomical matcher,
+  inference): forward FLOPs of the harness's own networks at the paper's sizes, counted by
+  torch's FlopCounterMode on meta tensors (no compute), x 3 for a training step (forward +
+  backward), divided by the throughput those measurements imply for the same kind of network
+  (UNETR's for CNNs, Swin UNETR's for Swin and nnFormer, Alice ViT's for the ViT classifier).
+Inference (validation passes, `evaluate`, `btcv_online`, embeddings) runs sliding windows over an
+assumed abdominal CT of 400 x 400 x 300 mm. Data loading, start-up and queueing are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from alice import config as cfg
+from alice.tables.spec import table_ids
+
+REPO = Path(__file__).resolve().parents[1]
+# one H200 GPU, bf16, batch 8 (shared/FACTS.md "Measured on one H200 GPU")
+ALICE_VIT_STEP_MS = 30.7          # ViT-B, two masked 192x192x64 views + EMA target
+ALICE_VIT_TFLOPS = 113.0          # the model FLOP/s of that step
+UNETR_STEP_MS = 83.0              # MONAI UNETR, 96^3
+SWIN_UNETR_STEP_MS = 273.0        # MONAI SwinUNETR, feature size 48, 96^3
+BATCH = 8
+CT_MM = (400.0, 400.0, 300.0)     # assumed abdominal CT extent (x, y, z) for inference costs
+
+
+def forward_gflops(net: torch.nn.Module, shape) -> float:
+    """Forward FLOPs of one sample, counted on meta tensors (nothing is computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = net.to("meta")
+    # an encoder without its own forward (nnFormer's) runs as embedding + stages
+    has_forward = type(net).forward is not torch.nn.Module.forward
+    run = net if has_forward else (lambda x: net.stages(net.embed(x)))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        run(torch.empty(1, 1, *shape, device="meta"))
+    return counter.get_total_flops() / 1e9
+
+
+def windows(shape_vox, roi, overlap: float) -> int:
+    """Sliding windows MONAI's sliding_window_inference visits in a volume."""
+    n = 1
+    for size, r in zip(shape_vox, roi):
+        step = max(1, int(r * (1 - overlap)))
+        n *= 1 if size <= r else math.ceil((size - r) / step) + 1
+    return n
+
+
+class CostModel:
+    """Step times (ms) and GPU-hours per job of the paper config."""
+
+    def __init__(self, config: dict):
+        from alice.anatomy.model import AnatomyNet, AnatomyNetConfig
+        from alice.downstream.networks import (build_classification_network, build_segmentation_network,
+                                               encoder_of)
+
+        self.c = config
+        ft = config["finetune"]
+        seg = {b: build_segmentation_network(b, 14, ft[b], cfg.encoder_config(config, cfg.backbone_encoder(b)))
+               for b in ("unetr", "swin_unetr", "nnformer")}
+        self.fwd = {b: forward_gflops(seg[b], ft[b]["crop"]) for b in seg}
+        # throughput (TFLOP/s) each measured step implies: batch x (forward + backward = 3 forwards)
+        t_unetr = BATCH * 3 * self.fwd["unetr"] / UNETR_STEP_MS
+        t_swin = BATCH * 3 * self.fwd["swin_unetr"] / SWIN_UNETR_STEP_MS
+        self.tflops = {"unetr": t_unetr, "swin_unetr": t_swin, "nnformer": t_swin,
+                       "resnet3d": t_unetr, "anatomy": t_unetr, "vit": ALICE_VIT_TFLOPS}
+        self.step_ms = {"unetr": UNETR_STEP_MS, "swin_unetr": SWIN_UNETR_STEP_MS,
+                        "nnformer": BATCH * 3 * self.fwd["nnformer"] / t_swin}
+        self.notes = [f"nnFormer step {self.step_ms['nnformer']:.0f} ms = Swin UNETR's {SWIN_UNETR_STEP_MS:.0f} ms x "
+                      f"FLOP ratio {self.fwd['nnformer']:.0f}/{self.fwd['swin_unetr']:.0f} GFLOP "
+                      f"({ft['nnformer']['crop']} vs {ft['swin_unetr']['crop']}); at UNETR's throughput it "
+                      f"would be {BATCH * 3 * self.fwd['nnformer'] / t_unetr:.0f} ms",
+                      f"FLOP check: at UNETR's throughput Swin UNETR would take "
+                      f"{BATCH * 3 * self.fwd['swin_unetr'] / t_unetr:.0f} ms (measured {SWIN_UNETR_STEP_MS:.0f})"]
+        # MosMed classifiers
+        size = config["datasets"]["mosmed"]["size"]
+        cls = config["classification"]
+        for b in ("vit", "resnet3d"):
+            net = build_classification_network(b, 2, cls, cfg.vit_encoder_config(config), size)
+            self.fwd[f"cls_{b}"] = forward_gflops(net, size)
+            self.step_ms[f"cls_{b}"] = BATCH * 3 * self.fwd[f"cls_{b}"] / self.tflops[b]
+        # pretraining of the hierarchical encoders (SimMIM: every voxel enters the online encoder):
+        # 2 views forward + backward and 2 intact views through the EMA target = 8 encoder forwards
+        pre = config["pretrain"]
+        self.step_ms["pretrain_vit"] = ALICE_VIT_STEP_MS
+        for enc, bb in (("swin", "swin_unetr"), ("nnformer", "nnformer")):
+            crop = pre["crop"][enc]
+            net = build_segmentation_network(bb, 14, {**ft[bb], "crop": crop}, cfg.encoder_config(config, enc))
+            e = forward_gflops(encoder_of(net, bb), crop)
+            self.step_ms[f"pretrain_{enc}"] = pre["optim"]["batch_size"] * 8 * e / self.tflops[bb]
+        self.notes.append(f"Swin / nnFormer pretraining step = batch x 8 encoder forwards at {pre['crop']['swin']} "
+                          f"/ Swin UNETR's throughput ({t_swin:.0f} TFLOP/s)")
+        # learned anatomical matcher: two views per sample
+        anat = config["anatomy"]["train"]
+        net = AnatomyNet(AnatomyNetConfig.from_dict(anat["model"]))
+        self.fwd["anatomy"] = forward_gflops(net, anat["pairs"]["crop"])
+        self.step_ms["anatomy"] = anat["batch_size"] * 2 * 3 * self.fwd["anatomy"] / t_unetr
+        self.anatomy_crop = anat["pairs"]["crop"]
+
+    # -- inference
+    def case_voxels(self, dataset: str) -> list[int]:
+        spacing = self.c["datasets"][dataset]["spacing"]
+        return [round(mm / s) for mm, s in zip(CT_MM, spacing)]
+
+    def predict_ms(self, dataset: str, backbone: str) -> float:
+        """One case, sliding windows of the backbone's crop."""
+        s = self.c["finetune"][backbone]
+        n = windows(self.case_voxels(dataset), s["crop"], s["sw_overlap"])
+        return n * self.fwd[backbone] / self.tflops[backbone]
+
+    # -- jobs
+    def labeled_train(self, dataset: str) -> tuple[int, int]:
+        """(training, held-out) cases of one fold: k-fold over the labeled cases."""
+        n = self.c["phantom"]["counts"][dataset]["labeled"]
+        k = self.c["datasets"][dataset]["folds"]
+        return n - n // k, n // k
+
+    def gpu_hours(self, rule: str, wc: dict) -> float:
+        c = self.c
+        if rule == "pretrain":
+            steps = c["pretrain"]["optim"]["iterations"]
+            gpus = max(1, int(c["pretrain"].get("gpus") or 0))
+            return steps * self.step_ms[f"pretrain_{wc['encoder']}"] * gpus / 3.6e6
+        if rule == "finetune":
+            s = c["finetune"][wc["backbone"]]
+            n_train, n_val = self.labeled_train(wc["dataset"])
+            o = s["optim"]
+            steps = o["epochs"] * math.ceil(n_train * s["samples_per_volume"] / o["batch_size"])
+            validations = o["epochs"] // s["val_every"]
+            ms = steps * self.step_ms[wc["backbone"]] + validations * n_val * self.predict_ms(wc["dataset"], wc["backbone"])
+            return ms / 3.6e6
+        if rule == "evaluate":
+            n = (len(c["datasets"]["flare22"]["offline_test"]) if wc["dataset"] == "flare22"
+                 else self.labeled_train(wc["dataset"])[1])
+            return n * self.predict_ms(wc["dataset"], wc["backbone"]) / 3.6e6
+        if rule == "btcv_online":
+            models = 5 if c["online_test"]["models"] == "all_folds" else 1
+            return c["phantom"]["counts"]["btcv"]["test"] * models * self.predict_ms("btcv", "nnformer") / 3.6e6
+        if rule == "finetune_classifier":
+            trainings = len(c["datasets"]["mosmed"]["label_fractions"])
+            return trainings * c["classification"]["optim"]["iterations"] * self.step_ms[f"cls_{wc['backbone']}"] / 3.6e6
+        if rule == "anatomy_train":
+            return c["anatomy"]["train"]["iterations"] * self.step_ms["anatomy"] / 3.6e6
+        if rule == "anatomy_embed":
+            voxels = math.prod(self.case_voxels("flare22_pool"))
+            return voxels / math.prod(self.anatomy_crop) * self.fwd["anatomy"] / self.tflops["anatomy"] / 3.6e6
+        return 0.0  # CPU jobs: data stage, tables, figures
+
+
+# GPU rules by what they cost (the rest run on CPUs: data stage, tables, figures)
+GROUP = {"pretrain": "pretraining", "finetune": "downstream", "evaluate": "downstream",
+         "finetune_classifier": "downstream", "btcv_online": "downstream",
+         "anatomy_train": "matcher", "anatomy_embed": "matcher"}
+JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
+
+
+def dry_run(targets: list[str], configfile: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job Snakemake's dry run lists for `targets`."""
+    roots = ('datasets={"flare22": {"root": "/data/FLARE22"}, "btcv": {"root": "/data/BTCV"}, '
+             '"mosmed": {"root": "/data/COVID19_1110"}}')
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", *targets, "--configfile", configfile,
+                             "--workflow-profile", "workflow/profiles/slurm", "--config", roots],
+                            cwd=REPO, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"dry run of {targets} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    jobs: list[tuple[str, dict]] = []
+    for line in (result.stdout + "\n" + result.stderr).splitlines():
+        m = JOB.match(line.strip())
+        if m:
+            jobs.append((m[1], {}))
+        elif jobs and line.strip().startswith("wildcards:"):
+            jobs[-1][1].update(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
+    return jobs
+
+
+def pool_train_size(config: dict) -> int:
+    """Training volumes of the unlabeled pool (alice.data.folds: val = round(fraction x n))."""
+    n = config["phantom"]["counts"]["flare22"]["unlabeled"]
+    return n - min(n - 1, max(1, round(config["datasets"]["flare22_pool"]["val_fraction"] * n)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="config/paper.yaml")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    config = cfg.load_config(REPO / args.config)
+    model = CostModel(config)
+    embeds = pool_train_size(config)
+
+    targets = {t: [f"results/{t}.tex"] for t in sorted(table_ids(), key=lambda t: int(t[5:]))}
+    targets["all tables + default target"] = [t for ts in targets.values() for t in ts] + ["all"]
+    rows = []
+    for name, target in targets.items():
+        jobs = dry_run(target, args.config)
+        if (any(rule == "pretrain" for rule, _ in jobs) and config["pretrain"]["pairs"].get("matcher") == "sam"
+                and not any(rule == "anatomy_train" for rule, _ in jobs)):
+            # behind the pool's folds checkpoint: the matcher and one embedding job per volume
+            jobs = jobs + [("anatomy_train", {})] + [("anatomy_embed", {})] * embeds
+        rules = Counter(rule for rule, _ in jobs)
+        hours = Counter()
+        for rule, wc in jobs:
+            hours[GROUP.get(rule, "cpu")] += model.gpu_hours(rule, wc)
+        gpu_jobs = sum(n for r, n in rules.items() if r in GROUP)
+        runs = sorted({f"{wc['method']}/{wc['encoder']}" for rule, wc in jobs if rule == "pretrain"})
+        rows.append([name, str(sum(rules.values())), str(gpu_jobs), str(rules["pretrain"]),
+                     str(rules["finetune"] + rules["finetune_classifier"])]
+                    + [f"{hours[g]:,.0f}" for g in ("pretraining", "downstream", "matcher")]
+                    + [f"{sum(hours.values()):,.0f}", ", ".join(runs)])
+
+    header = ["target", "jobs", "GPU jobs", "pretraining runs", "fine-tuning jobs", "GPU-h pretraining",
+              "GPU-h fine-tuning + scoring", "GPU-h matcher", "GPU-h total", "pretraining runs (run/encoder)"]
+    if args.markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + " --- |" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-1])]
+        print("  ".join(h.rjust(w) for h, w in zip(header, widths)) + "  " + header[-1])
+        for row in rows:
+            print("  ".join(c.rjust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    print("\nstep times (ms, one H200, batch 8): " + ", ".join(f"{k} {v:.0f}" for k, v in model.step_ms.items()))
+    for note in model.notes:
+        print("- " + note)
+    print(f"- added to a dry run that has pretraining: anatomy_train 1 and anatomy_embed {embeds} "
+          "(one per pool training volume; known once the pool's folds.json exists)")
+
+
+if __name__ == "__main__":
+    main()
