@@ -21,6 +21,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/online.smk"
+include: "workflow/rules/summary.smk"
 
 
 rule all:

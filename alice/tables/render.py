@@ -27,6 +27,7 @@ import pandas as pd
 from alice.errors import HarnessError, InputError
 from alice.io import atomic_path
 from alice.tables.reference import load_reference, parse_cell
+from alice.tables.settings_cells import recorded_setting
 from alice.tables.spec import cell_experiment, cell_runs, find_row, in_paper, load_spec
 
 NOT_REPRODUCED = "not reproduced yet"
@@ -45,6 +46,8 @@ def format_value(mean: float | None, std: float | None) -> str:
 
 
 def _fold_value(path: Path, metric: str, scale: float) -> tuple[float, dict]:
+    """One fold's value of a cell, from its metrics file; a file without the settings hash and
+    code version that made it is refused (every reproduced cell must be traceable)."""
     if not path.is_file():
         raise InputError(path, "missing: the fine-tuning result this table cell needs")
     try:
@@ -52,6 +55,10 @@ def _fold_value(path: Path, metric: str, scale: float) -> tuple[float, dict]:
         value = float(data["mean"][metric])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InputError(path, f"not a metrics file with mean.{metric} ({exc})") from None
+    missing = [k for k in ("settings_hash", "code_version") if not data.get(k)]
+    if missing:
+        raise InputError(path, f"records no {' or '.join(missing)}, so a table cell computed from it "
+                               "would not be traceable: regenerate it (alice evaluate)")
     return value * scale, data
 
 
@@ -78,14 +85,23 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
                   "reproduced": "", "reproduced_mean": None, "reproduced_std": None,
                   "n_folds": 0, "run": "", "backbone": "", "folds": "",
                   "settings_hash": "", "code_version": "", "sources": ""}
-        if col in runs:
+        if col in runs and spec.get("task") == "settings":
+            text, read, hashes, versions = recorded_setting(
+                row["key"], runs[col]["dataset"], runs[col]["backbone"], runs[col]["paths"], root)
+            record.update(status="reproduced", reproduced=text,
+                          n_folds=sum(1 for p in read if p.endswith("model.pt")),
+                          run=runs[col]["run"], backbone=runs[col]["backbone"],
+                          folds=";".join(str(k) for k in runs[col]["folds"]),
+                          settings_hash=";".join(sorted(hashes)),
+                          code_version=";".join(sorted(versions)), sources=";".join(read))
+        elif col in runs:
             metric = cell_experiment(spec, row, column)["metric"]
             values, hashes, versions = [], set(), set()
             for path in runs[col]["paths"]:
                 value, data = _fold_value(root / path, metric, scale)
                 values.append(value)
-                hashes.add(str(data.get("settings_hash", "")))
-                versions.add(str(data.get("code_version", "")))
+                hashes.add(str(data.get("settings_hash") or ""))
+                versions.add(str(data.get("code_version") or ""))
             arr = np.asarray(values, dtype=float)
             arr = arr[~np.isnan(arr)]
             mean = float(arr.mean()) if arr.size else float("nan")
@@ -291,13 +307,43 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n" + sep + body
 
 
-def render_table(table: str, row_files: dict[str, Path], out_csv: Path, out_tex: Path) -> None:
+SOURCE_COLUMNS = ["table", "row", "column", "header", "status", "reproduced", "paper", "n_folds",
+                  "run", "backbone", "folds", "settings_hash", "code_version", "sources"]
+
+
+def sources_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """Provenance of every cell of the rendered table, one line per (row, column) in the table's
+    order: for a reproduced cell the settings hash(es) and code version(s) recorded by the
+    results it was computed from and those files (";"-separated, fold order); empty otherwise."""
+    spec = load_spec(table)
+    frame = rows.copy()
+    frame["header"] = [" ".join(x for x in (g, h) if x) for g, h in zip(frame["group"], frame["header"])]
+    order = {(r["row"], c["column"]): i for i, (r, c) in enumerate(
+        (r, c) for r in spec["rows"] for c in spec["columns"])}
+    frame["_order"] = [order[(r, c)] for r, c in zip(frame["row"], frame["column"])]
+    return frame.sort_values("_order")[SOURCE_COLUMNS].reset_index(drop=True)
+
+
+def default_sources_path(out_csv: Path) -> Path:
+    """results/table1.csv -> results/table1.sources.csv"""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(f"{out_csv.stem}.sources.csv")
+
+
+def render_table(table: str, row_files: dict[str, Path], out_csv: Path, out_tex: Path,
+                 out_sources: Path | None = None) -> None:
+    """`out_csv` (wide, text cells), `out_tex` (booktabs) and `out_sources` (per-cell provenance,
+    default `<csv stem>.sources.csv` beside `out_csv`), all or none written."""
     rows = read_rows(table, row_files)
     wide = wide_csv(table, rows)
     tex = latex_table(table, rows)
-    with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tex, suffix=".tex") as tmp_tex:
+    provenance = sources_csv(table, rows)
+    out_sources = Path(out_sources) if out_sources else default_sources_path(out_csv)
+    with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tex, suffix=".tex") as tmp_tex, \
+            atomic_path(out_sources, suffix=".csv") as tmp_sources:
         wide.to_csv(tmp_csv, index=False)
         tmp_tex.write_text(tex)
+        provenance.to_csv(tmp_sources, index=False)
 
 
 def check_latex(tex: str) -> None:

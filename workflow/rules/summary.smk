@@ -1,0 +1,25 @@
+# Reproduced vs reported over Tables 1-11: one line per reproduced cell, paired tests (Alice vs
+# the best reproduced baseline, each ablation switch vs Alice's default) and a figure.
+
+
+def summary_rows(wildcards):
+    """Every row file of every table (the summary reads their cells and, through their sources,
+    the per-fold and per-case results)."""
+    return [f"results/rows/{table}/{row['row']}.csv"
+            for table in TABLES for row in load_spec(table)["rows"]]
+
+
+rule summary:
+    input:
+        summary_rows,
+    output:
+        csv="results/summary.csv",
+        tests="results/summary_tests.csv",
+        figure="results/figures/summary.png",
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/summary.log",
+    shell:
+        "alice summary --rows-dir results/rows --csv {output.csv} --tests {output.tests} "
+        "--figure {output.figure} 2> {log}"
