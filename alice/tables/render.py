@@ -89,7 +89,8 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
             text, read, hashes, versions = recorded_setting(
                 row["key"], runs[col]["dataset"], runs[col]["backbone"], runs[col]["paths"], root)
             record.update(status="reproduced", reproduced=text,
-                          n_folds=sum(1 for p in read if p.endswith("model.pt")),
+                          # the runs the setting describes (the spacing is read from their cache)
+                          n_folds=sum(1 for p in runs[col]["paths"] if p.endswith("model.pt")),
                           run=runs[col]["run"], backbone=runs[col]["backbone"],
                           folds=";".join(str(k) for k in runs[col]["folds"]),
                           settings_hash=";".join(sorted(hashes)),
@@ -165,8 +166,8 @@ def wide_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
     for row in spec["rows"]:
         part = rows[rows["row"] == row["row"]].set_index("column")
         line = {"row": row["row"], spec.get("label_header", "Method"): row.get("label", row["row"])}
-        for desc in _descriptive(spec):
-            line[desc["header"]] = _descriptive_cell(reference, row, desc)
+        for header, cells in _descriptive_by_header(spec, reference, row).items():
+            line[header] = joined_descriptive(cells)
         for column in spec["columns"]:
             name = " ".join(x for x in (column.get("group"), column.get("header")) if x)
             cell = part.loc[column["column"]]
@@ -222,6 +223,20 @@ def leaderboard_note(table: str) -> str:
         return ""
     return (f"{', '.join(names)}: the challenge leaderboard's values as the paper prints them; "
             "never computed here (the test labels are not public).")
+
+
+def _descriptive_by_header(spec: dict, reference: pd.DataFrame, row: dict) -> dict[str, list[str]]:
+    """Descriptive cells of `row` grouped by printed header, in order (Table 2 prints backbone
+    and pre-trained parts as one "Pre-trained Parts" cell, e.g. "3D ResNet E.")."""
+    grouped: dict[str, list[str]] = {}
+    for desc in _descriptive(spec):
+        grouped.setdefault(desc["header"], []).append(str(_descriptive_cell(reference, row, desc)))
+    return grouped
+
+
+def joined_descriptive(cells: list[str]) -> str:
+    """Cells sharing one printed header, joined by a space; all "-" stays one "-"."""
+    return "-" if all(c == "-" for c in cells) else " ".join(cells)
 
 
 def _descriptive(spec: dict) -> list[dict]:
