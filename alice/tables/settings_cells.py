@@ -13,6 +13,7 @@ two of the files. Values print in the paper's notation: 1e-4, 96×96×96, comma-
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -120,14 +121,15 @@ def recorded_setting(key: str, dataset: str, backbone: str, paths: list[str],
         data_dir = root / "results" / "data" / dataset
         hashes.add(model_settings_hash(record, data_dir))
         versions.add(str(record["code_version"]))
-    distinct = sorted(set(texts.values()))
-    if len(distinct) > 1:
-        first = next(p for p, t in texts.items() if t == distinct[0])
-        other = next(p for p, t in texts.items() if t == distinct[1])
-        raise InputError(root / other, f"was fine-tuned with {key} = {distinct[1]} but {first} with "
-                                       f"{distinct[0]}: the runs of one column must share their "
-                                       "settings; rerun the stale ones")
-    return distinct[0], models, hashes, versions
+    counts = Counter(texts.values())
+    value = counts.most_common(1)[0][0]  # the odd ones out are the stale runs
+    if len(counts) > 1:
+        odd = next(p for p, t in texts.items() if t != value)
+        usual = next(p for p, t in texts.items() if t == value)
+        raise InputError(root / odd, f"was fine-tuned with {key} = {texts[odd]} but {usual} with "
+                                     f"{value}: the runs of one column must share their settings; "
+                                     "rerun the stale ones")
+    return value, models, hashes, versions
 
 
 def _printed(value: Any, path: Path, key: str) -> str:
