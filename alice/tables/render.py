@@ -1,10 +1,14 @@
 """Reproduced-vs-reported tables: one row file per paper row, then CSV + LaTeX per table.
 
 `compute_row` turns the fine-tuning results of one paper row into long-format records (one per
-column: reproduced mean ± std over folds, the paper's value, provenance). `render_table` joins
-the rows of a table into `results/tableN.csv` (wide, text cells) and `results/tableN.tex`
-(booktabs, best reproduced value per column in bold). Which cells exist and where their numbers
-come from is data (alice/tables/specs, alice/tables/reference); this module has no per-table code.
+column: reproduced mean ± std over folds, the paper's value, provenance: the settings hashes and
+code versions the results recorded and the result files themselves). A settings table (Table 8)
+shows the settings the runs recorded instead (alice.tables.settings_cells). `render_table` joins
+the rows of a table into `results/tableN.csv` (wide, text cells), `results/tableN.tex`
+(booktabs, best reproduced value per column in bold) and `results/tableN.sources.csv` (one line
+per cell: status, settings hash, code version, result files). Which cells exist and where their
+numbers come from is data (alice/tables/specs, alice/tables/reference); this module has no
+per-table code.
 
 Cell states: `reproduced`; `not reproduced yet` (the DAG has not computed it: never blank and
 never filled from the paper); `n/a` (the paper marks the cell "-" because the method does not
@@ -87,7 +91,8 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
                   "settings_hash": "", "code_version": "", "sources": ""}
         if col in runs and spec.get("task") == "settings":
             text, read, hashes, versions = recorded_setting(
-                row["key"], runs[col]["dataset"], runs[col]["backbone"], runs[col]["paths"], root)
+                row["key"], runs[col]["dataset"], runs[col]["backbone"], runs[col]["paths"], root,
+                spec.get("vocabulary"))
             record.update(status="reproduced", reproduced=text,
                           # the runs the setting describes (the spacing is read from their cache)
                           n_folds=sum(1 for p in runs[col]["paths"] if p.endswith("model.pt")),

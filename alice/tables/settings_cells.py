@@ -7,7 +7,8 @@ or `dataset_spacing`, the voxel spacing of the preprocessing cache the runs trai
 dataset's `manifest.json`, "preprocessing"). Which models a column reads is
 `alice.tables.spec.settings_cell_runs`: every run behind a reproduced cell of that (dataset,
 backbone). They must all record the same value (one config made them); a disagreement names
-two of the files. Values print in the paper's notation: 1e-4, 96×96×96, comma-separated lists.
+a file that differs from the rest. Values print in the paper's notation: 1e-4, 96×96×96,
+comma-separated lists, and the config's words in the paper's (the spec's `vocabulary`).
 """
 
 from __future__ import annotations
@@ -24,19 +25,24 @@ SPACING_KEY = "dataset_spacing"
 MODEL_KEYS = ("settings", "dataset", "backbone", "code_version")
 
 
-def format_setting(value: Any) -> str:
-    """A recorded setting as Table 8 prints it; ValueError for what is not a setting."""
+def format_setting(value: Any, vocabulary: dict[str, str] | None = None) -> str:
+    """A recorded setting as Table 8 prints it; ValueError for what is not a setting.
+
+    `vocabulary` (the spec's) maps the config's words to the paper's ("cosine" -> "cosine
+    decay", "intensity_shift" -> "intensities shifting"); a word it lacks prints as it is.
+    """
+    words = vocabulary or {}
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (int, float)):
         return _number(value)
     if isinstance(value, str):
-        return value
+        return words.get(value, value)
     if isinstance(value, (list, tuple)) and value:
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             return "×".join(_number(v) for v in value)  # a crop or a spacing: 96×96×96
         if all(isinstance(v, str) for v in value):
-            return ", ".join(value)
+            return ", ".join(words.get(v, v) for v in value)
     raise ValueError(f"not a printable setting: {value!r}")
 
 
@@ -81,7 +87,8 @@ def _load_model_record(path: Path) -> dict:
 
 
 def recorded_setting(key: str, dataset: str, backbone: str, paths: list[str],
-                     root: Path = Path(".")) -> tuple[str, list[str], set[str], set[str]]:
+                     root: Path = Path("."), vocabulary: dict[str, str] | None = None,
+                     ) -> tuple[str, list[str], set[str], set[str]]:
     """(printed value, files read, settings hashes, code versions) of one Table 8 cell.
 
     `paths` are the cell's sources (`settings_cell_runs`: the models, then the manifest), relative
@@ -104,7 +111,7 @@ def recorded_setting(key: str, dataset: str, backbone: str, paths: list[str],
             value = manifest["preprocessing"]["spacing"]
         except (KeyError, TypeError):
             raise InputError(path, "records no preprocessing.spacing: regenerate it") from None
-        return (_printed(value, path, key), manifests,
+        return (_printed(value, path, key, vocabulary), manifests,
                 {str(manifest.get("settings_hash") or settings_hash(manifest["preprocessing"]))},
                 {str(manifest.get("code_version", ""))} - {""})
     if not models:
@@ -117,7 +124,7 @@ def recorded_setting(key: str, dataset: str, backbone: str, paths: list[str],
         if (record["dataset"], record["backbone"]) != (dataset, backbone):
             raise InputError(path, f"is a {record['dataset']}/{record['backbone']} model, "
                                    f"not {dataset}/{backbone}")
-        texts[rel] = _printed(_lookup(record["settings"], key, path), path, key)
+        texts[rel] = _printed(_lookup(record["settings"], key, path), path, key, vocabulary)
         data_dir = root / "results" / "data" / dataset
         hashes.add(model_settings_hash(record, data_dir))
         versions.add(str(record["code_version"]))
@@ -132,8 +139,8 @@ def recorded_setting(key: str, dataset: str, backbone: str, paths: list[str],
     return value, models, hashes, versions
 
 
-def _printed(value: Any, path: Path, key: str) -> str:
+def _printed(value: Any, path: Path, key: str, vocabulary: dict[str, str] | None) -> str:
     try:
-        return format_setting(value)
+        return format_setting(value, vocabulary)
     except ValueError as exc:
         raise InputError(path, f"setting '{key}': {exc}") from None

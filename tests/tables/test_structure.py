@@ -173,7 +173,7 @@ def _check_value(spec, row, cell, files, root):
             expected = CONFIG["finetune"][backbone]
             for part in key.split("."):
                 expected = expected[part]
-        assert cell["reproduced"] == format_setting(expected)
+        assert cell["reproduced"] == format_setting(expected, spec.get("vocabulary"))
         return
     metric = next(c for c in spec["columns"] if c["column"] == cell["column"])["metric"]
     values = [json.loads((root / f).read_text())["mean"][metric] * 100 for f in files]
