@@ -9,6 +9,10 @@ own pretraining run (`alice__casa-false`, alice.ssl.variants). A table may run o
 backbone and fewer folds than the paper's (`reproduce.substitute`, where the spec's `substitute`
 lists which of the two it accepts: the ablation tables both, Table 3 the backbone only).
 
+A settings table (Table 8: one row per fine-tuning setting, one column per (dataset, backbone))
+is reproduced from what the runs recorded: a column's cells read every fine-tuned model behind a
+reproduced cell of any segmentation table on its dataset and backbone (`settings_cell_runs`).
+
 A row marked `in_paper: false` is the harness's own (e.g. Table 3's Rand. init. baseline): it has
 no line in the reference CSV, and its paper cells read "not in the paper".
 """
