@@ -24,6 +24,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/online.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/summary.smk"
 
 
 rule all:
@@ -33,6 +34,7 @@ rule all:
         expand("results/table{n}.tex", n=range(1, 12)),
         expand("results/btcv_online/{method}", method=online_methods()),
         FIGURE_TARGETS,
+        "results/summary.csv",  # + summary_tests.csv and figures/summary.png
         expand("results/data/{dataset}/folds.json", dataset=DATASETS),
         "results/figures/phantom.png",
         # the learned matcher and its landmark evaluation (phantom truth only) are built here when

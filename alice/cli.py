@@ -294,8 +294,25 @@ def cmd_table(args) -> None:
     else:
         rows_dir = Path(args.rows_dir)
         row_files = {r["row"]: rows_dir / f"{r['row']}.csv" for r in load_spec(args.table)["rows"]}
-        render.render_table(args.table, row_files, Path(args.csv), Path(args.tex))
-        log.info("%s written to %s and %s", args.table, args.csv, args.tex)
+        sources = Path(args.sources) if args.sources else render.default_sources_path(Path(args.csv))
+        render.render_table(args.table, row_files, Path(args.csv), Path(args.tex), sources)
+        log.info("%s written to %s and %s (cell provenance: %s)", args.table, args.csv, args.tex,
+                 sources)
+
+
+def cmd_summary(args) -> None:
+    from alice.tables.reference import table_id
+    from alice.tables.summary import write_summary
+
+    try:
+        tables = [table_id(t) for t in args.table] or None
+    except KeyError as exc:
+        raise ConfigError("--table", str(exc).strip("'\"")) from None
+    summary, tests = write_summary(Path(args.rows_dir), Path(args.csv), Path(args.tests),
+                                   Path(args.figure), tables=tables, root=Path(args.root))
+    tested = tests[tests["p_value"].notna()]
+    log.info("%d reproduced cells -> %s; %d paired comparisons (%d with a test) -> %s; figure %s",
+             len(summary), args.csv, len(tests), len(tested), args.tests, args.figure)
 
 
 def cmd_figure(args) -> None:
@@ -469,6 +486,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--rows-dir", required=True, help="e.g. results/rows/table1")
     a.add_argument("--csv", required=True, help="e.g. results/table1.csv")
     a.add_argument("--tex", required=True, help="e.g. results/table1.tex")
+    a.add_argument("--sources", default=None, help="per-cell provenance (settings hash, code "
+                   "version, result files); default: <csv stem>.sources.csv beside --csv")
+
+    p = stage("summary", cmd_summary, "reproduced vs reported over every table (one line per "
+              "reproduced cell), paired Wilcoxon tests of Alice against the best reproduced "
+              "baseline and of each ablation switch against Alice's default, and a figure",
+              settings=False)
+    p.add_argument("--rows-dir", default="results/rows", help="folder of the tables' row files")
+    p.add_argument("--table", action="append", default=[],
+                   help="only this table (repeatable; default: Tables 1-11)")
+    p.add_argument("--csv", default="results/summary.csv")
+    p.add_argument("--tests", default="results/summary_tests.csv")
+    p.add_argument("--figure", default="results/figures/summary.png")
+    p.add_argument("--root", default=".", help="folder the row files' source paths are relative to")
 
     p = stage("figure", cmd_figure, "draw a figure", settings=False)
     figs = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")

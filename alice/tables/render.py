@@ -1,10 +1,14 @@
 """Reproduced-vs-reported tables: one row file per paper row, then CSV + LaTeX per table.
 
 `compute_row` turns the fine-tuning results of one paper row into long-format records (one per
-column: reproduced mean ± std over folds, the paper's value, provenance). `render_table` joins
-the rows of a table into `results/tableN.csv` (wide, text cells) and `results/tableN.tex`
-(booktabs, best reproduced value per column in bold). Which cells exist and where their numbers
-come from is data (alice/tables/specs, alice/tables/reference); this module has no per-table code.
+column: reproduced mean ± std over folds, the paper's value, provenance: the settings hashes and
+code versions the results recorded and the result files themselves). A settings table (Table 8)
+shows the settings the runs recorded instead (alice.tables.settings_cells). `render_table` joins
+the rows of a table into `results/tableN.csv` (wide, text cells), `results/tableN.tex`
+(booktabs, best reproduced value per column in bold) and `results/tableN.sources.csv` (one line
+per cell: status, settings hash, code version, result files). Which cells exist and where their
+numbers come from is data (alice/tables/specs, alice/tables/reference); this module has no
+per-table code.
 
 Cell states: `reproduced`; `not reproduced yet` (the DAG has not computed it: never blank and
 never filled from the paper); `n/a` (the paper marks the cell "-" because the method does not
@@ -27,6 +31,7 @@ import pandas as pd
 from alice.errors import HarnessError, InputError
 from alice.io import atomic_path
 from alice.tables.reference import load_reference, parse_cell
+from alice.tables.settings_cells import recorded_setting
 from alice.tables.spec import cell_experiment, cell_runs, find_row, in_paper, load_spec
 
 NOT_REPRODUCED = "not reproduced yet"
@@ -45,6 +50,8 @@ def format_value(mean: float | None, std: float | None) -> str:
 
 
 def _fold_value(path: Path, metric: str, scale: float) -> tuple[float, dict]:
+    """One fold's value of a cell, from its metrics file; a file without the settings hash and
+    code version that made it is refused (every reproduced cell must be traceable)."""
     if not path.is_file():
         raise InputError(path, "missing: the fine-tuning result this table cell needs")
     try:
@@ -52,6 +59,10 @@ def _fold_value(path: Path, metric: str, scale: float) -> tuple[float, dict]:
         value = float(data["mean"][metric])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InputError(path, f"not a metrics file with mean.{metric} ({exc})") from None
+    missing = [k for k in ("settings_hash", "code_version") if not data.get(k)]
+    if missing:
+        raise InputError(path, f"records no {' or '.join(missing)}, so a table cell computed from it "
+                               "would not be traceable: regenerate it (alice evaluate)")
     return value * scale, data
 
 
@@ -78,14 +89,25 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
                   "reproduced": "", "reproduced_mean": None, "reproduced_std": None,
                   "n_folds": 0, "run": "", "backbone": "", "folds": "",
                   "settings_hash": "", "code_version": "", "sources": ""}
-        if col in runs:
+        if col in runs and spec.get("task") == "settings":
+            text, read, hashes, versions = recorded_setting(
+                row["key"], runs[col]["dataset"], runs[col]["backbone"], runs[col]["paths"], root,
+                spec.get("vocabulary"))
+            record.update(status="reproduced", reproduced=text,
+                          # the runs the setting describes (the spacing is read from their cache)
+                          n_folds=sum(1 for p in runs[col]["paths"] if p.endswith("model.pt")),
+                          run=runs[col]["run"], backbone=runs[col]["backbone"],
+                          folds=";".join(str(k) for k in runs[col]["folds"]),
+                          settings_hash=";".join(sorted(hashes)),
+                          code_version=";".join(sorted(versions)), sources=";".join(read))
+        elif col in runs:
             metric = cell_experiment(spec, row, column)["metric"]
             values, hashes, versions = [], set(), set()
             for path in runs[col]["paths"]:
                 value, data = _fold_value(root / path, metric, scale)
                 values.append(value)
-                hashes.add(str(data.get("settings_hash", "")))
-                versions.add(str(data.get("code_version", "")))
+                hashes.add(str(data.get("settings_hash") or ""))
+                versions.add(str(data.get("code_version") or ""))
             arr = np.asarray(values, dtype=float)
             arr = arr[~np.isnan(arr)]
             mean = float(arr.mean()) if arr.size else float("nan")
@@ -149,8 +171,8 @@ def wide_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
     for row in spec["rows"]:
         part = rows[rows["row"] == row["row"]].set_index("column")
         line = {"row": row["row"], spec.get("label_header", "Method"): row.get("label", row["row"])}
-        for desc in _descriptive(spec):
-            line[desc["header"]] = _descriptive_cell(reference, row, desc)
+        for header, cells in _descriptive_by_header(spec, reference, row).items():
+            line[header] = joined_descriptive(cells)
         for column in spec["columns"]:
             name = " ".join(x for x in (column.get("group"), column.get("header")) if x)
             cell = part.loc[column["column"]]
@@ -206,6 +228,20 @@ def leaderboard_note(table: str) -> str:
         return ""
     return (f"{', '.join(names)}: the challenge leaderboard's values as the paper prints them; "
             "never computed here (the test labels are not public).")
+
+
+def _descriptive_by_header(spec: dict, reference: pd.DataFrame, row: dict) -> dict[str, list[str]]:
+    """Descriptive cells of `row` grouped by printed header, in order (Table 2 prints backbone
+    and pre-trained parts as one "Pre-trained Parts" cell, e.g. "3D ResNet E.")."""
+    grouped: dict[str, list[str]] = {}
+    for desc in _descriptive(spec):
+        grouped.setdefault(desc["header"], []).append(str(_descriptive_cell(reference, row, desc)))
+    return grouped
+
+
+def joined_descriptive(cells: list[str]) -> str:
+    """Cells sharing one printed header, joined by a space; all "-" stays one "-"."""
+    return "-" if all(c == "-" for c in cells) else " ".join(cells)
 
 
 def _descriptive(spec: dict) -> list[dict]:
@@ -291,13 +327,43 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n" + sep + body
 
 
-def render_table(table: str, row_files: dict[str, Path], out_csv: Path, out_tex: Path) -> None:
+SOURCE_COLUMNS = ["table", "row", "column", "header", "status", "reproduced", "paper", "n_folds",
+                  "run", "backbone", "folds", "settings_hash", "code_version", "sources"]
+
+
+def sources_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """Provenance of every cell of the rendered table, one line per (row, column) in the table's
+    order: for a reproduced cell the settings hash(es) and code version(s) recorded by the
+    results it was computed from and those files (";"-separated, fold order); empty otherwise."""
+    spec = load_spec(table)
+    frame = rows.copy()
+    frame["header"] = [" ".join(x for x in (g, h) if x) for g, h in zip(frame["group"], frame["header"])]
+    order = {(r["row"], c["column"]): i for i, (r, c) in enumerate(
+        (r, c) for r in spec["rows"] for c in spec["columns"])}
+    frame["_order"] = [order[(r, c)] for r, c in zip(frame["row"], frame["column"])]
+    return frame.sort_values("_order")[SOURCE_COLUMNS].reset_index(drop=True)
+
+
+def default_sources_path(out_csv: Path) -> Path:
+    """results/table1.csv -> results/table1.sources.csv"""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(f"{out_csv.stem}.sources.csv")
+
+
+def render_table(table: str, row_files: dict[str, Path], out_csv: Path, out_tex: Path,
+                 out_sources: Path | None = None) -> None:
+    """`out_csv` (wide, text cells), `out_tex` (booktabs) and `out_sources` (per-cell provenance,
+    default `<csv stem>.sources.csv` beside `out_csv`), all or none written."""
     rows = read_rows(table, row_files)
     wide = wide_csv(table, rows)
     tex = latex_table(table, rows)
-    with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tex, suffix=".tex") as tmp_tex:
+    provenance = sources_csv(table, rows)
+    out_sources = Path(out_sources) if out_sources else default_sources_path(out_csv)
+    with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tex, suffix=".tex") as tmp_tex, \
+            atomic_path(out_sources, suffix=".csv") as tmp_sources:
         wide.to_csv(tmp_csv, index=False)
         tmp_tex.write_text(tex)
+        provenance.to_csv(tmp_sources, index=False)
 
 
 def check_latex(tex: str) -> None:

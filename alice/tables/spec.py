@@ -9,6 +9,10 @@ own pretraining run (`alice__casa-false`, alice.ssl.variants). A table may run o
 backbone and fewer folds than the paper's (`reproduce.substitute`, where the spec's `substitute`
 lists which of the two it accepts: the ablation tables both, Table 3 the backbone only).
 
+A settings table (Table 8: one row per fine-tuning setting, one column per (dataset, backbone))
+is reproduced from what the runs recorded: a column's cells read every fine-tuned model behind a
+reproduced cell of any segmentation table on its dataset and backbone (`settings_cell_runs`).
+
 A row marked `in_paper: false` is the harness's own (e.g. Table 3's Rand. init. baseline): it has
 no line in the reference CSV, and its paper cells read "not in the paper".
 """
@@ -87,9 +91,10 @@ def is_enabled(experiment: dict, reproduce: dict) -> bool:
     """Whether the config asks the DAG to compute this cell.
 
     Segmentation and classification (MosMed) cells of a reproduced (method, backbone), including
-    ablation variants made of the method's known switches (alice.ssl.variants); the settings table
-    arrives with issue F and is reported as not reproduced until then. (`cell_runs` also needs a
-    classification cell's label fraction among the configured ones.)
+    ablation variants made of the method's known switches (alice.ssl.variants). (`cell_runs` also
+    needs a classification cell's label fraction among the configured ones.) A settings table's
+    cell (Table 8) has no method: it is reproduced when fine-tuning runs of its (dataset,
+    backbone) exist, see `settings_cell_runs`.
     """
     from alice.ssl.variants import has_switches
 
@@ -148,10 +153,13 @@ def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
 
     {"run": pretraining run id, "backbone": the backbone that runs, "dataset", "folds": [k, ...],
     "paths": [metrics file per fold]}. `settings` = `table_settings(config)`. MosMed's "folds"
-    are its splits (`datasets.mosmed.repeats`), each cell at its column's label fraction.
+    are its splits (`datasets.mosmed.repeats`), each cell at its column's label fraction. A
+    settings table's cells are `settings_cell_runs`.
     """
     from alice.ssl.variants import run_id
 
+    if spec.get("task") == "settings":
+        return settings_cell_runs(spec, row, settings)
     backbone_override, folds_override = substitute_overrides(spec, settings)
     method_configs = settings.get("method_configs", {})
     runs: dict[str, dict] = {}
@@ -178,8 +186,47 @@ def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
     return runs
 
 
+def finetuned_models(settings: dict) -> dict[tuple[str, str], dict[tuple[str, int], str]]:
+    """Every fine-tuning folder behind a reproduced segmentation cell of any table, as
+    {(dataset, backbone): {(run, fold): folder}}: the runs whose settings Table 8 reports."""
+    found: dict[tuple[str, str], dict[tuple[str, int], str]] = {}
+    for table in table_ids():
+        spec = load_spec(table)
+        if spec.get("task") != "segmentation":
+            continue
+        for row in spec["rows"]:
+            for run in cell_runs(spec, row, settings).values():
+                for fold, path in zip(run["folds"], run["paths"]):
+                    key = (run["dataset"], run["backbone"])
+                    found.setdefault(key, {})[run["run"], fold] = path.rsplit("/", 1)[0]
+    return found
+
+
+def settings_cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
+    """`cell_runs` of a settings table (supplementary Table 8: fine-tuning settings per
+    (dataset, backbone) column): a column is reproduced when some reproduced table cell was
+    fine-tuned on its dataset with its backbone, and its value is then read from what those runs
+    recorded (every such `model.pt`, plus the dataset's preprocessing `manifest.json` for the
+    spacing), never from the config file, so the table shows the configuration that actually ran.
+    "run" lists the runs (comma-separated), "folds" the folds any of them used."""
+    models = finetuned_models(settings)
+    runs: dict[str, dict] = {}
+    for column in spec["columns"]:
+        dataset, backbone = column["dataset"], column["backbone"]
+        found = models.get((dataset, backbone))
+        if not found:
+            continue
+        runs[column["column"]] = {
+            "run": ",".join(sorted({run for run, _ in found})), "backbone": backbone,
+            "dataset": dataset, "folds": sorted({fold for _, fold in found}),
+            "paths": [f"{found[key]}/model.pt" for key in sorted(found)]
+                     + [f"results/data/{dataset}/manifest.json"]}
+    return runs
+
+
 def cell_sources(spec: dict, row: dict, settings: dict) -> dict[str, list[str]]:
-    """Per enabled column of `row`: the metrics files (one per fold) its value is computed from."""
+    """Per enabled column of `row`: the files its value is computed from (metrics files, one per
+    fold; a settings table: the runs' model files and the dataset's manifest)."""
     return {column: run["paths"] for column, run in cell_runs(spec, row, settings).items()}
 
 

@@ -350,3 +350,33 @@ def test_table_settings_of_the_demo_config():
     assert settings["folds"]["mosmed"] == 10
     assert settings["label_fractions"] == {"mosmed": [0.2, 0.5, 1.0]}
     assert {"vit", "resnet3d"} <= set(settings["reproduce"]["backbones"])
+
+
+# ------------------------------------------------------------------------------ traceability
+def test_metrics_without_provenance_are_refused(tmp_path):
+    """A reproduced cell must name the settings hash and code version that made it."""
+    write_metrics(tmp_path)
+    path = tmp_path / "results/finetune/flare22/rand_init/unetr/fold3/metrics.json"
+    data = json.loads(path.read_text())
+    del data["settings_hash"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="fold3/metrics.json: records no settings_hash"):
+        render.compute_row("table1", "rand_init", SETTINGS, root=tmp_path)
+
+
+def test_render_cli_writes_the_provenance_sidecar(tmp_path, monkeypatch):
+    from alice.cli import main
+
+    write_metrics(tmp_path)
+    files = all_rows(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["table", "render", "--table", "table1", "--rows-dir", str(files["alice"].parent),
+                 "--csv", "out/table1.csv", "--tex", "out/table1.tex"]) == 0
+    sources = pd.read_csv(tmp_path / "out/table1.sources.csv", dtype=str, keep_default_na=False)
+    assert list(sources.columns) == render.SOURCE_COLUMNS and len(sources) == 11 * 6
+    cell = sources.set_index(["row", "column"]).loc[("rand_init", "unetr_nsd")]
+    assert cell["status"] == "reproduced" and cell["settings_hash"] == "abc" and cell["code_version"] == "v"
+    assert cell["sources"].split(";") == [
+        f"results/finetune/flare22/rand_init/unetr/fold{k}/metrics.json" for k in range(5)]
+    assert cell["header"] == "UNETR NSD" and cell["reproduced"] == "86.00±1.58"
+    assert sources.set_index(["row", "column"]).loc[("alice", "unetr_dsc"), "sources"] == ""

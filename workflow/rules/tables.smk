@@ -1,4 +1,5 @@
-# Tables: one CSV per paper row (its own target), then CSV + LaTeX per table.
+# Tables: one CSV per paper row (its own target), then CSV + LaTeX per table, with the provenance
+# of every cell (settings hash, code version, result files) in results/{table}.sources.csv.
 
 
 rule table_row:
@@ -28,6 +29,7 @@ rule table:
                    labels={"table": "{table}", "format": "CSV"}),
         tex=report("results/{table}.tex", caption="../report/table.rst", category="Tables",
                    labels={"table": "{table}", "format": "LaTeX"}),
+        sources="results/{table}.sources.csv",
     wildcard_constraints:
         table="table[0-9]+",
     conda:
@@ -36,4 +38,4 @@ rule table:
         "results/logs/tables/{table}.log",
     shell:
         "alice table render --table {wildcards.table} --rows-dir results/rows/{wildcards.table} "
-        "--csv {output.csv} --tex {output.tex} 2> {log}"
+        "--csv {output.csv} --tex {output.tex} --sources {output.sources} 2> {log}"

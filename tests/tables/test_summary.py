@@ -1,0 +1,178 @@
+"""results/summary.csv, results/summary_tests.csv and the summary figure, from synthetic row
+files and metrics (no training)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from alice import config as cfg
+from alice.cli import main
+from alice.errors import InputError
+from alice.tables import render, summary
+from alice.tables.spec import load_spec, table_settings
+
+CONFIG = cfg.load_config()
+SETTINGS = {**table_settings(CONFIG),
+            "reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
+                          "substitute": {"backbone": "unetr", "folds": 1}}}
+CASES = [f"FLARETs_{i:04d}" for i in range(1, 5)]
+# Table 1, UNETR DSC per fold: Alice − Rand. init. = +1, −2, +3, +4, +5 points
+RAND_DSC = [0.60, 0.62, 0.64, 0.66, 0.68]
+ALICE_DSC = [0.61, 0.60, 0.67, 0.70, 0.73]
+# per-case offsets of Alice (sum 0, so the fold means stay the values above)
+ALICE_CASE = [0.03, -0.03, 0.01, -0.01]
+
+
+def write_fold(root, run, fold, fold_value, offsets):
+    path = root / f"results/finetune/flare22/{run}/unetr/fold{fold}/metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    case_mean = {c: {"dsc": fold_value + o, "nsd": fold_value + o + 0.05} for c, o in zip(CASES, offsets)}
+    path.write_text(json.dumps({"case_mean": case_mean, "mean": {"dsc": fold_value, "nsd": fold_value + 0.05},
+                                "settings_hash": f"h-{run}-{fold}", "code_version": "v"}))
+
+
+def write_rows(root, tables, settings=SETTINGS):
+    for table in tables:
+        for row in load_spec(table)["rows"]:
+            frame = render.compute_row(table, row["row"], settings, root=root)
+            render.write_row(frame, root / "results" / "rows" / table / f"{row['row']}.csv")
+
+
+@pytest.fixture
+def results(tmp_path, fake_results):
+    """Tables 1, 6 and 11 on UNETR: Table 1 with the fold values above, the ablation variant
+    runs with fake values."""
+    fake_results(tmp_path, SETTINGS, CONFIG, tables=["table6", "table11"])
+    for fold, (r, a) in enumerate(zip(RAND_DSC, ALICE_DSC)):
+        write_fold(tmp_path, "rand_init", fold, r, [0.0] * 4)
+        write_fold(tmp_path, "alice", fold, a, ALICE_CASE)
+    write_rows(tmp_path, ["table1", "table6", "table11"])
+    return tmp_path
+
+
+def run_summary(root, tables=("table1", "table6", "table11")):
+    return summary.write_summary(root / "results" / "rows", root / "summary.csv",
+                                 root / "summary_tests.csv", root / "figures" / "summary.png",
+                                 tables=list(tables), root=root)
+
+
+def test_one_line_per_reproduced_cell(results):
+    cells, _ = run_summary(results)
+    written = pd.read_csv(results / "summary.csv", keep_default_na=False)
+    assert list(written.columns) == summary.SUMMARY_COLUMNS
+    # Table 1: 2 rows x 2 UNETR columns; Table 6: Alice x 4; Table 11: 5 rows x 1
+    assert len(cells) == len(written) == 4 + 4 + 5
+    line = cells.set_index(["table", "row", "column"]).loc[("table1", "rand_init", "unetr_dsc")]
+    assert line["reported"] == "80.95±3.48" and line["reported_mean"] == 80.95
+    assert line["reproduced"] == "64.00±3.16" and line["n_folds"] == 5
+    assert line["difference"] == pytest.approx(64.0 - 80.95)
+    assert line["note"] == ""  # Table 1's UNETR columns are the paper's own backbone
+    t6 = cells.set_index(["table", "row", "column"]).loc[("table6", "alice", "dsc_without")]
+    assert t6["run"] == "alice__casa-false" and t6["n_folds"] == 1
+    assert t6["note"] == "ran on unetr (paper: nnformer)"
+    assert set(cells["kind"]) == {"value"}
+
+
+def test_alice_against_rand_init_per_fold_and_per_case(results):
+    _, tests = run_summary(results)
+    t1 = tests[(tests["table"] == "table1") & (tests["metric"] == "dsc")].set_index("unit")
+    fold = t1.loc["fold"]
+    assert (fold["comparison"], fold["row_a"], fold["row_b"]) == ("alice_vs_best_baseline", "alice", "rand_init")
+    assert fold["n_pairs"] == 5 and fold["mean_difference"] == pytest.approx(2.2)
+    # differences +1 -2 +3 +4 +5: W- = 2; exact two-sided p = 2 * #{subsets of ranks with sum <= 2} / 2^5
+    assert fold["statistic"] == 2 and fold["p_value"] == pytest.approx(6 / 32)
+    assert fold["min_attainable_p"] == pytest.approx(2 / 32)
+    assert "exact" in fold["test"] and 0 < fold["p_ttest"] < 1
+    # per case (the same 4 FLARE22 test cases for every fold; a case's value = its mean over the
+    # 5 fold models): 2.2 + (3, -3, 1, -1) = 5.2, -0.8, 3.2, 1.2 -> W- = 1, p = 2 * 2 / 16
+    case = t1.loc["case"]
+    assert case["n_pairs"] == 4 and case["statistic"] == 1 and case["p_value"] == pytest.approx(0.25)
+    assert case["min_attainable_p"] == pytest.approx(0.125)
+    assert "cannot fall below 0.125" in case["note"]
+
+
+def test_each_ablation_switch_against_alices_default(results):
+    _, tests = run_summary(results)
+    t6 = tests[tests["table"] == "table6"]
+    # without CASA (its own run) against with CASA (the plain alice run), per metric
+    assert set(zip(t6["column_a"], t6["column_b"])) == {("dsc_without", "dsc_with"), ("nsd_without", "nsd_with")}
+    assert set(t6["comparison"]) == {"ablation"} and set(t6["run_b"]) == {"alice"}
+    fold = t6[(t6["unit"] == "fold") & (t6["metric"] == "dsc")].iloc[0]
+    assert fold["n_pairs"] == 1 and pd.isna(fold["p_value"]) and fold["note"] == "1 pair(s): no test"
+    case = t6[(t6["unit"] == "case") & (t6["metric"] == "dsc")].iloc[0]
+    assert case["n_pairs"] == 4 and 0 < case["p_value"] <= 1
+    # Table 11: each objective subset against all three, and Alice against the baseline row
+    t11 = tests[(tests["table"] == "table11") & (tests["unit"] == "case")]
+    assert sorted(t11[t11["comparison"] == "ablation"]["row_a"]) == ["dv", "mim_dv", "mim_st"]
+    assert set(t11[t11["comparison"] == "ablation"]["row_b"]) == {"all"}
+    base = t11[t11["comparison"] == "alice_vs_best_baseline"]
+    assert list(zip(base["row_a"], base["row_b"])) == [("all", "none")]
+
+
+def test_case_values_come_from_the_metrics_files(results):
+    """The paired values are recomputed from each cell's sources, fold by fold."""
+    rows = summary.read_all_rows(results / "results" / "rows", ["table1"])
+    cells = summary._cells(rows, results / "results" / "rows")
+    alice = next(c for c in cells if c["row"] == "alice" and c["column"] == "unetr_dsc")
+    assert summary.fold_values(alice, results) == pytest.approx(
+        {k: 100 * v for k, v in enumerate(ALICE_DSC)})
+    per_case = summary.case_values(alice, results)
+    mean = 100 * sum(ALICE_DSC) / 5
+    assert per_case == pytest.approx({c: mean + 100 * o for c, o in zip(CASES, ALICE_CASE)})
+
+
+def test_best_baseline_is_the_better_reproduced_row(tmp_path, fake_results):
+    """Table 9: Alice against the better of its two Rand. init. rows, per split (AUC)."""
+    settings = {**table_settings(CONFIG),
+                "reproduce": {"methods": ["rand_init", "alice"], "backbones": ["vit", "resnet3d"]}}
+    fake_results(tmp_path, settings, CONFIG, tables=["table9"])
+    write_rows(tmp_path, ["table9"], settings)
+    cells, tests = run_summary(tmp_path, ["table9"])
+    assert len(tests) == 3 and set(tests["unit"]) == {"split"} and set(tests["n_pairs"]) == {10}
+    means = cells.set_index(["row", "column"])["reproduced_mean"]
+    for line in tests.to_dict("records"):
+        col = line["column_a"]
+        best = max(("rand_init_resnet3d", "rand_init_vit"), key=lambda r: means[r, col])
+        assert line["row_b"] == best and line["row_a"] == "alice"
+        assert line["mean_b"] == pytest.approx(means[best, col], abs=1e-3)
+
+
+def test_stale_row_file_is_refused(results):
+    path = results / "results/finetune/flare22/alice/unetr/fold2/metrics.json"
+    data = json.loads(path.read_text())
+    data["mean"]["dsc"] += 0.1
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"table1/alice.csv: column unetr_dsc: .* stale"):
+        run_summary(results)
+    assert not (results / "summary.csv").exists()
+
+
+def test_table8_settings_are_listed_without_a_difference(tmp_path, fake_results):
+    settings = {**SETTINGS, "reproduce": {**SETTINGS["reproduce"]}}
+    fake_results(tmp_path, settings, CONFIG, tables=["table8"])
+    write_rows(tmp_path, ["table8"])
+    cells, tests = run_summary(tmp_path, ["table8"])
+    assert len(cells) == 11 and set(cells["kind"]) == {"setting"} and tests.empty
+    lines = cells.set_index("row")
+    assert lines.loc["weight_decay", "note"] == "setting: the paper's"  # 1e-5 in both
+    assert lines.loc["base_lr", "note"] == "setting: differs from the paper's"
+    assert lines["difference"].isna().all()
+
+
+def test_figure_and_cli(results):
+    out = results / "out"
+    code = main(["summary", "--rows-dir", str(results / "results/rows"), "--root", str(results),
+                 "--table", "1", "--table", "table6", "--table", "11",
+                 "--csv", str(out / "s.csv"), "--tests", str(out / "t.csv"),
+                 "--figure", str(out / "f.png")])
+    assert code == 0
+    assert (out / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(pd.read_csv(out / "s.csv")) == 13 and len(pd.read_csv(out / "t.csv")) > 0
+    assert main(["summary", "--table", "12", "--csv", str(out / "x.csv")]) == 2
+    assert not (out / "x.csv").exists()
+    # an empty summary still draws (a figure saying so)
+    summary.draw_summary(pd.DataFrame(columns=summary.SUMMARY_COLUMNS), out / "empty.png")
+    assert (out / "empty.png").stat().st_size > 0
