@@ -114,6 +114,7 @@ def test_table1_from_an_empty_folder(tmp_path):
     config["phantom"]["counts"]["flare22"] = {"labeled": 4, "unlabeled": 0, "validation": 1}
     config["datasets"]["flare22"]["offline_test"] = ["FLARETs_0001"]
     config["reproduce"]["methods"] = ["rand_init"]  # Alice's pretraining: tests/ssl/test_pretrain_cli.py
+    config["reproduce"]["backbones"] = ["unetr"]  # Swin UNETR / nnFormer folds: tests/downstream
     config["pretrain"]["encoders"]["vit"] = {"embed_dim": 24, "depth": 12, "heads": 2,
                                              "mlp_ratio": 2, "patch": [16, 16, 16]}
     unetr = config["finetune"]["unetr"]
