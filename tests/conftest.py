@@ -1,5 +1,6 @@
 """Fixtures shared across the test packages."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def no_slurm_probe(request, tmp_path_factory, monkeypatch):
+    """Where SLURM is installed but no controller runs (CI installs it for tests/test_cluster.py),
+    the SLURM executor plugin's `scontrol show config` probe, made by every Snakemake start-up,
+    waits ~9 s for the controller. Tests that do not use the cluster get an `scontrol` that fails at
+    once, first on PATH; tests marked `cluster` see the real one."""
+    if request.node.get_closest_marker("cluster") is not None:
+        return
+    shim = tmp_path_factory.getbasetemp() / "no-slurm-bin"
+    if not (shim / "scontrol").exists():
+        shim.mkdir(exist_ok=True)
+        (shim / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+        (shim / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ.get('PATH', '')}")
