@@ -36,11 +36,16 @@ def everything_settings() -> dict:
 NOTHING = {**table_settings(CONFIG), "reproduce": {"methods": [], "backbones": []}}
 
 
-@pytest.fixture(scope="module", params=["nothing", "everything"])
-def rendered(request, tmp_path_factory, fake_results):
-    """All eleven tables rendered from fake results: {table: (wide, sources, tex)} and the root."""
-    root = tmp_path_factory.mktemp(request.param)
-    settings = NOTHING if request.param == "nothing" else everything_settings()
+_RENDERED: dict = {}
+
+
+def _render(mode: str, tmp_path_factory, fake_results):
+    """All eleven tables rendered from fake results: {table: (wide, sources, tex)} and the root;
+    once per mode and module run."""
+    if mode in _RENDERED:
+        return _RENDERED[mode]
+    root = tmp_path_factory.mktemp(mode)
+    settings = NOTHING if mode == "nothing" else everything_settings()
     fake_results(root, settings, CONFIG)
     out = {}
     for table in table_ids():
@@ -54,7 +59,20 @@ def rendered(request, tmp_path_factory, fake_results):
                       pd.read_csv(root / "results" / f"{table}.sources.csv", dtype=str,
                                   keep_default_na=False),
                       tex.read_text())
-    return request.param, root, out
+    _RENDERED[mode] = (mode, root, out)
+    return _RENDERED[mode]
+
+
+@pytest.fixture(scope="module", params=["nothing", "everything"])
+def rendered(request, tmp_path_factory, fake_results):
+    """Both modes: nothing reproduced, and every method and backbone reproduced."""
+    return _render(request.param, tmp_path_factory, fake_results)
+
+
+@pytest.fixture(scope="module")
+def everything(tmp_path_factory, fake_results):
+    """The tables with every method and backbone reproduced (fake results)."""
+    return _render("everything", tmp_path_factory, fake_results)
 
 
 def _name(column: dict) -> str:
@@ -111,13 +129,12 @@ def test_rows_and_columns_are_the_papers(rendered, table):
     render.check_latex(tex)
 
 
+@pytest.mark.skipif(not shutil.which("pdflatex"), reason="no LaTeX engine (.ci/run installs one)")
 @pytest.mark.parametrize("table", table_ids())
-def test_reproduced_tables_compile(rendered, table, tmp_path):
+def test_reproduced_tables_compile(everything, table, tmp_path):
     """With reproduced cells (Table 8: settings text) the LaTeX still compiles, where an engine
     is installed (test_render compiles the all-"not reproduced" tables)."""
-    mode, _, out = rendered
-    if mode != "everything" or not shutil.which("pdflatex"):
-        pytest.skip("compiled only with reproduced cells and a LaTeX engine")
+    _, _, out = everything
     doc = tmp_path / "doc.tex"
     doc.write_text("\\documentclass{article}\n\\usepackage{booktabs,amssymb}\n"
                    "\\usepackage[T1]{fontenc}\n\\begin{document}\n" + out[table][2] +
@@ -182,10 +199,8 @@ def _check_value(spec, row, cell, files, root):
     assert cell["reproduced"] != cell["paper"]
 
 
-def test_everything_mode_reproduces_cells_in_every_computable_table(rendered):
-    mode, _, out = rendered
-    if mode != "everything":
-        pytest.skip("nothing is enabled in this mode")
+def test_everything_mode_reproduces_cells_in_every_computable_table(everything):
+    _, _, out = everything
     done = {t: int((s["status"] == "reproduced").sum()) for t, (_, s, _) in out.items()}
     # Table 2's other rows need CNN backbones the harness lacks, but its Alice row runs
     assert all(n > 0 for n in done.values()), done
