@@ -29,6 +29,24 @@ def test_dry_run_lists_the_data_stage(tmp_path):
         assert rule in out
 
 
+def test_building_the_dag_imports_no_heavy_library():
+    """The Snakefile's imports of the harness load neither torch nor scikit-learn: every
+    Snakemake start-up parses it (and on SLURM every job's own Snakemake), and those two imports
+    cost ~2 s each."""
+    import re
+
+    sources = [REPO_ROOT / "Snakefile", *sorted((REPO_ROOT / "workflow" / "rules").glob("*.smk"))]
+    modules = sorted({m for path in sources
+                      for m in re.findall(r"^(?:from|import) (alice[\w.]*)", path.read_text(), re.M)})
+    assert "alice.data.folds" in modules and "alice.downstream.submission" in modules
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
+            + "print(sorted(m for m in ('torch', 'sklearn', 'monai', 'scipy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"{modules} load {result.stdout.strip()}"
+
+
 def test_backbone_picks_its_encoders_checkpoint(tmp_path):
     """A fold of Swin UNETR / nnFormer needs the pretraining run of its own encoder."""
     config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())

@@ -6,6 +6,9 @@
 - mosmed: `repeats` stratified train/val/test splits (seed + repeat), each with nested stratified
   label fractions of its training part (20 % ⊂ 50 % ⊂ 100 %).
 Every case list is sorted.
+
+scikit-learn is imported inside the split makers: the workflow imports this module's naming
+helpers (`label_fraction_dir`, `offline_test_split`) while it builds the DAG.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from sklearn.model_selection import KFold, train_test_split
 
 from alice.errors import ConfigError, HarnessError, InputError
 from alice.io import read_json, write_json
@@ -54,6 +56,8 @@ def _kfold(ids: list[str], n_splits: int, seed: int, dataset: str) -> list[dict[
             f"folds for {dataset}: {n_splits}-fold cross-validation needs at least {n_splits} "
             f"labeled cases, found {len(ids)}"
         )
+    from sklearn.model_selection import KFold
+
     kfold = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
     arr = np.asarray(ids)
     return [
@@ -76,6 +80,8 @@ def label_fraction_dir(f: float) -> str:
 
 
 def _mosmed(cases: list[Mapping[str, Any]], settings: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    from sklearn.model_selection import train_test_split
+
     repeats = _int_setting(settings, "repeats", "mosmed", 1)
     split = settings.get("split")
     try:
@@ -191,6 +197,8 @@ def make_folds(
         if len(ids) < 2:
             raise HarnessError(f"folds for flare22_pool: a train/val split needs at least 2 cases, found {len(ids)}")
         n_val = min(len(ids) - 1, max(1, round(frac * len(ids))))
+        from sklearn.model_selection import train_test_split
+
         train, val = train_test_split(np.asarray(ids), test_size=n_val, random_state=seed, shuffle=True)
         return {
             "dataset": dataset,

@@ -6,3 +6,7 @@
 - `segmentation.finetune(...)`: one fold -> log.csv, model.pt, train_summary.json
 - `inference.evaluate(...)`: sliding-window prediction, scoring on the original grid -> metrics.json
 """
+
+# A fine-tuned fold's model file (segmentation and classification alike). Defined here, free of
+# torch, because the workflow derives model paths from it while it builds the DAG.
+MODEL_FILE = "model.pt"

@@ -57,6 +57,7 @@ import torch
 
 from alice.config import settings_hash
 from alice.data.folds import fraction_key
+from alice.downstream import MODEL_FILE
 from alice.errors import ConfigError, InputError
 from alice.io import atomic_path, load_torch_dict, read_json, write_json, write_text
 from alice.version import code_version
@@ -65,7 +66,6 @@ log = logging.getLogger("alice")
 
 DATASET = "mosmed"
 NUM_CLASSES = 2
-MODEL_FILE = "model.pt"
 SUMMARY_FILE = "train_summary.json"
 LOG_FILE = "log.csv"
 METRICS_FILE = "metrics.json"

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from alice.config import settings_hash
+from alice.downstream import MODEL_FILE
 from alice.errors import ConfigError, InputError
 from alice.io import atomic_path, load_torch_dict, read_json, write_json
 from alice.version import code_version
 
 log = logging.getLogger("alice")
 
-MODEL_FILE = "model.pt"
 MODEL_KEYS = ("state_dict", "backbone", "num_classes", "settings", "encoder_config", "dataset")
 
 

@@ -42,16 +42,18 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from alice.config import settings_hash
 from alice.errors import ConfigError, InputError
 from alice.io import write_json
 from alice.labels import LABEL_NAMES
 from alice.version import code_version
+
+if TYPE_CHECKING:  # torch is imported where it runs: the workflow imports online_models
+    import torch  # while it builds the DAG, and torch's import costs ~2 s each time
 
 log = logging.getLogger("alice")
 
@@ -94,7 +96,7 @@ def online_models(config: Mapping[str, Any], method: str) -> list[str]:
     """The `model.pt` files whose predictions make `method`'s submission: those of its Table 3
     offline cell (same pretraining run, backbone and folds, so the submission comes from the
     models the table scores), fold 0 alone or every fold (`online_test.models`)."""
-    from alice.downstream.inference import MODEL_FILE
+    from alice.downstream import MODEL_FILE
     from alice.tables.spec import cell_runs, load_spec, table_settings
 
     spec = load_spec("table3")
@@ -147,21 +149,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@torch.no_grad()
 def mean_probabilities(nets: Sequence[tuple[torch.nn.Module, Mapping[str, Any]]], image,
                        device: torch.device) -> torch.Tensor:
     """Mean softmax (C, x, y, z) of the models over one cached volume, each model predicting with
     its own training crop and sliding-window settings (as `evaluate`)."""
+    import torch
+
     from alice.downstream.inference import sliding_window_logits
 
     total = None
-    for net, settings in nets:
-        logits = sliding_window_logits(
-            net, image, [int(c) for c in settings["crop"]],
-            overlap=float(settings.get("sw_overlap", 0.25)),
-            sw_batch_size=int(settings.get("sw_batch_size", 1)), device=device)
-        probs = torch.softmax(logits, dim=0)
-        total = probs if total is None else total + probs
+    with torch.no_grad():
+        for net, settings in nets:
+            logits = sliding_window_logits(
+                net, image, [int(c) for c in settings["crop"]],
+                overlap=float(settings.get("sw_overlap", 0.25)),
+                sw_batch_size=int(settings.get("sw_batch_size", 1)), device=device)
+            probs = torch.softmax(logits, dim=0)
+            total = probs if total is None else total + probs
     return total / len(nets)
 
 
@@ -178,6 +182,7 @@ def write_submission(
 ) -> dict[str, Any]:
     """Predict every case of `split` with the models of `model_dirs` (mean softmax) and write the
     submission files plus `manifest.json` into `out_dir`; returns the manifest."""
+    import torch
     from tqdm import tqdm
 
     from alice.data.preprocess import invert_to_original, load_case
