@@ -42,3 +42,45 @@ class ProjectionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.normalize(self.mlp(x), dim=-1)
         return self.last(z) if self.last is not None else z
+
+
+class Predictor(nn.Module):
+    """The online-branch predictor q of BYOL (Grill et al. 2020, §3.1 and §3.3: "the predictor q_θ
+    ... is a MLP with the same architecture as the projector", Linear–BN–ReLU–Linear) and MoCo v3
+    (Chen et al. 2021, §3: "a prediction MLP head"), here Linear(dim, hidden)–BN–ReLU–Linear(hidden,
+    dim): it maps the student embedding to a prediction of the (stop-gradient) teacher embedding.
+
+    Works on any leading shape (..., dim); batch norm pools the statistics over every leading
+    position (samples and tokens). In training mode with a single row (batch of one pooled vector)
+    the running statistics are used instead of the batch's, which has no variance.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int = 4096) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.bn = nn.BatchNorm1d(hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        h = self.fc1(x.reshape(-1, shape[-1]))
+        if self.training and h.shape[0] == 1:
+            h = F.batch_norm(h, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias,
+                             training=False, eps=self.bn.eps)
+        else:
+            h = self.bn(h)
+        return self.fc2(F.relu(h)).reshape(*shape[:-1], -1)
+
+
+class Prototypes(nn.Module):
+    """DINO's last layer (Caron et al. 2021, §3.1 and its Appendix: a weight-normalised linear layer
+    without bias, the norm of each prototype fixed to 1) from the l2-normalised bottleneck
+    embedding to `num_prototypes` logits; used only by the DINO-style loss variant."""
+
+    def __init__(self, dim: int, num_prototypes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_prototypes, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).t()

@@ -54,20 +54,26 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from alice.models.casa import CASA
 from alice.models.decoder import MaskedDecoder
-from alice.models.heads import ProjectionHead
+from alice.models.heads import Predictor, ProjectionHead, Prototypes
 from alice.models.masked import build_masked_encoder
 from alice.errors import ConfigError
 from alice.models.configs import ENCODERS
-from alice.ssl.augment import StrongAugmentConfig, strong_augment
+from alice.ssl.augment import MaeAugmentConfig, StrongAugmentConfig, mae_augment, strong_augment
 from alice.ssl.registry import SSLMethod, register_method
 from alice.ssl.schedules import ema_momentum
 
 OBJECTIVES = ("mim", "dv", "st")
 LOSS_KEYS = {"mim": "r", "dv": "dv", "st": "st"}
+CONTRASTIVE_LOSSES = ("cosine", "infonce", "dino")
+# DINO (Caron et al. 2021): its ViT recipe's head and temperatures (the authors' released code states
+# its own; the paper none)
+DINO_DEFAULTS = {"prototypes": 65536, "student_temperature": 0.1, "teacher_temperature": 0.04,
+                 "center_momentum": 0.9}
 
 
 def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -83,6 +89,15 @@ def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
     t = F.normalize(teacher.detach(), dim=-1)
     logits = s @ t.t() / temperature
     return F.cross_entropy(logits, torch.arange(s.shape[0], device=s.device))
+
+
+def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center: torch.Tensor,
+              student_temperature: float, teacher_temperature: float) -> torch.Tensor:
+    """DINO's cross-entropy (Caron et al. 2021, eq. 1 with centring and sharpening, §3.1):
+    −Σ_k softmax((t − c)/τ_t)_k · log softmax(s/τ_s)_k over the prototype logits, averaged over the
+    other dims (samples, tokens); the teacher side is detached."""
+    p_t = F.softmax((teacher_logits.detach() - center) / teacher_temperature, dim=-1)
+    return -(p_t * F.log_softmax(student_logits / student_temperature, dim=-1)).sum(-1).mean()
 
 
 def spread(z: torch.Tensor) -> torch.Tensor:
@@ -112,9 +127,10 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 class AliceModel(SSLMethod):
     """The Alice objective; `forward(batch)` with batch {"Q", "K"} -> {"loss", "l_r", "l_dv", "l_st"}
-    plus, for batches of ≥ 2 crops, the collapse monitors "dv_spread" (the student's [cls] of ℓ_dv)
-    and "st_spread" (CASA's student embeddings S of ℓ_st) when those are computed (`spread`; no
-    gradient, logged beside the losses).
+    plus, for batches of ≥ 2 crops, the collapse monitors "dv_spread" (the student's [cls] of ℓ_dv,
+    φ's output) and "st_spread" (CASA's student embeddings S of ℓ_st) when those are computed
+    (`spread`, measured before the predictor as SimSiam measures the projector output; no gradient,
+    logged beside the losses).
 
     Registered as SSL method "alice" (`build(method_config, encoder_config, crop)`); the method config
     takes the keyword arguments below except `encoder_config` and `crop`.
@@ -133,10 +149,14 @@ class AliceModel(SSLMethod):
         inter_volume: bool = True,
         casa: bool = True,
         contrastive_loss: str = "cosine",
+        predictor: bool = True,
+        predictor_hidden_dim: int = 4096,
         objectives: Iterable[str] = OBJECTIVES,
         loss_weights: Mapping[str, float] | None = None,
         temperature: float = 0.2,
+        dino: Mapping[str, Any] | None = None,
         augment: StrongAugmentConfig | Mapping[str, Any] | None = None,
+        online_augment: MaeAugmentConfig | Mapping[str, Any] | None = None,
         method_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(method_config)
@@ -149,9 +169,11 @@ class AliceModel(SSLMethod):
         self.momentum_schedule = momentum_schedule
         self.inter_volume = bool(inter_volume)
         self.use_casa = bool(casa)
-        if contrastive_loss not in ("cosine", "infonce"):
-            raise ValueError(f"contrastive_loss must be 'cosine' or 'infonce', got {contrastive_loss!r}")
+        if contrastive_loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(f"contrastive_loss must be one of {CONTRASTIVE_LOSSES}, got {contrastive_loss!r}")
         self.contrastive_loss = contrastive_loss
+        # DINO's centring and sharpening take the predictor's place (module docstring)
+        self.use_predictor = bool(predictor) and contrastive_loss != "dino"
         self.objectives = tuple(objectives)
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if bad:
@@ -160,11 +182,21 @@ class AliceModel(SSLMethod):
         weights.update({k: float(v) for k, v in (loss_weights or {}).items()})
         self.loss_weights = weights
         self.temperature = float(temperature)
+        unknown = sorted(set(dino or {}) - set(DINO_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown dino settings {unknown}; known: {sorted(DINO_DEFAULTS)}")
+        self.dino = {**DINO_DEFAULTS, **(dino or {})}
         if augment is None:
             augment = StrongAugmentConfig()
         elif isinstance(augment, Mapping):
             augment = StrongAugmentConfig(**augment)
         self.augment_config = augment
+        if online_augment is None:
+            online_augment = MaeAugmentConfig()
+        elif isinstance(online_augment, Mapping):
+            online_augment = MaeAugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                 for k, v in online_augment.items()})
+        self.online_augment_config = online_augment
 
         self.encoder_config = dict(encoder_config)
         self.encoder = build_masked_encoder(self.encoder_config, self.crop)
@@ -177,17 +209,30 @@ class AliceModel(SSLMethod):
         )
         hd = {"hidden_dim": 2048, "bottleneck_dim": 256, **(head or {})}
         self.phi = ProjectionHead(d, int(hd["hidden_dim"]), int(hd["bottleneck_dim"]))
-        self.casa = CASA(d, int(casa_dim))
+        # CASA's keys and values are φ(H) (student) and ψ(Y) (teacher): kv width = the heads' output
+        self.casa = CASA(d, int(casa_dim), kv_dim=self.phi.out_dim)
         self.target_encoder = copy.deepcopy(self.encoder)
         self.psi = copy.deepcopy(self.phi)
-        for p in list(self.target_encoder.parameters()) + list(self.psi.parameters()):
+        ema_targets = [self.target_encoder, self.psi]
+        if self.use_predictor:
+            self.predictor_dv = Predictor(self.phi.out_dim, int(predictor_hidden_dim))
+            self.predictor_st = Predictor(int(casa_dim), int(predictor_hidden_dim))
+        if contrastive_loss == "dino":
+            k = int(self.dino["prototypes"])
+            self.prototypes_dv = Prototypes(self.phi.out_dim, k)
+            self.prototypes_dv_target = copy.deepcopy(self.prototypes_dv)
+            self.prototypes_st = Prototypes(int(casa_dim), k)
+            ema_targets.append(self.prototypes_dv_target)
+            self.register_buffer("center_dv", torch.zeros(k))
+            self.register_buffer("center_st", torch.zeros(k))
+        for p in [p for t in ema_targets for p in t.parameters()]:
             p.requires_grad_(False)
         # MONAI's TransformerBlock always builds `norm_cross_attn`, unused without cross-attention: keep it
         # (it is part of UNETR's state dict) but never optimise it, so DDP sees no unused trainable params.
         for name, p in self.named_parameters():
             if "cross_attn" in name:
                 p.requires_grad_(False)
-        # a switched-off term leaves φ / CASA / the voxel head without gradient
+        # a switched-off term leaves φ / CASA / the voxel head / a predictor without gradient
         self.find_unused_parameters = not (
             set(self.objectives) == set(OBJECTIVES) and self.inter_volume and self.use_casa
         )
@@ -207,11 +252,18 @@ class AliceModel(SSLMethod):
             return self.momentum
         return ema_momentum(step, total_steps, self.momentum)
 
+    def _ema_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        pairs = [(self.encoder, self.target_encoder), (self.phi, self.psi)]
+        if self.contrastive_loss == "dino":
+            pairs.append((self.prototypes_dv, self.prototypes_dv_target))
+        return pairs
+
     @torch.no_grad()
     def update_target(self, momentum: float | None = None) -> None:
-        """θ_t ← m·θ_t + (1 − m)·θ_s for (encoder → target encoder) and (φ → ψ); buffers copied."""
+        """θ_t ← m·θ_t + (1 − m)·θ_s for (encoder → target encoder), (φ → ψ) and, DINO-style,
+        (ℓ_dv prototypes → their teacher copy); buffers copied. Predictors have no EMA copy."""
         m = self.momentum if momentum is None else float(momentum)
-        for online, target in ((self.encoder, self.target_encoder), (self.phi, self.psi)):
+        for online, target in self._ema_pairs():
             for p_o, p_t in zip(online.parameters(), target.parameters()):
                 p_t.mul_(m).add_(p_o.detach(), alpha=1.0 - m)
             for b_o, b_t in zip(online.buffers(), target.buffers()):
@@ -219,26 +271,51 @@ class AliceModel(SSLMethod):
 
     def train(self, mode: bool = True) -> "AliceModel":
         super().train(mode)
-        self.target_encoder.eval()
-        self.psi.eval()
+        for _, target in self._ema_pairs():
+            target.eval()
         return self
 
     # ------------------------------------------------------------------ losses
-    def _ls(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def _ls(self, student: torch.Tensor, teacher: torch.Tensor, term: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ℓ_s of one (student, teacher) pair of term "dv" (pooled [cls], also "w/o CASA" ℓ_st) or
+        "st" (CASA tokens); returns (loss, the teacher's prototype logits for DINO's centre or None)."""
+        if self.contrastive_loss == "dino":
+            online = self.prototypes_st if term == "st" else self.prototypes_dv
+            with torch.no_grad():
+                t_logits = online(teacher) if term == "st" else self.prototypes_dv_target(teacher)
+            center = self.center_st if term == "st" else self.center_dv
+            loss = dino_loss(online(student), t_logits, center, float(self.dino["student_temperature"]),
+                             float(self.dino["teacher_temperature"]))
+            return loss, t_logits
+        if self.use_predictor:
+            student = (self.predictor_st if term == "st" else self.predictor_dv)(student)
         if self.contrastive_loss == "infonce":
-            return info_nce(student, teacher, self.temperature)
-        return cosine_loss(student, teacher)
+            return info_nce(student, teacher, self.temperature), None
+        return cosine_loss(student, teacher), None
+
+    @torch.no_grad()
+    def _update_center(self, center: torch.Tensor, teacher_logits: list[torch.Tensor]) -> None:
+        """DINO's centre c ← m·c + (1 − m)·mean of the teacher logits (all processes, all rows)."""
+        rows = torch.cat([t.reshape(-1, t.shape[-1]) for t in teacher_logits])
+        total, count = rows.sum(0), rows.new_tensor(float(rows.shape[0]))
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        m = float(self.dino["center_momentum"])
+        center.mul_(m).add_(total / count, alpha=1.0 - m)
 
     def _online(self, x: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        x = mae_augment(x, generator, self.online_augment_config)  # MAE's augmentation, then masking
         v, mask, ids_restore = self.encoder(x, self.mask_ratio, generator=generator)
         pred, h = self.decoder(v, ids_restore)
-        return {"V": v, "mask": mask, "pred": pred, "H": h}
+        return {"x": x, "V": v, "mask": mask, "pred": pred, "H": h}
 
     @torch.no_grad()
     def _target(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """ψ(Y) per token of the strongly augmented view (the paper's Y, §3.2)."""
         xa = strong_augment(x, generator, self.augment_config)
         y, _, _ = self.target_encoder(xa, self.target_mask_ratio, generator=generator)
-        return y
+        return self.psi(y)
 
     def forward(
         self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
@@ -246,39 +323,48 @@ class AliceModel(SSLMethod):
         q, k = batch["Q"], batch["K"]
         zero = q.new_zeros(())
         on_q, on_k = self._online(q, generator), self._online(k, generator)  # u, r
-        need_target = ("dv" in self.objectives and self.inter_volume) or "st" in self.objectives
+        dv = "dv" in self.objectives and self.inter_volume
+        need_target = dv or "st" in self.objectives
         out = {"l_r": zero, "l_dv": zero, "l_st": zero}
+        centers: dict[str, list[torch.Tensor]] = {"dv": [], "st": []}
+
+        def ls(student, teacher, term):
+            loss, t_logits = self._ls(student, teacher, term)
+            if t_logits is not None:
+                centers[term].append(t_logits)
+            return loss
 
         if "mim" in self.objectives:
             l_r = zero
-            for x, on in ((q, on_q), (k, on_k)):
-                l_r = l_r + masked_mse(on["pred"], norm_pix(self.encoder.patchify(x)), on["mask"])
+            for on in (on_q, on_k):  # the target is the augmented view the encoder saw
+                l_r = l_r + masked_mse(on["pred"], norm_pix(self.encoder.patchify(on["x"])), on["mask"])
             out["l_r"] = l_r
 
         if need_target:
-            y_w, y_v = self._target(q, generator), self._target(k, generator)  # Y_w^Q, Y_v^K
-            need_heads = ("dv" in self.objectives and self.inter_volume) or not self.use_casa
-            if need_heads:
-                cls_u, cls_r = self.phi(on_q["H"]).mean(1), self.phi(on_k["H"]).mean(1)
-                with torch.no_grad():
-                    cls_w, cls_v = self.psi(y_w).mean(1), self.psi(y_v).mean(1)
-            if "dv" in self.objectives and self.inter_volume:
-                out["l_dv"] = self._ls(cls_u, cls_v) + self._ls(cls_r, cls_w)  # eq. 2
+            y_w, y_v = self._target(q, generator), self._target(k, generator)  # Y_w^Q, Y_v^K (ψ applied)
+            h_u, h_r = self.phi(on_q["H"]), self.phi(on_k["H"])               # H_u^Q, H_r^K (φ applied)
+            cls_u, cls_r, cls_w, cls_v = h_u.mean(1), h_r.mean(1), y_w.mean(1), y_v.mean(1)
+            if dv:
+                out["l_dv"] = ls(cls_u, cls_v, "dv") + ls(cls_r, cls_w, "dv")  # eq. 2
                 if q.shape[0] > 1:
                     out["dv_spread"] = spread(torch.cat([cls_u, cls_r]))
             if "st" in self.objectives:
                 if self.use_casa:
-                    s_u = self.casa(on_q["V"], on_q["H"])
-                    s_r = self.casa(on_k["V"], on_k["H"])
+                    s_u = self.casa(on_q["V"], h_u)  # eqs. 3–4: query V, keys/values φ(H)
+                    s_r = self.casa(on_k["V"], h_r)
                     with torch.no_grad():  # the whole teacher side is stop-gradient
-                        t_w = self.casa(on_q["V"], y_w)
+                        t_w = self.casa(on_q["V"], y_w)  # keys/values ψ(Y)
                         t_v = self.casa(on_k["V"], y_v)
-                    out["l_st"] = self._ls(s_u, t_w) + self._ls(s_r, t_v)  # eq. 5
+                    out["l_st"] = ls(s_u, t_w, "st") + ls(s_r, t_v, "st")  # eq. 5
                     if q.shape[0] > 1:
                         out["st_spread"] = spread(torch.cat([s_u, s_r]))
                 else:
-                    out["l_st"] = self._ls(cls_u, cls_w) + self._ls(cls_r, cls_v)
+                    out["l_st"] = ls(cls_u, cls_w, "dv") + ls(cls_r, cls_v, "dv")
 
+        if self.training:
+            for term, logits in centers.items():
+                if logits:
+                    self._update_center(self.center_st if term == "st" else self.center_dv, logits)
         w = self.loss_weights
         out["loss"] = w["r"] * out["l_r"] + w["dv"] * out["l_dv"] + w["st"] * out["l_st"]
         self.last_masks = (on_q["mask"].detach(), on_k["mask"].detach())  # (B, N) True = masked, for tests
@@ -287,7 +373,8 @@ class AliceModel(SSLMethod):
 
 _KWARGS = (
     "decoder", "head", "casa_dim", "mask_ratio", "target_mask_ratio", "momentum", "momentum_schedule",
-    "inter_volume", "casa", "contrastive_loss", "objectives", "loss_weights", "temperature", "augment",
+    "inter_volume", "casa", "contrastive_loss", "predictor", "predictor_hidden_dim", "objectives",
+    "loss_weights", "temperature", "dino", "augment", "online_augment",
 )
 
 

@@ -1,6 +1,8 @@
-"""Strong augmentations for the target-encoder views (paper §4.2: "random resized rotation, flipping,
-intensity scaling and shifting"), on batched tensors (B, C, X, Y, Z), per-sample random parameters
-drawn from a `torch.Generator` (reproducible).
+"""The view augmentations of paper §4.2, on batched tensors (B, C, X, Y, Z), per-sample random
+parameters drawn from a `torch.Generator` (reproducible).
+
+`strong_augment`: the target-encoder views ("random resized rotation, flipping, intensity scaling and
+shifting"):
 
 - random resized rotation: a small rotation about each axis (uniform in ±`max_angle_deg`) combined
   with an isotropic rescale (uniform in `scale_range`), built in voxel units (so a non-cubic crop is
@@ -8,6 +10,17 @@ drawn from a `torch.Generator` (reproducible).
 - flips: each spatial axis independently with probability `flip_prob`;
 - intensity: x * a + b with a ~ U(1 - intensity_scale, 1 + intensity_scale),
   b ~ U(-intensity_shift, intensity_shift).
+
+`mae_augment`: the online-encoder views, before masking ("augmentations and masking following MAE");
+MAE's pretraining augmentation (He et al. 2022, §4 and its Appendix A.1) is a random resized crop,
+scale (0.2, 1.0), aspect ratio (3/4, 4/3), and a random horizontal flip. In 3-D (our extension,
+the values are `MaeAugmentConfig`'s):
+- random resized crop: a box holding a fraction s ~ U(`scale_range`) of the crop's voxels, its two
+  aspect ratios X/Y and Z/Y (relative to the crop's own shape) log-uniform in `ratio_range`, placed
+  uniformly inside the crop and resampled (trilinear) to the crop's size; like torchvision's
+  RandomResizedCrop, 10 draws, then the whole crop if no box fits;
+- flips: each axis of `flip_axes` independently with probability `flip_prob` (axis 0 is left–right
+  of the RAS-oriented volumes: MAE's horizontal flip).
 """
 
 from __future__ import annotations
@@ -71,3 +84,55 @@ def strong_augment(
     gain = _uniform((b, 1, 1, 1, 1), 1 - config.intensity_scale, 1 + config.intensity_scale, generator)
     bias = _uniform((b, 1, 1, 1, 1), -config.intensity_shift, config.intensity_shift, generator)
     return out * gain.to(x) + bias.to(x)
+
+
+@dataclass(frozen=True)
+class MaeAugmentConfig:
+    enabled: bool = True
+    scale_range: tuple[float, float] = (0.2, 1.0)
+    ratio_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip_prob: float = 0.5
+    flip_axes: tuple[int, ...] = (0,)
+
+
+def _crop_boxes(b: int, generator, config: MaeAugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3) side fractions and (B, 3) centres in [-1, 1] (axis order X, Y, Z) of the crop boxes."""
+    lo, hi = config.scale_range
+    log_r = (math.log(config.ratio_range[0]), math.log(config.ratio_range[1]))
+    frac = torch.ones(b, 3)
+    for i in range(b):
+        for _ in range(10):
+            s = float(_uniform((), lo, hi, generator))
+            r_xy, r_zy = torch.exp(_uniform((2,), log_r[0], log_r[1], generator)).tolist()
+            f_y = (s / (r_xy * r_zy)) ** (1.0 / 3.0)
+            f = torch.tensor([r_xy * f_y, f_y, r_zy * f_y])
+            if (f <= 1.0).all():
+                frac[i] = f
+                break
+    centre = _uniform((b, 3), -1.0, 1.0, generator) * (1.0 - frac)
+    return frac, centre
+
+
+def mae_augment(
+    x: torch.Tensor, generator: torch.Generator | None = None, config: MaeAugmentConfig = MaeAugmentConfig()
+) -> torch.Tensor:
+    """MAE's augmentation in 3-D (module docstring) of x (B, C, X, Y, Z); x itself when disabled."""
+    if x.dim() != 5:
+        raise ValueError(f"expected (B, C, X, Y, Z), got shape {tuple(x.shape)}")
+    if not config.enabled:
+        return x
+    b = x.shape[0]
+    frac, centre = _crop_boxes(b, generator, config)
+    # affine_grid's coordinate order is (Z, Y, X): output coord t in [-1, 1] samples centre + frac * t
+    theta = torch.zeros(b, 3, 4)
+    for row, axis in enumerate((2, 1, 0)):
+        theta[:, row, row] = frac[:, axis]
+        theta[:, row, 3] = centre[:, axis]
+    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    flips = torch.rand((b, 3), generator=generator) < config.flip_prob
+    for axis in config.flip_axes:
+        sel = flips[:, axis].to(x.device)
+        if sel.any():
+            out = torch.where(sel.view(b, 1, 1, 1, 1), out.flip(2 + axis), out)
+    return out

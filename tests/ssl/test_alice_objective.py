@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from alice.ssl.alice import AliceModel, masked_mse
-from alice.ssl.augment import strong_augment
+from alice.ssl.alice import AliceModel, cosine_loss, masked_mse
+from alice.ssl.augment import MaeAugmentConfig, mae_augment, strong_augment
 
 CROP = (32, 32, 16)
 ENC = {"name": "vit", "embed_dim": 24, "depth": 2, "heads": 2, "mlp_ratio": 2, "patch": 8}
@@ -11,7 +11,7 @@ ENC = {"name": "vit", "embed_dim": 24, "depth": 2, "heads": 2, "mlp_ratio": 2, "
 def make(**kw):
     torch.manual_seed(0)
     args = dict(decoder={"dim": 16, "depth": 1, "heads": 2}, head={"hidden_dim": 32, "bottleneck_dim": 16},
-                casa_dim=16, mask_ratio=0.75)
+                casa_dim=12, mask_ratio=0.75, predictor_hidden_dim=20, dino={"prototypes": 32})
     args.update(kw)
     return AliceModel(ENC, CROP, **args)
 
@@ -44,7 +44,7 @@ def test_gradients_reach_only_online_side():
     m(batch(), generator=gen())["loss"].backward()
     for name, p in list(m.target_encoder.named_parameters()) + list(m.psi.named_parameters()):
         assert p.grad is None and not p.requires_grad, name
-    for mod in (m.encoder, m.decoder, m.phi, m.casa):
+    for mod in (m.encoder, m.decoder, m.phi, m.casa, m.predictor_dv, m.predictor_st):
         for name, p in mod.named_parameters():
             if "cross_attn" in name:  # MONAI TransformerBlock always builds an unused norm_cross_attn
                 assert not p.requires_grad
@@ -134,6 +134,10 @@ def test_ema_update_formula():
         ({"objectives": ("st",)}, {"l_st"}),
         ({"casa": False}, {"l_r", "l_dv", "l_st"}),
         ({"contrastive_loss": "infonce"}, {"l_r", "l_dv", "l_st"}),
+        ({"contrastive_loss": "dino"}, {"l_r", "l_dv", "l_st"}),
+        ({"predictor": False}, {"l_r", "l_dv", "l_st"}),
+        ({"casa": False, "contrastive_loss": "dino"}, {"l_r", "l_dv", "l_st"}),
+        ({"online_augment": {"enabled": False}}, {"l_r", "l_dv", "l_st"}),
         ({"target_mask_ratio": 0.5}, {"l_r", "l_dv", "l_st"}),
         ({"loss_weights": {"r": 0.0}}, {"l_r", "l_dv", "l_st"}),
     ],
@@ -227,3 +231,156 @@ def test_spread_monitors_logged_for_batches_of_two_or_more():
     assert not out["dv_spread"].requires_grad
     torch.testing.assert_close(out["loss"], out["l_r"] + out["l_dv"] + out["l_st"])  # not in the loss
     assert not {"dv_spread", "st_spread"} & set(m(batch(b=1), generator=gen()))
+
+
+class Spy:
+    """Records the inputs and outputs of a module's forward calls."""
+
+    def __init__(self, module):
+        self.calls, self.orig = [], module.forward
+        module.forward = self
+
+    def __call__(self, *args, **kw):
+        out = self.orig(*args, **kw)
+        self.calls.append((args, out))
+        return out
+
+
+def test_casa_keys_and_values_are_phi_and_psi_outputs():
+    """§3.2–3.3: CASA's query is V (online encoder), its keys/values φ(H) for S and ψ(Y) for T."""
+    m = make(objectives=("st",))
+    assert m.casa.w_k.in_features == m.phi.out_dim == 16
+    enc, dec, tgt, casa = Spy(m.encoder), Spy(m.decoder), Spy(m.target_encoder), Spy(m.casa)
+    m(batch(), generator=gen())
+    (v_u, _, _), (v_r, _, _) = enc.calls[0][1], enc.calls[1][1]
+    (_, h_u), (_, h_r) = dec.calls[0][1], dec.calls[1][1]
+    (y_w, _, _), (y_v, _, _) = tgt.calls[0][1], tgt.calls[1][1]
+    expected = [(v_u, m.phi(h_u)), (v_r, m.phi(h_r)), (v_u, m.psi(y_w)), (v_r, m.psi(y_v))]
+    assert len(casa.calls) == 4
+    for (args, _), (v, kv) in zip(casa.calls, expected):
+        torch.testing.assert_close(args[0], v)
+        torch.testing.assert_close(args[1], kv)
+
+
+def _captured_terms(m, objectives):
+    enc, dec, tgt, casa = Spy(m.encoder), Spy(m.decoder), Spy(m.target_encoder), Spy(m.casa)
+    out = m(batch(), generator=gen())
+    h = [m.phi(c[1][1]) for c in dec.calls]
+    y = [m.psi(c[1][0]).detach() for c in tgt.calls]
+    return out, h, y, casa
+
+
+@pytest.mark.parametrize("predictor", [True, False])
+def test_l_dv_goes_through_the_predictor_on_the_online_side(predictor):
+    """eq. 2 with BYOL's predictor q: ℓ_s(q([cls]_u^Q), [cls]_v^K) + ℓ_s(q([cls]_r^K), [cls]_w^Q)."""
+    m = make(objectives=("dv",), predictor=predictor)
+    out, (h_u, h_r), (y_w, y_v), _ = _captured_terms(m, ("dv",))
+    q = m.predictor_dv if predictor else (lambda z: z)
+    expected = cosine_loss(q(h_u.mean(1)), y_v.mean(1)) + cosine_loss(q(h_r.mean(1)), y_w.mean(1))
+    torch.testing.assert_close(out["l_dv"], expected)
+    out["loss"].backward()
+    assert all(p.grad is None for p in m.casa.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.phi.parameters())
+    assert all(p.grad is None for p in list(m.psi.parameters()) + list(m.target_encoder.parameters()))
+    if predictor:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.predictor_dv.parameters())
+        assert all(p.grad is None for p in m.predictor_st.parameters())
+    else:
+        assert not hasattr(m, "predictor_dv") and not hasattr(m, "predictor_st")
+
+
+@pytest.mark.parametrize("predictor", [True, False])
+def test_l_st_goes_through_the_predictor_per_token(predictor):
+    """eq. 5 with the predictor on each student token S: ℓ_s(q(S_u^Q), T_w^Q) + ℓ_s(q(S_r^K), T_v^K);
+    gradient reaches CASA, φ (through the keys/values φ(H)) and the predictor, never ψ / E_t."""
+    m = make(objectives=("st",), predictor=predictor)
+    out, _, _, casa = _captured_terms(m, ("st",))
+    s_u, s_r, t_w, t_v = (c[1] for c in casa.calls)
+    assert s_u.requires_grad and not t_w.requires_grad and not t_v.requires_grad
+    q = m.predictor_st if predictor else (lambda z: z)
+    torch.testing.assert_close(out["l_st"], cosine_loss(q(s_u), t_w) + cosine_loss(q(s_r), t_v))
+    out["loss"].backward()
+    for mod in [m.casa, m.phi, m.encoder] + ([m.predictor_st] if predictor else []):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in list(m.psi.parameters()) + list(m.target_encoder.parameters()))
+    if predictor:
+        assert all(p.grad is None for p in m.predictor_dv.parameters())
+
+
+def test_predictor_is_not_an_ema_pair_and_spread_is_measured_before_it():
+    m = make()
+    assert all(online is not m.predictor_dv for online, _ in m._ema_pairs())
+    a = m(batch(), generator=gen())
+    with torch.no_grad():
+        for p in m.predictor_dv.parameters():
+            p.mul_(3.0)
+    b = m(batch(), generator=gen())
+    torch.testing.assert_close(a["dv_spread"], b["dv_spread"])  # φ's output: the predictor plays no part
+    assert not torch.allclose(a["l_dv"], b["l_dv"])
+
+
+def test_dino_variant_centre_prototypes_and_gradients():
+    """The released code's loss: prototypes, centring (EMA centre) and sharpening, cross-entropy."""
+    m = make(contrastive_loss="dino", dino={"prototypes": 32, "center_momentum": 0.5})
+    assert not hasattr(m, "predictor_dv")  # DINO's centring and sharpening take the predictor's place
+    assert m.center_dv.abs().sum() == 0
+    out = m(batch(), generator=gen())
+    assert m.center_dv.abs().sum() > 0 and m.center_st.abs().sum() > 0
+    out["loss"].backward()
+    for mod in (m.prototypes_dv, m.prototypes_st, m.casa, m.phi):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in m.prototypes_dv_target.parameters())
+    m.eval()
+    before = m.center_st.clone()
+    m(batch(), generator=gen())
+    torch.testing.assert_close(m.center_st, before)  # the centre moves only in training
+    m.train()
+    with torch.no_grad():
+        m.prototypes_dv.weight.fill_(1.0)
+        m.prototypes_dv_target.weight.fill_(3.0)
+    m.update_target(0.9)
+    torch.testing.assert_close(m.prototypes_dv_target.weight, torch.full_like(m.prototypes_dv.weight, 2.8))
+
+
+def test_dino_loss_matches_its_definition():
+    from alice.ssl.alice import dino_loss
+
+    s, t, c = torch.randn(3, 5, 7), torch.randn(3, 5, 7), torch.randn(7)
+    p = torch.softmax((t - c) / 0.04, -1)
+    ref = -(p * torch.log_softmax(s / 0.1, -1)).sum(-1).mean()
+    torch.testing.assert_close(dino_loss(s, t, c, 0.1, 0.04), ref)
+
+
+def test_online_views_are_mae_augmented_before_masking_and_l_r_reconstructs_them():
+    m = make(objectives=("mim",))
+    enc = Spy(m.encoder)
+    seen = []
+    orig = m.encoder.patchify
+    m.encoder.patchify = lambda x: (seen.append(x), orig(x))[1]
+    b = batch()
+    m(b, generator=gen())
+    for (args, _), x, view in zip(enc.calls, seen, (b["Q"], b["K"])):
+        assert args[0] is x  # ℓ_r's target is the view the encoder saw
+        assert not torch.allclose(x, view)
+    m2 = make(objectives=("mim",), online_augment={"enabled": False})
+    enc2 = Spy(m2.encoder)
+    m2(b, generator=gen())
+    assert enc2.calls[0][0][0] is b["Q"]
+
+
+def test_mae_augment_seeded_identity_flip_and_crop():
+    x = torch.randn(2, 1, *CROP)
+    a = mae_augment(x, gen(5))
+    assert a.shape == x.shape
+    torch.testing.assert_close(a, mae_augment(x, gen(5)))
+    assert not torch.allclose(a, mae_augment(x, gen(6)))
+    whole = MaeAugmentConfig(scale_range=(1.0, 1.0), ratio_range=(1.0, 1.0), flip_prob=0.0)
+    torch.testing.assert_close(mae_augment(x, gen(0), whole), x, rtol=1e-4, atol=1e-4)
+    flip = MaeAugmentConfig(scale_range=(1.0, 1.0), ratio_range=(1.0, 1.0), flip_prob=1.0, flip_axes=(0, 2))
+    torch.testing.assert_close(mae_augment(x, gen(0), flip), x.flip(2, 4), rtol=1e-4, atol=1e-4)
+    assert mae_augment(x, gen(0), MaeAugmentConfig(enabled=False)) is x
+    # a ramp along X: a crop holding 1/8 of the voxels with cubic aspect spans half of X
+    ramp = torch.linspace(-1, 1, CROP[0]).view(1, 1, -1, 1, 1).expand(1, 1, *CROP).contiguous()
+    half = MaeAugmentConfig(scale_range=(0.125, 0.125), ratio_range=(1.0, 1.0), flip_prob=0.0)
+    out = mae_augment(ramp, gen(3), half)
+    assert out.amax() - out.amin() == pytest.approx(1.0, abs=0.1)
