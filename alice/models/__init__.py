@@ -1,5 +1,5 @@
 """models: encoders (ViT, Swin, nnFormer), the masked-pretraining adapters, decoder, projection
-heads, CASA.
+heads, predictor, prototypes, CASA.
 
 Imports are lazy: `alice.models.configs` (encoder fields, strides, crop checks; no torch) is read
 by the DAG and `alice.config`.
@@ -10,7 +10,9 @@ import importlib
 _EXPORTS = {
     "CASA": "alice.models.casa",
     "MaskedDecoder": "alice.models.decoder",
+    "Predictor": "alice.models.heads",
     "ProjectionHead": "alice.models.heads",
+    "Prototypes": "alice.models.heads",
     "ViTEncoder": "alice.models.vit",
     "random_masking": "alice.models.vit",
 }

@@ -11,6 +11,10 @@ l2-normalised bottleneck embedding is what is compared, so no prototype layer is
 `out_dim` is given, a final bias-free Linear(bottleneck_dim, out_dim) is applied after the
 normalisation (a DINO-style last layer, without weight normalisation) — off by default.
 
+`norm="batch"` puts BatchNorm after each hidden Linear: the projectors of MoCo v3 and BYOL (the
+"projection head structure as used in [11, 16]" of §4.2) normalise their hidden layers over the
+batch, which centres the features of a batch; DINO's head does not.
+
 Works on any leading shape (..., in_dim): pooled (B, D) vectors or per-token (B, N, D) features.
 """
 
@@ -22,15 +26,22 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, out_dim: int | None = None):
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, out_dim: int | None = None,
+                 norm: str = "none"):
+        """norm: "none" (DINO's MLP) or "batch" (BatchNorm after each hidden Linear, as in the
+        projectors of BYOL and MoCo v3, Linear-BN-ReLU; GELU kept); see the module docstring."""
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim),
-        )
+        if norm not in ("none", "batch"):
+            raise ValueError(f"head norm must be 'none' or 'batch', got {norm!r}")
+        self.norm = norm
+
+        def hidden(d_in: int) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Linear(d_in, hidden_dim)]
+            if norm == "batch":
+                layers.append(_TokenBatchNorm(hidden_dim))
+            return layers + [nn.GELU()]
+
+        self.mlp = nn.Sequential(*hidden(in_dim), *hidden(hidden_dim), nn.Linear(hidden_dim, bottleneck_dim))
         self.last = nn.Linear(bottleneck_dim, out_dim, bias=False) if out_dim else None
         self.out_dim = out_dim or bottleneck_dim
         for m in self.modules():
@@ -42,6 +53,20 @@ class ProjectionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.normalize(self.mlp(x), dim=-1)
         return self.last(z) if self.last is not None else z
+
+
+class _TokenBatchNorm(nn.Module):
+    """BatchNorm over every leading position of (..., C) (samples and tokens together), always with
+    the statistics of the current batch (no running statistics): ψ, the EMA copy of φ, sees target
+    encoder features whose statistics differ from the decoder features φ sees, so it normalises with
+    its own batch, as BYOL's target network does."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
 class Predictor(nn.Module):

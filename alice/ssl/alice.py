@@ -207,8 +207,11 @@ class AliceModel(SSLMethod):
             self.encoder.num_patches, self.encoder.patch_voxels, feat_dim=d,
             insert_mask_tokens=not self.encoder.keeps_all_tokens,
         )
-        hd = {"hidden_dim": 2048, "bottleneck_dim": 256, **(head or {})}
-        self.phi = ProjectionHead(d, int(hd["hidden_dim"]), int(hd["bottleneck_dim"]))
+        hd = {"hidden_dim": 2048, "bottleneck_dim": 256, "norm": "batch", **(head or {})}
+        unknown = sorted(set(hd) - {"hidden_dim", "bottleneck_dim", "norm"})
+        if unknown:
+            raise ValueError(f"unknown head settings {unknown}; known: hidden_dim, bottleneck_dim, norm")
+        self.phi = ProjectionHead(d, int(hd["hidden_dim"]), int(hd["bottleneck_dim"]), norm=str(hd["norm"]))
         # CASA's keys and values are φ(H) (student) and ψ(Y) (teacher): kv width = the heads' output
         self.casa = CASA(d, int(casa_dim), kv_dim=self.phi.out_dim)
         self.target_encoder = copy.deepcopy(self.encoder)

@@ -2,7 +2,9 @@ import math
 
 import torch
 
-from alice.models import CASA, MaskedDecoder, ProjectionHead, ViTEncoder
+import pytest
+
+from alice.models import CASA, MaskedDecoder, Predictor, ProjectionHead, Prototypes, ViTEncoder
 
 
 def test_decoder_shapes_and_unshuffle():
@@ -37,6 +39,45 @@ def test_projection_head():
     linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 3
     assert ProjectionHead(24, 32, 16, out_dim=10)(torch.randn(3, 24)).shape == (3, 10)
+    with pytest.raises(ValueError):
+        ProjectionHead(24, 32, 16, norm="layer")
+
+
+def test_projection_head_batch_norm_uses_the_batch_statistics_over_samples_and_tokens():
+    torch.manual_seed(0)
+    head = ProjectionHead(24, 32, 16, norm="batch")
+    bns = [m for m in head.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(bns) == 2 and all(not bn.track_running_stats for bn in bns)
+    x = torch.randn(3, 5, 24)
+    hidden = head.mlp[1](head.mlp[0](x))  # Linear then BN over the 15 (sample, token) rows
+    torch.testing.assert_close(hidden.reshape(-1, 32).mean(0), torch.zeros(32), atol=1e-5, rtol=0)
+    head.eval()  # eval mode too: the batch's own statistics (ψ, the EMA copy, runs in eval mode)
+    torch.testing.assert_close(head(x), head.train()(x))
+    # a shift common to the whole batch is removed by the normalisation
+    torch.testing.assert_close(head(x + 5.0 * torch.randn(24)), head(x), atol=1e-4, rtol=1e-4)
+
+
+def test_predictor_byol_structure_and_any_leading_shape():
+    torch.manual_seed(0)
+    pred = Predictor(16, 40)
+    assert [type(m) for m in pred.children()] == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.Linear]
+    assert pred.fc1.in_features == 16 and pred.fc1.out_features == 40 and pred.fc2.out_features == 16
+    x = torch.randn(4, 6, 16)
+    y = pred(x)
+    assert y.shape == (4, 6, 16)
+    torch.testing.assert_close(y[1], pred(x.reshape(-1, 16)).reshape(4, 6, 16)[1])
+    ref = pred.fc2(torch.relu(torch.nn.functional.batch_norm(
+        pred.fc1(x.reshape(-1, 16)), None, None, pred.bn.weight, pred.bn.bias, training=True)))
+    torch.testing.assert_close(y, ref.reshape(4, 6, 16))
+    assert pred(torch.randn(1, 16)).shape == (1, 16)  # one row in training: running statistics
+
+
+def test_prototypes_are_cosines_to_unit_prototypes():
+    protos = Prototypes(8, 5)
+    x = torch.randn(3, 8)
+    logits = protos(x)
+    assert logits.shape == (3, 5) and logits.abs().max() <= 1.0 + 1e-6
+    torch.testing.assert_close(protos(3.0 * x), logits)
 
 
 def test_casa_matches_eqs_3_4():
