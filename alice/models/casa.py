@@ -1,14 +1,14 @@
 """Conditional Anatomical Semantic Alignment (CASA), eqs. 3–4 of the paper (§3.3).
 
     q  = LN_q(V)  W_q          (B, Nq, C)      V: online-encoder tokens of the masked view (query)
-    k  = LN_kv(H) W_k          (B, Nk, C)      H: online-decoder output (student) or
-    ν  = LN_kv(H) W_ν          (B, Nk, C)         target-encoder output Y (teacher)
+    k  = LN_kv(H) W_k          (B, Nk, C)      H = φ(online-decoder output) (student) or
+    ν  = LN_kv(H) W_ν          (B, Nk, C)         Y = ψ(target-encoder output) (teacher), §3.2
     ATT = softmax(q kᵀ / √C)   (B, Nq, Nk)     eq. 3
     out = ζ(ATT ν)             (B, Nq, C)      eq. 4, ζ a linear projection
 
-C = `proj_dim`. One CASA module is used for both the student (kv = H) and teacher (kv = Y) embeddings,
-as the paper's Fig. 3 describes one query projection shared by both and "key and value projection for
-both H and Y". Single-head attention, as written in eq. 3 (the authors' released code uses an 8-head
+C = `proj_dim`; `kv_dim` = the width of H and Y (in Alice the heads' output width). One CASA module
+is used for both the student (kv = H) and teacher (kv = Y) embeddings, as the paper's Fig. 3
+describes one query projection shared by both and "key and value projection for both H and Y". Single-head attention, as written in eq. 3 (the authors' released code uses an 8-head
 post-LN transformer layer; the harness implements the paper).
 """
 

@@ -70,10 +70,10 @@ class _TokenBatchNorm(nn.Module):
 
 
 class Predictor(nn.Module):
-    """The online-branch predictor q of BYOL (Grill et al. 2020, §3.1 and §3.3: "the predictor q_θ
-    ... is a MLP with the same architecture as the projector", Linear–BN–ReLU–Linear) and MoCo v3
-    (Chen et al. 2021, §3: "a prediction MLP head"), here Linear(dim, hidden)–BN–ReLU–Linear(hidden,
-    dim): it maps the student embedding to a prediction of the (stop-gradient) teacher embedding.
+    """The online-branch predictor q of BYOL (Grill et al. 2020, §3.3: the predictor has the
+    projector's architecture, Linear(4096)–BN–ReLU–Linear(256)) and MoCo v3 (Chen et al. 2021, §3:
+    a prediction MLP head on the online side), here Linear(dim, hidden)–BN–ReLU–Linear(hidden, dim):
+    it maps the student embedding to a prediction of the (stop-gradient) teacher embedding.
 
     Works on any leading shape (..., dim); batch norm pools the statistics over every leading
     position (samples and tokens). In training mode with a single row (batch of one pooled vector)

@@ -1,19 +1,32 @@
 """The Alice objective (paper §3, eqs. 1–5) as one `nn.Module`.
 
 Views (built inside `forward` from a batch {"Q": (B,1,X,Y,Z), "K": (B,1,X,Y,Z)}):
-  u, r = random masking of Q, K (`mask_ratio`)       -> online encoder E_s      -> V_u^Q, V_r^K
-                                                      -> online decoder          -> Q̄, K̄ (voxels), H_u^Q, H_r^K
+  u, r = MAE augmentation (random resized crop + flip), then random masking of Q, K (`mask_ratio`)
+                                                      -> online encoder E_s      -> V_u^Q, V_r^K
+                                                      -> online decoder          -> Q̄, K̄ (voxels), decoder features
+                                                      -> φ per token             -> H_u^Q, H_r^K
   w, v = strong augmentation of Q, K (intact unless `target_mask_ratio` > 0)
-                                                      -> target encoder E_t (EMA) -> Y_w^Q, Y_v^K
+                                                      -> target encoder E_t (EMA) -> ψ per token -> Y_w^Q, Y_v^K
 
 Losses
-  ℓ_r  (eq. 1) MSE between Q̄ and per-patch-normalised voxels of Q (MAE norm_pix), on MASKED patches
-       only (sum over masked patches / number of masked patches), plus the same for K.
-  ℓ_dv (eq. 2) ℓ_s([cls]_u^Q, [cls]_v^K) + ℓ_s([cls]_r^K, [cls]_w^Q): φ applied token-wise to the
-       decoder features H, ψ token-wise to the target features Y, then global average pooling over
-       tokens (the paper's order: heads, then GAP); inter-volume pairs as in the paper.
+  ℓ_r  (eq. 1) MSE between Q̄ and per-patch-normalised voxels of the augmented Q the encoder saw (MAE
+       norm_pix), on MASKED patches only (sum over masked patches / number of masked patches), plus
+       the same for K.
+  ℓ_dv (eq. 2) ℓ_s([cls]_u^Q, [cls]_v^K) + ℓ_s([cls]_r^K, [cls]_w^Q), [cls] = global average pooling
+       of H or Y over tokens (§3.2: heads, then GAP); inter-volume pairs as in the paper.
   ℓ_st (eq. 5) ℓ_s(S_u^Q, T_w^Q) + ℓ_s(S_r^K, T_v^K), S_u^Q = CASA(V_u^Q, H_u^Q),
-       T_w^Q = CASA(V_u^Q, Y_w^Q) (eqs. 3–4), compared per query token and averaged.
+       T_w^Q = CASA(V_u^Q, Y_w^Q) (eqs. 3–4: query V, keys and values H = φ(·) resp. Y = ψ(·), as
+       §3.2 defines H and Y and Fig. 3 projects them), compared per query token and averaged.
+  ℓ_s(student, teacher) (`contrastive_loss`):
+    cosine   (default; §3.2 "a general cosine similarity loss [10, 16]") BYOL's 2 − 2·cos(q(student),
+             teacher), q the predictor (below);
+    infonce  (Table 7) InfoNCE on token-averaged, l2-normalised q(student) and teacher with the other
+             samples of the batch (other body parts / volumes) as negatives, temperature `temperature`;
+    dino     the authors' released code: DINO's cross-entropy (Caron et al. 2021) between prototype
+             logits, the teacher's centred (EMA centre, momentum `dino.center_momentum`) and
+             sharpened (`dino.teacher_temperature`), the student's at `dino.student_temperature`;
+             prototypes: a weight-normalised layer per term (ℓ_dv: on φ's [cls], its teacher copy the
+             EMA of the student's; ℓ_st: on CASA's output, shared by S and T like CASA); no predictor.
   loss = Σ weight_i · ℓ_i over the enabled objectives.
 
 Encoders (alice.models.masked): the online encoder is a masked encoder — tokens (B, N_t, D), mask
@@ -27,24 +40,41 @@ Encoders (alice.models.masked): the online encoder is a masked encoder — token
             `target_mask_ratio` > 0) and is not part of `encoder_state_dict()`.
   (why SimMIM for the hierarchical encoders: alice.models.masked.)
 
-Decisions (the paper leaves them open):
-- ℓ_s "cosine similarity loss [10, 16]": BYOL's form 2 − 2·cos (≥ 0, 0 at alignment). With
-  `contrastive_loss="infonce"` it is InfoNCE on token-averaged, l2-normalised embeddings with the
-  other samples of the batch (other body parts / volumes) as negatives, temperature `temperature`.
+Decisions (the paper leaves them open; values marked (unverified) in config/paper.yaml):
+- Predictor (`predictor`, default on): §4.2 "We keep the same projection head structure as used in
+  [11, 16]" — MoCo v3 and BYOL, both of which put a predictor MLP on the online branch only (BYOL
+  §3.1, Linear–BN–ReLU–Linear, `alice.models.heads.Predictor`, hidden width
+  `predictor_hidden_dim`). Two predictors, as the two terms' widths differ: one on the pooled [cls]
+  of ℓ_dv (width of φ's bottleneck; also the "w/o CASA" ℓ_st below), one per token on CASA's S of ℓ_st
+  (width `casa_dim`). The predictor has no EMA copy. Run id `alice__predictor-false` drops it (ℓ_s
+  then compares the projections themselves). With `contrastive_loss="dino"` no predictor is built
+  (DINO's centring and sharpening play its part), so `predictor` has no effect there.
+- φ, ψ (`head`): §3.2 "3-layer MLPs with l2-normalized bottleneck following DINO"; with
+  `head.norm="batch"` (default) each hidden Linear is followed by BatchNorm as in the projectors of
+  MoCo v3 and BYOL (§4.2's "[11, 16]"), with the statistics of the current batch in both φ and ψ
+  (ψ sees target-encoder features, whose statistics differ from φ's decoder features). At the demo
+  scale, without it every encoder collapses even with the predictor (README, "Pretraining").
+- The collapse monitors are measured on φ's [cls] and on CASA's S, before the predictor (SimSiam
+  measures the projector output z).
 - Stop-gradient: the target encoder and ψ run under `torch.no_grad()` (their parameters are
   `requires_grad=False`, updated only by `update_target`). The teacher embedding T = CASA(V, Y) is
   computed under `torch.no_grad()` as a whole, i.e. the whole teacher side is stop-gradient (as in
   BYOL/SimSiam): CASA's weights and the query V receive gradient only through the student S. (The
   alternative, stop-gradient on Y only, would let CASA move T towards S through W_q, W_k, W_ν, ζ.)
-- Widths: the decoder maps its features to the encoder width (`MaskedDecoder(feat_dim=embed_dim)`),
-  so H and Y have the same width; φ and ψ share one architecture and ψ is the EMA of φ (like the
-  target encoder is the EMA of the online encoder); one CASA(embed_dim, casa_dim) serves both the
-  student (kv = H) and the teacher (kv = Y), as in Fig. 3.
-- `casa=False` (ablation "w/o CASA"): ℓ_st = ℓ_s(avg φ(H_u^Q), avg ψ(Y_w^Q)) + ℓ_s(avg φ(H_r^K),
-  avg ψ(Y_v^K)) — the masked view's decoder features directly against the intact view's target
-  features (SIM-style); token-averaged because w, v move voxels so tokens do not correspond.
+- Widths: the decoder maps its features to the encoder width (`MaskedDecoder(feat_dim=embed_dim)`);
+  φ and ψ share one architecture and ψ is the EMA of φ (like the target encoder is the EMA of the
+  online encoder); one CASA(embed_dim, casa_dim, kv_dim = φ's output width) serves both the student
+  (kv = H) and the teacher (kv = Y), as in Fig. 3.
+- EMA: base momentum `momentum` 0.996 increased to 1 by a cosine (`momentum_schedule`), BYOL's
+  schedule (unverified: the paper states neither).
+- `casa=False` (ablation "w/o CASA"): ℓ_st = ℓ_s(avg H_u^Q, avg Y_w^Q) + ℓ_s(avg H_r^K, avg Y_v^K) —
+  the masked view's decoder features directly against the intact view's target features
+  (SIM-style); token-averaged because w, v move voxels so tokens do not correspond.
 - `inter_volume=False`: ℓ_dv is dropped; the caller supplies a second crop of the same volume as K.
-- The online views u, r get masking only (the crops Q, K are chosen by the caller's sampler).
+- Online views (`online_augment`): §4.2 "augmentations and masking following MAE" — MAE's random
+  resized crop and flip, extended to 3-D (alice.ssl.augment.mae_augment; the 3-D form and its
+  values are ours), drawn from the step's generator before masking; ℓ_r reconstructs that view.
+  `online_augment: {enabled: false}` gives the online encoder the crops Q, K as they are.
 """
 
 from __future__ import annotations
