@@ -1,7 +1,8 @@
 """Collapse of Alice's contrastive embeddings per loss variant, at the scale of a config.
 
     python benchmarks/collapse.py [--config config/config.yaml] [--encoders vit nnformer]
-        [--variants alice alice__predictor-false alice__contrastive_loss-dino]
+        [--variants alice alice__predictor-false alice__head_norm-none
+                    alice__contrastive_loss-dino__head_norm-none]
         [--data results/data/flare22_pool] [--matcher bbox] [--out /tmp/alice-collapse]
         [--figure results/figures/collapse.png] [--threads 1] [--steps N]
 
@@ -26,8 +27,9 @@ from pathlib import Path
 import yaml
 
 MONITORS = ("dv_spread", "st_spread")
-LABELS = {"alice": "predictor (default)", "alice__predictor-false": "no predictor",
-          "alice__contrastive_loss-dino": "DINO-style (released code)"}
+LABELS = {"alice": "predictor + BN heads (default)", "alice__predictor-false": "no predictor",
+          "alice__head_norm-none": "predictor, heads without BN",
+          "alice__contrastive_loss-dino__head_norm-none": "DINO-style (released code)"}
 
 
 def read_log(path: Path) -> dict[str, list[float]]:

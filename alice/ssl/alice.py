@@ -50,10 +50,12 @@ Decisions (the paper leaves them open; values marked (unverified) in config/pape
   then compares the projections themselves). With `contrastive_loss="dino"` no predictor is built
   (DINO's centring and sharpening play its part), so `predictor` has no effect there.
 - φ, ψ (`head`): §3.2 "3-layer MLPs with l2-normalized bottleneck following DINO"; with
-  `head.norm="batch"` (default) each hidden Linear is followed by BatchNorm as in the projectors of
+  `head_norm="batch"` (default) each hidden Linear is followed by BatchNorm as in the projectors of
   MoCo v3 and BYOL (§4.2's "[11, 16]"), with the statistics of the current batch in both φ and ψ
   (ψ sees target-encoder features, whose statistics differ from φ's decoder features). At the demo
-  scale, without it every encoder collapses even with the predictor (README, "Pretraining").
+  scale, without it the embeddings collapse even with the predictor (README, "Pretraining").
+  `head_norm="none"` (run id `alice__head_norm-none`) is DINO's head without BatchNorm; the
+  authors' released code is `alice__contrastive_loss-dino__head_norm-none`.
 - The collapse monitors are measured on φ's [cls] and on CASA's S, before the predictor (SimSiam
   measures the projector output z).
 - Stop-gradient: the target encoder and ψ run under `torch.no_grad()` (their parameters are
@@ -180,6 +182,7 @@ class AliceModel(SSLMethod):
         casa: bool = True,
         contrastive_loss: str = "cosine",
         predictor: bool = True,
+        head_norm: str = "batch",
         predictor_hidden_dim: int = 4096,
         objectives: Iterable[str] = OBJECTIVES,
         loss_weights: Mapping[str, float] | None = None,
@@ -237,11 +240,11 @@ class AliceModel(SSLMethod):
             self.encoder.num_patches, self.encoder.patch_voxels, feat_dim=d,
             insert_mask_tokens=not self.encoder.keeps_all_tokens,
         )
-        hd = {"hidden_dim": 2048, "bottleneck_dim": 256, "norm": "batch", **(head or {})}
-        unknown = sorted(set(hd) - {"hidden_dim", "bottleneck_dim", "norm"})
+        hd = {"hidden_dim": 2048, "bottleneck_dim": 256, **(head or {})}
+        unknown = sorted(set(hd) - {"hidden_dim", "bottleneck_dim"})
         if unknown:
-            raise ValueError(f"unknown head settings {unknown}; known: hidden_dim, bottleneck_dim, norm")
-        self.phi = ProjectionHead(d, int(hd["hidden_dim"]), int(hd["bottleneck_dim"]), norm=str(hd["norm"]))
+            raise ValueError(f"unknown head settings {unknown}; known: hidden_dim, bottleneck_dim")
+        self.phi = ProjectionHead(d, int(hd["hidden_dim"]), int(hd["bottleneck_dim"]), norm=head_norm)
         # CASA's keys and values are φ(H) (student) and ψ(Y) (teacher): kv width = the heads' output
         self.casa = CASA(d, int(casa_dim), kv_dim=self.phi.out_dim)
         self.target_encoder = copy.deepcopy(self.encoder)
@@ -406,7 +409,7 @@ class AliceModel(SSLMethod):
 
 _KWARGS = (
     "decoder", "head", "casa_dim", "mask_ratio", "target_mask_ratio", "momentum", "momentum_schedule",
-    "inter_volume", "casa", "contrastive_loss", "predictor", "predictor_hidden_dim", "objectives",
+    "inter_volume", "casa", "contrastive_loss", "predictor", "predictor_hidden_dim", "head_norm", "objectives",
     "loss_weights", "temperature", "dino", "augment", "online_augment",
 )
 

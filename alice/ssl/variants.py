@@ -8,7 +8,9 @@ with {"casa": False}. Each distinct variant is one pretraining run, named by its
     alice__inter_volume-false           Table 5, views from the same volume, no ℓdv
     alice__contrastive_loss-infonce     Table 7
     alice__predictor-false              no predictor on the online side of ℓ_dv, ℓ_st
-    alice__contrastive_loss-dino        the authors' released code: DINO-style prototypes, centring
+    alice__head_norm-none               φ, ψ without BatchNorm in their hidden layers (DINO's head)
+    alice__contrastive_loss-dino__head_norm-none
+                                        the authors' released code: DINO's heads, prototypes, centring
                                         and sharpening, cross-entropy (no predictor)
     alice__target_mask_ratio-0.25       Table 10
     alice__objectives-mim-dv            Table 11 (objectives in canonical order)
@@ -36,6 +38,7 @@ SWITCHES: dict[str, dict[str, Any]] = {
         "casa": True,
         "contrastive_loss": "cosine",
         "predictor": True,
+        "head_norm": "batch",
         "target_mask_ratio": 0.0,
         "objectives": ["mim", "dv", "st"],
     },

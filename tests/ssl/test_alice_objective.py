@@ -136,6 +136,7 @@ def test_ema_update_formula():
         ({"contrastive_loss": "infonce"}, {"l_r", "l_dv", "l_st"}),
         ({"contrastive_loss": "dino"}, {"l_r", "l_dv", "l_st"}),
         ({"predictor": False}, {"l_r", "l_dv", "l_st"}),
+        ({"head_norm": "none"}, {"l_r", "l_dv", "l_st"}),
         ({"casa": False, "contrastive_loss": "dino"}, {"l_r", "l_dv", "l_st"}),
         ({"online_augment": {"enabled": False}}, {"l_r", "l_dv", "l_st"}),
         ({"target_mask_ratio": 0.5}, {"l_r", "l_dv", "l_st"}),
@@ -244,6 +245,13 @@ class Spy:
         out = self.orig(*args, **kw)
         self.calls.append((args, out))
         return out
+
+
+def test_head_norm_switch():
+    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in make().phi.modules()) == 2
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in make(head_norm="none").psi.modules())
+    with pytest.raises(ValueError):
+        make(head_norm="layer")
 
 
 def test_casa_keys_and_values_are_phi_and_psi_outputs():

@@ -28,6 +28,8 @@ def test_switch_defaults_equal_the_constructor_defaults():
     ({"contrastive_loss": "dino"}, "alice__contrastive_loss-dino"),
     ({"predictor": False}, "alice__predictor-false"),
     ({"predictor": True}, "alice"),
+    ({"head_norm": "none"}, "alice__head_norm-none"),
+    ({"head_norm": "none", "contrastive_loss": "dino"}, "alice__contrastive_loss-dino__head_norm-none"),
     ({"target_mask_ratio": 0.25}, "alice__target_mask_ratio-0.25"),
     ({"objectives": ["dv", "mim"]}, "alice__objectives-mim-dv"),
     ({"objectives": ["dv"]}, "alice__objectives-dv"),
