@@ -3,7 +3,7 @@
 One panel per metric; per method, each subset seed's value (the mean over test cases of the case
 means, faint dots) and their mean ± standard deviation over seeds (line and error bars). Above
 each labeled count: the two-sided Wilcoxon p of each method against Rand. init.
-(`alice.tables.effect.tests_frame`). The title states the scale; at demo scale it says the numbers
+(`alice.tables.effect.paired_tests`). The title states the scale; at demo scale it says the numbers
 are not comparable with the paper.
 """
 
@@ -52,12 +52,15 @@ def draw_effect(means: pd.DataFrame, tests: pd.DataFrame, out_png: Path, scale: 
         top = np.nanmax(per_seed[metric].to_numpy()) if len(per_seed) else 1.0
         at = tests[tests["metric"] == metric] if len(tests) else tests
         for n in labeled:
-            lines = [f"p={row.p_value:.3g}" if pd.notna(row.p_value) else "no test"
+            named = len(methods) > 2  # several methods against Rand. init.: say which p is whose
+            lines = [(f"{label(row.method)} " if named else "")
+                     + (f"p={row.p_value:.3g}" if pd.notna(row.p_value) else "no test")
                      for row in at[at["labeled"] == n].itertuples()]
             if lines:
                 ax.annotate("\n".join(lines), (n, top), xytext=(0, 8), textcoords="offset points",
                             ha="center", va="bottom", fontsize=8)
         ax.set_xscale("log", base=2)
+        ax.set_xlim(labeled[0] / 1.5, labeled[-1] * 1.5)
         ax.set_xticks(labeled, [str(n) for n in labeled])
         ax.minorticks_off()
         ax.set_xlabel("labeled training cases")

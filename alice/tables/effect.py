@@ -130,7 +130,7 @@ def direction(name: str, mean_difference: float | None, p_value: float | None) -
     return f"{label(name)} {word} than {label(REFERENCE)} ({verdict}, two-sided)"
 
 
-def tests_frame(means: pd.DataFrame) -> pd.DataFrame:
+def paired_tests(means: pd.DataFrame) -> pd.DataFrame:
     """Each method against Rand. init., per labeled count and metric, paired over (seed, case)."""
     if REFERENCE not in set(means["method"]):
         raise ConfigError("pretraining_effect.methods", f"needs '{REFERENCE}', the reference of the tests")
@@ -142,9 +142,10 @@ def tests_frame(means: pd.DataFrame) -> pd.DataFrame:
         for name in sorted(set(at["method"]) - {REFERENCE}):
             run = at[at["method"] == name].set_index(["seed", "case"])
             for metric in METRICS:
-                paired = run[[metric]].join(ref[[metric]], how="inner", lsuffix="_a", rsuffix="_b")
+                paired = run[[metric]].rename(columns={metric: "a"}).join(
+                    ref[[metric]].rename(columns={metric: "b"}), how="inner")
                 joined = paired.dropna()
-                a, b = joined[f"{metric}_a"].to_numpy(), joined[f"{metric}_b"].to_numpy()
+                a, b = joined["a"].to_numpy(), joined["b"].to_numpy()
                 result = paired_test(list(a), list(b))
                 notes = [result.pop("note")] if result.get("note") else []
                 unpaired = len(set(run.index) ^ set(ref.index))
@@ -176,7 +177,7 @@ def write_effect(metrics: list[Path], out_csv: Path, out_tests: Path, out_png: P
     from alice.figures.effect import draw_effect
 
     cases, means = read_runs(metrics, scale)
-    tests = tests_frame(means)
+    tests = paired_tests(means)
     with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tests, suffix=".csv") as tmp_tests:
         cases.to_csv(tmp_csv, index=False)
         tests.to_csv(tmp_tests, index=False)
