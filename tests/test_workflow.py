@@ -25,7 +25,7 @@ def test_dry_run_lists_the_data_stage(tmp_path):
                        str(REPO_ROOT / "config" / "config.yaml"))
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
-    for rule in ("phantom", "prepare", "folds", "phantom_figure"):
+    for rule in ("phantom", "prepare", "folds", "phantom_figure", "pretraining_effect"):
         assert rule in out
 
 
@@ -168,6 +168,29 @@ def test_classification_tables_dry_run_one_job_per_split(tmp_path):
                   if len(line.split()) == 2 and line.split()[1].isdigit())
     assert counts["finetune_classifier"] == "30"  # (rand_init resnet3d, rand_init vit, alice vit) x 10
     assert counts["table"] == "2"
+
+
+def test_pretraining_effect_dry_run_one_job_per_method_count_and_seed(tmp_path):
+    """2 methods x 3 labeled counts x 3 seeds low-label jobs, one aggregation; Alice's runs read
+    its ViT checkpoint, Rand. init.'s none; every run matches fold 0's step count."""
+    result = snakemake("-n", "-p", "results/pretraining_effect.csv", "--directory", str(tmp_path),
+                       "--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile",
+                       str(REPO_ROOT / "config" / "config.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    commands = [line.split("Shell command: ")[-1] for line in out.splitlines() if "alice finetune" in line]
+    runs = {(c.split("--method ")[1].split()[0], c.split("--labeled ")[1].split()[0],
+             c.split("--subset-seed ")[1].split()[0]) for c in commands}
+    assert len(commands) == 18 and runs == {(m, n, s) for m in ("rand_init", "alice")
+                                            for n in ("1", "2", "4") for s in ("0", "1", "2")}
+    for c in commands:
+        assert "--fold 0 " in c and "--evaluate" in c
+        init = "results/pretrain/alice/vit/checkpoint.pt" if "--method alice" in c else "scratch"
+        assert f"--init {init} " in c
+    assert "results/pretraining_effect/unetr/alice/labeled4/seed2/metrics.json" in out
+    aggregate = [line for line in out.splitlines() if "alice effect" in line]
+    assert len(aggregate) == 1 and aggregate[0].count("--metrics ") == 18
+    assert "--scale demo" in aggregate[0]
 
 
 @pytest.mark.slow

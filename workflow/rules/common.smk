@@ -143,3 +143,23 @@ def pretrain_inputs(wildcards):
         inputs["embeddings"] = [f"results/anatomy/embeddings/{case}.npz"
                                 for case in pool_cases("train")]
     return inputs
+
+
+# The low-label experiment (effect.smk)
+EFFECT = config["pretraining_effect"]
+
+
+def effect_runs():
+    """The metrics files of every low-label run of the config."""
+    return expand("results/pretraining_effect/{backbone}/{method}/labeled{labeled}/seed{seed}/metrics.json",
+                  backbone=EFFECT["backbone"], method=EFFECT["methods"], labeled=EFFECT["labeled"],
+                  seed=range(EFFECT["seeds"]))
+
+
+def effect_inputs(wildcards):
+    """The FLARE22 splits (the subsets are drawn from them), and the method's checkpoint."""
+    init = finetune_init(wildcards)
+    inputs = {"folds": "results/data/flare22/folds.json"}
+    if init != "scratch":
+        inputs["init"] = init
+    return inputs

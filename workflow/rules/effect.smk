@@ -3,32 +3,14 @@
 # scored on the offline test cases, then aggregated with paired tests and a figure (alice effect).
 # One job per (method, labeled, seed): training + evaluation in one process.
 
-EFFECT = config["pretraining_effect"]
-EFFECT_DIR = "results/pretraining_effect/{backbone}/{method}/labeled{labeled}/seed{seed}"
-
-
-def effect_runs():
-    """The metrics files of every low-label run of the config."""
-    return expand(EFFECT_DIR + "/metrics.json", backbone=EFFECT["backbone"],
-                  method=EFFECT["methods"], labeled=EFFECT["labeled"],
-                  seed=range(EFFECT["seeds"]))
-
-
-def effect_inputs(wildcards):
-    init = finetune_init(wildcards)
-    inputs = {"folds": "results/data/flare22/folds.json"}
-    if init != "scratch":
-        inputs["init"] = init
-    return inputs
-
 
 rule finetune_low_label:
     input:
         unpack(effect_inputs),
     output:
-        model=EFFECT_DIR + "/model.pt",
-        log=EFFECT_DIR + "/log.csv",
-        metrics=EFFECT_DIR + "/metrics.json",
+        model="results/pretraining_effect/{backbone}/{method}/labeled{labeled}/seed{seed}/model.pt",
+        log="results/pretraining_effect/{backbone}/{method}/labeled{labeled}/seed{seed}/log.csv",
+        metrics="results/pretraining_effect/{backbone}/{method}/labeled{labeled}/seed{seed}/metrics.json",
     wildcard_constraints:
         backbone="unetr|swin_unetr|nnformer",
         method=r"[a-z0-9_]+",
@@ -37,7 +19,7 @@ rule finetune_low_label:
     params:
         settings=lambda w: as_json(cfg.finetune_settings(config, w.backbone)),
         init=finetune_init,
-        out=lambda w: EFFECT_DIR.format(**dict(w.items())),
+        out=lambda w, output: str(Path(output.model).parent),
         fold=EFFECT["steps_of_fold"],
     threads: config.get("finetune", {}).get("threads", 1)
     conda:
