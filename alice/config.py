@@ -69,6 +69,9 @@ def _config_error(error) -> ConfigError:
         missing = re.search(r"'([^']+)' is a required property", error.message)
         if missing:
             return ConfigError(_dotted(where + [missing.group(1)]), "missing required key")
+    if error.validator == "contains" and "const" in error.validator_value:
+        return ConfigError(_dotted(where), f"must include {error.validator_value['const']!r}, "
+                                           f"got {error.instance!r}")
     return ConfigError(_dotted(where), error.message)
 
 

@@ -60,6 +60,10 @@ def test_paper_settings(tmp_path):
         (lambda c: c["finetune"]["unetr"]["optim"].update(optimizer="adam"),
          "finetune.unetr.optim.optimizer",
          "not one of"),
+        (lambda c: c["pretraining_effect"].update(methods=["alice", "mae"]),
+         "pretraining_effect.methods", "must include 'rand_init'"),
+        (lambda c: c["pretraining_effect"].update(labeled=[0, 2]), "pretraining_effect.labeled.0",
+         "less than the minimum"),
     ],
 )
 def test_bad_config_names_the_key(demo, edit, key, words):
