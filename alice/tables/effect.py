@@ -8,7 +8,8 @@
   nsd, plus the scale, dataset, backbone, the training cases of the subset, the optimizer steps
   (and the fold step count they match) and the test split.
 - `results/pretraining_effect_tests.csv`: per labeled count, metric (dsc, nsd) and method other
-  than the reference (Rand. init.), a paired comparison of that method against the reference.
+  than the reference (Rand. init.), a paired comparison of that method against the reference,
+  with the scale and the runs' optimizer steps.
   A pair is one (subset seed, test case): the case's mean over organs (`case_mean` of
   metrics.json) after training on the same subset. The test is `alice.tables.summary.paired_test`
   (Wilcoxon signed-rank, two-sided, exact for up to 50 pairs without tied |differences|) plus the
@@ -38,7 +39,7 @@ LABELS = {"rand_init": "Rand. init.", "alice": "Alice"}
 METRICS = ("dsc", "nsd")
 CASE_COLUMNS = ["scale", "dataset", "backbone", "method", "labeled", "seed", "case", "organ",
                 "dsc", "nsd", "train_cases", "steps", "reference_steps", "steps_of_fold", "split"]
-TEST_COLUMNS = ["scale", "dataset", "backbone", "labeled", "metric", "method", "reference",
+TEST_COLUMNS = ["scale", "dataset", "backbone", "labeled", "steps", "metric", "method", "reference",
                 "n_seeds", "n_pairs", "n_nonzero", "mean_method", "mean_reference",
                 "mean_difference", "test", "statistic", "p_value", "p_one_sided_higher",
                 "min_attainable_p", "p_ttest", "direction", "note"]
@@ -90,7 +91,7 @@ def read_runs(paths: Iterable[Path], scale: str) -> tuple[pd.DataFrame, pd.DataF
                                    "dsc": _value(scores.get("dsc")), "nsd": _value(scores.get("nsd")),
                                    **protocol})
             means = m["case_mean"].get(case) or {}
-            mean_rows.append({**common, "case": case,
+            mean_rows.append({**common, "case": case, "steps": sub.get("steps"),
                               **{k: _value(means.get(k)) for k in METRICS}})
     if not organ_rows:
         raise ConfigError("--metrics", "no low-label run given")
@@ -156,7 +157,9 @@ def paired_tests(means: pd.DataFrame) -> pd.DataFrame:
                     notes.append(f"{dropped} pair(s) with a NaN value left out")
                 out.append({
                     "scale": scale, "dataset": dataset, "backbone": backbone,
-                    "labeled": int(labeled), "metric": metric, "method": name,
+                    "labeled": int(labeled),
+                    "steps": ";".join(str(v) for v in sorted(set(at["steps"].dropna().astype(int)))),
+                    "metric": metric, "method": name,
                     "reference": REFERENCE,
                     "n_seeds": int(joined.index.get_level_values("seed").nunique()),
                     "n_pairs": result["n_pairs"], "n_nonzero": result["n_nonzero"],

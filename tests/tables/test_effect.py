@@ -73,6 +73,7 @@ def test_paired_tests_give_the_exact_wilcoxon_p(runs):
     tests = paired_tests(means).set_index(["labeled", "metric"])
     one = tests.loc[(1, "dsc")]
     assert one["n_pairs"] == 12 and one["n_seeds"] == 3 and one["method"] == "alice"
+    assert one["steps"] == "80" and one["scale"] == "demo"
     assert one["p_value"] == pytest.approx(2 / 4096, abs=1e-6)
     assert one["p_one_sided_higher"] == pytest.approx(1 / 4096, abs=1e-6)
     assert one["mean_difference"] == pytest.approx(0.065, abs=1e-4)  # mean of 0.01 .. 0.12
