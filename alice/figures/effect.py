@@ -49,7 +49,9 @@ def draw_effect(means: pd.DataFrame, tests: pd.DataFrame, out_png: Path, scale: 
             ax.errorbar([x * (1 + offset) for x in labeled], stats["mean"], yerr=stats["std"].fillna(0),
                         marker="o", capsize=3, color=colour,
                         label=f"{label(method)} (mean ± sd over seeds)")
-        top = np.nanmax(per_seed[metric].to_numpy()) if len(per_seed) else 1.0
+        spread = per_seed.groupby(["method", "labeled"])[metric].agg(["mean", "std"])
+        # above every seed's dot and every error bar
+        top = float(np.nanmax([per_seed[metric].max(), (spread["mean"] + spread["std"].fillna(0)).max()]))
         at = tests[tests["metric"] == metric] if len(tests) else tests
         for n in labeled:
             named = len(methods) > 2  # several methods against Rand. init.: say which p is whose

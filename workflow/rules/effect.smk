@@ -19,7 +19,7 @@ rule finetune_low_label:
     params:
         settings=lambda w: as_json(cfg.finetune_settings(config, w.backbone)),
         init=finetune_init,
-        out=lambda w, output: str(Path(output.model).parent),
+        out=lambda w: f"results/pretraining_effect/{w.backbone}/{w.method}/labeled{w.labeled}/seed{w.seed}",
         fold=EFFECT["steps_of_fold"],
     threads: config.get("finetune", {}).get("threads", 1)
     conda:
