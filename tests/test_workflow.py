@@ -196,3 +196,74 @@ def test_table9_from_an_empty_folder(tmp_path):
     table = (tmp_path / "results/table9.csv").read_text()
     assert "rand_init / resnet3d / folds 0,1" in table and "rand_init / vit / folds 0,1" in table
     assert "not reproduced yet" in table  # Alice is not run here
+
+
+def dry_run_jobs(tmp_path, config_path, *targets):
+    """(rule, wildcards, priority) of every job a dry run from an empty folder lists."""
+    import re
+
+    result = snakemake(*targets, "-n", "--directory", str(tmp_path), "--snakefile",
+                       str(REPO_ROOT / "Snakefile"), "--configfile", str(config_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = []
+    for line in result.stdout.splitlines():
+        line = line.strip()
+        match = re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line)
+        if match:
+            jobs.append([match.group(1), {}, 0])
+        elif jobs and line.startswith("wildcards:"):
+            jobs[-1][1] = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
+        elif jobs and line.startswith("priority:"):
+            jobs[-1][2] = float(line.split(":", 1)[1])
+    return [tuple(job) for job in jobs]
+
+
+def on_the_critical_path(rule, wildcards):
+    """The pool's data stage (its release's phantom, its prepare and folds), the matcher and
+    pretraining: what Alice's runs wait for."""
+    if rule == "phantom":
+        return wildcards.get("release") == "flare22"
+    if rule in ("prepare", "folds"):
+        return wildcards.get("dataset") == "flare22_pool"
+    return rule in ("anatomy_train", "anatomy_embed", "pretrain")
+
+
+def pool_folds_done(root):
+    """The pool's data stage as if it had run (three pool cases), so the DAG holds the jobs the
+    `folds` checkpoint gates: the matcher's training and one embedding job per pool case."""
+    import time
+
+    (root / "results/phantoms/flare22").mkdir(parents=True)
+    pool = root / "results/data/flare22_pool"
+    pool.mkdir(parents=True)
+    (pool / "manifest.json").write_text("{}")
+    time.sleep(0.05)
+    (pool / "folds.json").write_text('{"train": ["P1", "P2"], "val": ["P3"]}')
+
+
+@pytest.mark.parametrize("matcher, pool_done, chain", [
+    ("sam", False, {"phantom", "prepare", "folds", "pretrain"}),
+    ("bbox", False, {"phantom", "prepare", "folds", "pretrain"}),
+    ("sam", True, {"anatomy_train", "anatomy_embed", "pretrain"}),
+])
+def test_the_critical_path_outranks_every_other_job(tmp_path, matcher, pool_done, chain):
+    """Snakemake starts the ready job of highest priority first, and `priority` does not
+    propagate upstream: from an empty folder the default target's first ready jobs are the three
+    phantoms and the rows that read nothing yet, so the pool's phantom, prepare and folds must
+    outrank them as the matcher and pretraining do, or the chain starts behind them. (With the
+    learned matcher its jobs join the DAG once the pool's `folds` checkpoint has run: the third
+    case.)"""
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config["pretrain"]["pairs"]["matcher"] = matcher
+    path = tmp_path / f"{matcher}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    if pool_done:
+        pool_folds_done(tmp_path)
+    jobs = dry_run_jobs(tmp_path, path)
+    critical = [(rule, p) for rule, w, p in jobs if on_the_critical_path(rule, w)]
+    others = [(rule, w, p) for rule, w, p in jobs if not on_the_critical_path(rule, w)]
+    assert {rule for rule, _ in critical} == chain
+    assert {rule for rule, _, _ in others} >= {"table_row", "phantom", "prepare", "folds", "finetune"}
+    lowest = min(p for _, p in critical)
+    outranking = [(rule, w) for rule, w, p in others if p >= lowest]
+    assert lowest > 0 and not outranking, (lowest, outranking[:5])

@@ -12,9 +12,9 @@ rule anatomy_train:
         log="results/anatomy/model/log.csv",
     params:
         settings=lambda w: as_json(cfg.anatomy_settings(config)),
-    # the matcher -> embeddings -> pretraining chain is the DAG's critical path: run it before the
-    # Rand. init. folds, which need none of it and fill the other core meanwhile
-    priority: 50
+    # on the critical path (common.smk): before the Rand. init. folds, which need none of it and
+    # fill the other core meanwhile
+    priority: CRITICAL_PRIORITY
     threads: config["anatomy"].get("threads", 1)
     conda:
         "../../environment.yml"
@@ -31,7 +31,7 @@ rule anatomy_embed:
         folds="results/data/flare22_pool/folds.json",
     output:
         "results/anatomy/embeddings/{case}.npz",
-    priority: 50
+    priority: CRITICAL_PRIORITY
     threads: 1
     conda:
         "../../environment.yml"

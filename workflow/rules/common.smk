@@ -18,6 +18,22 @@ except cfg.ConfigError as exc:
 DATASETS = list(cfg.DATASETS)
 RELEASES = sorted(set(cfg.RELEASE_OF.values()))
 
+# The DAG's critical path is the unlabeled pool's data stage -> the learned matcher -> the pool's
+# embeddings -> pretraining -> the pretrained runs' fine-tuning. Snakemake's `priority` does not
+# propagate upstream, so every rule of the chain carries it; the data-stage rules only for the
+# pool (and the release it is read from), so the labeled datasets and the Rand. init. folds that
+# need none of the chain fill the other cores meanwhile.
+CRITICAL_PRIORITY = 50
+POOL = "flare22_pool"
+
+
+def pool_priority(wildcards):
+    """CRITICAL_PRIORITY for the pool's data-stage jobs (`prepare`/`folds` of the pool, the
+    `phantom` of its release), 0 for the other datasets'."""
+    if wildcards.get("dataset") == POOL or wildcards.get("release") == cfg.RELEASE_OF[POOL]:
+        return CRITICAL_PRIORITY
+    return 0
+
 
 def as_json(obj):
     """A JSON string for a shell command (quote it with {params.x:q})."""
