@@ -71,7 +71,7 @@ def test_one_line_per_reproduced_cell(results):
     assert line["difference"] == pytest.approx(64.0 - 80.95)
     assert line["note"] == ""  # Table 1's UNETR columns are the paper's own backbone
     t6 = cells.set_index(["table", "row", "column"]).loc[("table6", "alice", "dsc_without")]
-    assert t6["run"] == "alice__casa-false" and t6["n_folds"] == 1
+    assert t6["run"] == "alice__objectives-mim-dv" and t6["n_folds"] == 1
     assert t6["note"] == "ran on unetr (paper: nnformer)"
     assert set(cells["kind"]) == {"value"}
 
