@@ -259,9 +259,10 @@ def cell_sources(spec: dict, row: dict, settings: dict) -> dict[str, list[str]]:
 
 
 def table_settings(config: dict) -> dict:
-    """The part of the config the table stages depend on (passed to them as JSON): what to
-    reproduce, the folds per dataset (MosMed: its splits), MosMed's label fractions, and each
-    method's pretraining settings (an ablation variant equal to them is the plain run)."""
+    """The part of the config the table stages depend on (passed to them as JSON): the scale
+    (demo or paper, which every row file states), what to reproduce, the folds per dataset
+    (MosMed: its splits), MosMed's label fractions, and each method's pretraining settings (an
+    ablation variant equal to them is the plain run)."""
     from alice.config import plain_method_config
 
     methods = (config.get("pretrain") or {}).get("methods") or {}
@@ -270,6 +271,7 @@ def table_settings(config: dict) -> dict:
     folds = {name: section["folds"] for name, section in datasets.items() if "folds" in section}
     folds.update({name: section["repeats"] for name, section in datasets.items() if "repeats" in section})
     return {
+        "scale": config["scale"],
         "reproduce": config.get("reproduce", {"methods": [], "backbones": []}),
         "folds": folds,
         "label_fractions": {name: [float(f) for f in section["label_fractions"]]

@@ -13,6 +13,7 @@ from alice.cli import main
 from alice.errors import InputError
 from alice.tables import render, summary
 from alice.tables.spec import load_spec, table_settings
+from fakes import write_training_record
 
 CONFIG = cfg.load_config()
 SETTINGS = {**table_settings(CONFIG),
@@ -32,6 +33,7 @@ def write_fold(root, run, fold, fold_value, offsets):
     case_mean = {c: {"dsc": fold_value + o, "nsd": fold_value + o + 0.05} for c, o in zip(CASES, offsets)}
     path.write_text(json.dumps({"case_mean": case_mean, "mean": {"dsc": fold_value, "nsd": fold_value + 0.05},
                                 "settings_hash": f"h-{run}-{fold}", "code_version": "v"}))
+    write_training_record(root, str(path.relative_to(root)))
 
 
 def write_rows(root, tables, settings=SETTINGS):
