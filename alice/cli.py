@@ -490,8 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "version, result files); default: <csv stem>.sources.csv beside --csv")
 
     p = stage("summary", cmd_summary, "reproduced vs reported over every table (one line per "
-              "reproduced cell), paired Wilcoxon tests of Alice against the best reproduced "
-              "baseline and of each ablation switch against Alice's default, and a figure",
+              "reproduced cell, with its scale and protocol; no difference to the paper at demo "
+              "scale), paired Wilcoxon tests of Alice against the best reproduced baseline and "
+              "of each ablation switch against Alice's default, and a figure",
               settings=False)
     p.add_argument("--rows-dir", default="results/rows", help="folder of the tables' row files")
     p.add_argument("--table", action="append", default=[],
