@@ -1,10 +1,12 @@
 """The Snakemake DAG: dry run, lint, and a real run of the data stage on a tiny config."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -151,6 +153,17 @@ def test_table1_from_an_empty_folder(tmp_path):
     assert "reproduced" in row and "fold1/metrics.json" in row
     tex = (tmp_path / "results/table1.tex").read_text()
     assert r"\toprule" in tex and "Rand. init." in tex and r"\textit{n.r.}" in tex
+    # the scale (config key `scale`) and the protocol the folds recorded, in the CSV and caption
+    steps = {json.loads((tmp_path / f"results/finetune/flare22/rand_init/unetr/fold{k}/"
+                                    "train_summary.json").read_text())["steps"] for k in range(2)}
+    assert len(steps) == 1
+    n = steps.pop()
+    protocol = (f"rand_init / unetr: folds 0, 1, fine-tuning {n} step{'' if n == 1 else 's'}, "
+                "no pretraining")
+    wide = pd.read_csv(tmp_path / "results/table1.csv", dtype=str, keep_default_na=False)
+    assert set(wide["scale"]) == {"demo"}
+    assert wide.set_index("row").loc["rand_init", "protocol"] == protocol
+    assert "Scale: demo scale: phantom data" in tex and protocol.replace("_", r"\_") in tex
     # a row is its own target: removing it reruns only that row (dry run lists one job)
     (tmp_path / "results/rows/table1/alice.csv").unlink()
     dry = snakemake("results/rows/table1/alice.csv", "-n", *common)

@@ -85,6 +85,8 @@ def _span(values: list[int]) -> str:
 
 
 def _counts(values: set[int], unit: str) -> str:
+    """{80} -> "80 steps"; {80, 90} -> "80 / 90 steps"; {1} -> "1 step"."""
+    unit = unit[:-1] if values == {1} else unit
     return f"{' / '.join(str(v) for v in sorted(values))} {unit}"
 
 
