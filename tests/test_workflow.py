@@ -280,3 +280,31 @@ def test_the_critical_path_outranks_every_other_job(tmp_path, matcher, pool_done
     lowest = min(p for _, p in critical)
     outranking = [(rule, w) for rule, w, p in others if p >= lowest]
     assert lowest > 0 and not outranking, (lowest, outranking[:5])
+
+
+def test_a_one_core_run_starts_with_the_pools_data_stage(tmp_path):
+    """The job log of a real run on one core: among ready jobs of other datasets and a table row
+    that reads nothing, the pool's release, prepare and folds run first."""
+    import re
+
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["phantom"]["counts"]["btcv"] = {"labeled": 2, "test": 1}
+    config["datasets"]["btcv"]["folds"] = 2
+    path = tmp_path / "order.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("results/rows/table2/byol.csv", "results/data/btcv/folds.json",
+                       "results/data/flare22/folds.json", "results/data/flare22_pool/folds.json",
+                       "--cores", "1", "--directory", str(tmp_path), "--snakefile",
+                       str(REPO_ROOT / "Snakefile"), "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs, log = [], result.stdout + result.stderr
+    for line in log.splitlines():
+        line = line.strip()
+        match = re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line)
+        if match:
+            jobs.append((match.group(1), ""))
+        elif jobs and line.startswith("wildcards:"):
+            jobs[-1] = (jobs[-1][0], line.split(":", 1)[1].strip())
+    assert len(jobs) == 9, jobs  # 2 phantoms (FLARE22's is the pool's), 3 prepare, 3 folds, 1 row
+    assert jobs[:3] == [("phantom", "release=flare22"), ("prepare", "dataset=flare22_pool"),
+                        ("folds", "dataset=flare22_pool")], jobs
