@@ -100,6 +100,15 @@ def test_stage_settings(demo):
     assert cfg.dataset_settings(config, "flare22")["spacing"] == [6.0, 6.0, 6.0]
     assert "root" not in cfg.dataset_settings(config, "btcv")
     assert cfg.folds_settings(config, "mosmed")["repeats"] == 10
-    assert cfg.phantom_settings(config, "mosmed")["counts"]["per_category"][0] == 12
+    assert cfg.phantom_settings(config, "mosmed")["counts"]["per_category"][0] == 24
     with pytest.raises(ConfigError, match="unknown dataset"):
         cfg.dataset_settings(config, "lits")
+
+
+def test_demo_mosmed_test_splits_hold_twenty_studies(demo):
+    """An AUC over fewer test cases is mostly noise: the demo phantom has enough studies that each
+    of the repeated splits tests at least 20 (the split's own rounding, alice.data.folds)."""
+    config = cfg.validate_config(copy.deepcopy(demo))
+    n = sum(cfg.phantom_settings(config, "mosmed")["counts"]["per_category"])
+    test_fraction = cfg.folds_settings(config, "mosmed")["split"][2]
+    assert max(1, round(test_fraction * n)) >= 20
