@@ -292,17 +292,17 @@ def _cache_rows(config: dict, model: CostModel) -> list[list[str]]:
         item = np.dtype(d.get("cache_dtype", "float32")).itemsize
         disk = n * voxels * item + labeled * voxels
         ram = source + voxels * 4 * (2 if labeled else 1)
-        what = f"{ds} cache ({'x'.join(map(str, d['size']))})" if ds == "mosmed" else \
-            f"{ds} cache ({' x '.join(f'{s:g}' for s in d['spacing'])} mm, {d.get('cache_dtype', 'float32')})"
-        rows.append([f"prepare {ds}", what, f"{voxels * item / 1e6:,.0f} MB", f"{n:,}", f"{disk / GB:,.1f}",
-                     f"{ram / GB:.1f}"])
+        grid = "x".join(map(str, d["size"])) if ds == "mosmed" else \
+            " x ".join(f"{s:g}" for s in d["spacing"]) + " mm"
+        rows.append([f"prepare {ds}", f"{ds} cache ({grid}, {d.get('cache_dtype', 'float32')})",
+                     f"{voxels * item / 1e6:,.0f} MB", f"{n:,}", f"{disk / GB:,.1f}", f"{ram / GB:.2f}"])
     a = anatomy_volume_bytes(config)
     n = counts["flare22"]["unlabeled"]
     data = config["anatomy"]["data"]
     rows.append(["anatomy_prepare", f"anatomy cache ({' x '.join(f'{s:g}' for s in data['spacing'])} mm, "
                  f"{data.get('cache_dtype', 'float32')}, {'x'.join(map(str, a['shape']))})",
                  f"{a['image'] / 1e6:,.0f} MB", f"{n:,}", f"{n * a['image'] / GB:,.1f}",
-                 f"{(source + math.prod(a['shape']) * 4) / GB:.1f}"])
+                 f"{(source + math.prod(a['shape']) * 4) / GB:.2f}"])
     return rows
 
 
@@ -318,12 +318,12 @@ def storage(config: dict, model: CostModel, jobs: list[tuple[str, dict]], embeds
     rows.append(["anatomy_train", "model.pt (float32 weights)", f"{model.params['anatomy'] * 4 / 1e6:,.0f} MB", "1",
                  f"{model.params['anatomy'] * 4 / GB:.1f}",
                  # memory-mapped cache: each drawn volume is copied to float32 once per pair
-                 f"{anat['batch_size'] * vol_f32 / GB:.1f}"])
+                 f"{anat['batch_size'] * vol_f32 / GB:.2f}"])
     rows.append(["anatomy_embed", f"embeddings (float16: fine {a['fine'] / 1e6:,.0f} MB + coarse "
                  f"{a['coarse'] / 1e6:,.1f} MB)", f"{a['total'] / 1e6:,.0f} MB", f"{embeds:,}",
                  f"{embeds * a['total'] / GB:,.0f}",
                  # the volume, float32 maps, and at most every layer's output of the whole-volume forward
-                 f"{(vol_f32 + 2 * a['total'] + model.anatomy_activations) / GB:.1f}"])
+                 f"{(vol_f32 + 2 * a['total'] + model.anatomy_activations) / GB:.2f}"])
     # pretraining: checkpoint.pt holds the encoder; resume.pt every weight, buffer and AdamW's 2 moments
     runs = sorted({(wc["method"], wc["encoder"]) for rule, wc in jobs if rule == "pretrain"})
     pre = config["pretrain"]
@@ -342,8 +342,8 @@ def storage(config: dict, model: CostModel, jobs: list[tuple[str, dict]], embeds
         crops[encoder] = crop_bytes
         gpus = max(1, int(pre.get("gpus") or 0))
         rows.append([f"pretrain ({encoder})", f"checkpoint.pt {ckpt / 1e6:,.0f} MB + resume.pt {resume / 1e6:,.0f} MB",
-                     f"{(ckpt + resume) / 1e6:,.0f} MB", f"{n} runs", f"{n * (ckpt + resume) / GB:,.1f}",
-                     f"{gpus * (cache * coarse_f32 + crop_bytes) / GB:.1f}"])
+                     f"{(ckpt + resume) / 1e6:,.0f} MB", f"{n} run{'s' * (n != 1)}",
+                     f"{n * (ckpt + resume) / GB:,.1f}", f"{gpus * (cache * coarse_f32 + crop_bytes) / GB:.2f}"])
     # fine-tuning: one model file per job; RAM: a training volume and its label as float32 (the
     # caches are memory-mapped); classification: a batch of memory-mapped volumes as float32
     ft = Counter((wc["dataset"], wc["backbone"]) for rule, wc in jobs if rule == "finetune")
@@ -351,7 +351,7 @@ def storage(config: dict, model: CostModel, jobs: list[tuple[str, dict]], embeds
         size = model.params[bb] * 4
         ram = math.prod(model.case_voxels(ds)) * 4 * 2
         rows.append([f"finetune {ds} {bb}", "model (float32 weights)", f"{size / 1e6:,.0f} MB", f"{n} folds",
-                     f"{n * size / GB:,.1f}", f"{ram / GB:.1f}"])
+                     f"{n * size / GB:,.1f}", f"{ram / GB:.2f}"])
     cl = Counter(wc["backbone"] for rule, wc in jobs if rule == "finetune_classifier")
     fractions = len(config["datasets"]["mosmed"]["label_fractions"])
     for bb, n in sorted(cl.items()):
@@ -359,7 +359,7 @@ def storage(config: dict, model: CostModel, jobs: list[tuple[str, dict]], embeds
         ram = math.prod(config["datasets"]["mosmed"]["size"]) * 4 * config["classification"]["optim"]["batch_size"]
         rows.append([f"finetune_classifier {bb}", f"{fractions} models a split (float32 weights)",
                      f"{fractions * size / 1e6:,.0f} MB", f"{n} splits", f"{n * fractions * size / GB:,.1f}",
-                     f"{ram / GB:.1f}"])
+                     f"{ram / GB:.2f}"])
     return rows
 
 
