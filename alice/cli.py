@@ -91,7 +91,7 @@ def cmd_pretrain(args) -> None:
         raise ConfigError("--encoder", f"the settings' encoder is '{encoder['name']}', "
                                        f"not '{args.encoder}'")
     data = Path(args.data)
-    splits_path = Path(args.folds) if args.folds else data / "folds.json"
+    splits_path = data / "folds.json"
     if not splits_path.is_file():
         raise HarnessError(f"{splits_path}: missing; run `alice prepare` and `alice folds` for "
                            "flare22_pool first")
