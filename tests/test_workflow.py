@@ -196,3 +196,40 @@ def test_table9_from_an_empty_folder(tmp_path):
     table = (tmp_path / "results/table9.csv").read_text()
     assert "rand_init / resnet3d / folds 0,1" in table and "rand_init / vit / folds 0,1" in table
     assert "not reproduced yet" in table  # Alice is not run here
+
+
+@pytest.mark.slow
+def test_matcher_chain_on_its_own_cache(tmp_path):
+    """`results/anatomy/matching.csv` on a tiny config whose anatomy cache has another spacing than
+    the pool's: phantom -> prepare (pool) + anatomy_prepare -> folds -> anatomy_train -> one
+    anatomy_embed per pool volume (on the anatomy grid) -> anatomy_evaluate (on the pool grid)."""
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["phantom"]["counts"]["flare22"]["unlabeled"] = 3
+    config["datasets"]["flare22_pool"]["spacing"] = [8.0, 8.0, 8.0]
+    config["anatomy"]["data"] = {"spacing": [12.0, 12.0, 12.0], "cache_dtype": "float16"}
+    config["anatomy"]["train"].update(
+        model={"widths": [8, 8, 8], "blocks": [1, 1, 1], "stem_width": 8, "fpn_dim": 8, "embed_dim": 8,
+               "fine_stride": 2, "coarse_stride": 8},
+        pairs={"crop": [16, 16, 16], "points": 16}, iterations=2, batch_size=2, fine_top=20,
+        fine_negatives=10, warmup_iterations=0)
+    config["anatomy"]["evaluate"]["pairs"] = 4
+    path = tmp_path / "anatomy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("results/anatomy/matching.csv", "--cores", "2", "--directory", str(tmp_path),
+                       "--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cases = sorted(p.stem for p in (tmp_path / "results/anatomy/embeddings").glob("*.npz"))
+    assert len(cases) == 3
+    from alice.anatomy.learned import load_embeddings
+    from alice.data.preprocess import load_case
+
+    for case in cases:
+        _, _, meta = load_embeddings(tmp_path / f"results/anatomy/embeddings/{case}.npz")
+        _, _, anatomy = load_case(tmp_path / "results/anatomy/data", case)
+        _, _, pool = load_case(tmp_path / "results/data/flare22_pool", case)
+        assert anatomy["cached"]["spacing"] == pytest.approx([12.0, 12.0, 12.0])
+        assert pool["cached"]["spacing"] == pytest.approx([8.0, 8.0, 8.0])
+        assert meta["shape"] == anatomy["cached"]["shape"] and meta["affine"] == anatomy["cached"]["affine"]
+    summary = (tmp_path / "results/anatomy/matching.csv").read_text().splitlines()
+    assert summary[0].startswith("matcher,n,") and summary[1].startswith("sam,")
+    assert int(summary[1].split(",")[1]) > 0  # landmarks matched through both caches' affines
