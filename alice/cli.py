@@ -142,7 +142,7 @@ def cmd_anatomy(args) -> None:
     from alice.io import read_json
 
     data = Path(args.data)
-    splits_path = data / "folds.json"
+    splits_path = Path(args.folds) if args.folds else data / "folds.json"
     if not splits_path.is_file():
         raise HarnessError(f"{splits_path}: missing; run `alice prepare` and `alice folds` for "
                            "flare22_pool first")
@@ -402,7 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("anatomy", cmd_anatomy, "the learned anatomical-embedding matcher (SAM-style): "
               "train | embed | evaluate")
     p.add_argument("action", choices=["train", "embed", "evaluate"])
-    p.add_argument("--data", default="results/data/flare22_pool", help="the pool's cache")
+    p.add_argument("--data", default="results/data/flare22_pool",
+                   help="train, embed: the anatomy cache (results/anatomy/data); evaluate: the "
+                        "pool's cache, where points are matched")
+    p.add_argument("--folds", default=None,
+                   help="the pool's folds.json (default: DATA/folds.json)")
     p.add_argument("--out", default=None, help="train: model folder; evaluate: matching.csv "
                    "(per-landmark rows go to <stem>_points.csv)")
     p.add_argument("--model", default="results/anatomy/model/model.pt", help="embed: the model")

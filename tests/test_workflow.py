@@ -238,7 +238,7 @@ def on_the_critical_path(rule, wildcards):
         return wildcards.get("release") == "flare22"
     if rule in ("prepare", "folds"):
         return wildcards.get("dataset") == "flare22_pool"
-    return rule in ("anatomy_train", "anatomy_embed", "pretrain")
+    return rule in ("anatomy_prepare", "anatomy_train", "anatomy_embed", "pretrain")
 
 
 def pool_folds_done(root):
@@ -255,15 +255,16 @@ def pool_folds_done(root):
 
 
 @pytest.mark.parametrize("matcher, pool_done, chain", [
-    ("sam", False, {"phantom", "prepare", "folds", "pretrain"}),
+    ("sam", False, {"phantom", "prepare", "folds", "anatomy_prepare", "pretrain"}),
     ("bbox", False, {"phantom", "prepare", "folds", "pretrain"}),
-    ("sam", True, {"anatomy_train", "anatomy_embed", "pretrain"}),
+    ("sam", True, {"anatomy_prepare", "anatomy_train", "anatomy_embed", "pretrain"}),
 ])
 def test_the_critical_path_outranks_every_other_job(tmp_path, matcher, pool_done, chain):
     """Snakemake starts the ready job of highest priority first, and `priority` does not
     propagate upstream: from an empty folder the default target's first ready jobs are the three
     phantoms and the rows that read nothing yet, so the pool's phantom, prepare and folds must
-    outrank them as the matcher and pretraining do, or the chain starts behind them. (With the
+    outrank them as the matcher's cache, the matcher and pretraining do, or the chain starts
+    behind them. (With the
     learned matcher its jobs join the DAG once the pool's `folds` checkpoint has run: the third
     case.)"""
     config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
@@ -308,3 +309,40 @@ def test_a_one_core_run_starts_with_the_pools_data_stage(tmp_path):
     assert len(jobs) == 9, jobs  # 2 phantoms (FLARE22's is the pool's), 3 prepare, 3 folds, 1 row
     assert jobs[:3] == [("phantom", "release=flare22"), ("prepare", "dataset=flare22_pool"),
                         ("folds", "dataset=flare22_pool")], jobs
+
+
+@pytest.mark.slow
+def test_matcher_chain_on_its_own_cache(tmp_path):
+    """`results/anatomy/matching.csv` on a tiny config whose anatomy cache has another spacing than
+    the pool's: phantom -> prepare (pool) + anatomy_prepare -> folds -> anatomy_train -> one
+    anatomy_embed per pool volume (on the anatomy grid) -> anatomy_evaluate (on the pool grid)."""
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["phantom"]["counts"]["flare22"]["unlabeled"] = 3
+    config["datasets"]["flare22_pool"]["spacing"] = [8.0, 8.0, 8.0]
+    config["anatomy"]["data"] = {"spacing": [12.0, 12.0, 12.0], "cache_dtype": "float16"}
+    config["anatomy"]["train"].update(
+        model={"widths": [8, 8, 8], "blocks": [1, 1, 1], "stem_width": 8, "fpn_dim": 8, "embed_dim": 8,
+               "fine_stride": 2, "coarse_stride": 8},
+        pairs={"crop": [16, 16, 16], "points": 16}, iterations=2, batch_size=2, fine_top=20,
+        fine_negatives=10, warmup_iterations=0)
+    config["anatomy"]["evaluate"]["pairs"] = 4
+    path = tmp_path / "anatomy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("results/anatomy/matching.csv", "--cores", "2", "--directory", str(tmp_path),
+                       "--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cases = sorted(p.stem for p in (tmp_path / "results/anatomy/embeddings").glob("*.npz"))
+    assert len(cases) == 3
+    from alice.anatomy.learned import load_embeddings
+    from alice.data.preprocess import load_case
+
+    for case in cases:
+        _, _, meta = load_embeddings(tmp_path / f"results/anatomy/embeddings/{case}.npz")
+        _, _, anatomy = load_case(tmp_path / "results/anatomy/data", case)
+        _, _, pool = load_case(tmp_path / "results/data/flare22_pool", case)
+        assert anatomy["cached"]["spacing"] == pytest.approx([12.0, 12.0, 12.0])
+        assert pool["cached"]["spacing"] == pytest.approx([8.0, 8.0, 8.0])
+        assert meta["shape"] == anatomy["cached"]["shape"] and meta["affine"] == anatomy["cached"]["affine"]
+    summary = (tmp_path / "results/anatomy/matching.csv").read_text().splitlines()
+    assert summary[0].startswith("matcher,n,") and summary[1].startswith("sam,")
+    assert int(summary[1].split(",")[1]) > 0  # landmarks matched through both caches' affines

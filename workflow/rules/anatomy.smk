@@ -1,12 +1,32 @@
-# The learned anatomical-embedding matcher (SAM-style, alice/anatomy): trained on the unlabeled
-# pool, then every pool volume's embeddings are cached (one job per volume), which is all that
-# Alice's crop mining reads (pretrain.pairs.matcher: sam). On phantoms its landmark error is
-# scored against the body-box and random matchers.
+# The learned anatomical-embedding matcher (SAM-style, alice/anatomy): trained on its own cache of
+# the unlabeled pool (anatomy.data: SAM's 2 mm at paper scale), then every pool volume's embeddings
+# are cached (one job per volume), which is all that Alice's crop mining reads
+# (pretrain.pairs.matcher: sam; points move between the pool cache and the anatomy cache through
+# the cached affines). On phantoms its landmark error is scored against the body-box and random
+# matchers.
+
+rule anatomy_prepare:
+    input:
+        anatomy_release,
+    output:
+        "results/anatomy/data/manifest.json",
+    params:
+        root=lambda w: str(cfg.resolved_root(config, "flare22_pool")),
+        settings=lambda w: as_json(cfg.anatomy_data_settings(config)),
+    priority: CRITICAL_PRIORITY  # on the critical path (common.smk)
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/anatomy/prepare.log",
+    shell:
+        "alice prepare --dataset flare22_pool --root {params.root:q} --out results/anatomy/data "
+        "--settings {params.settings:q} --no-progress 2> {log}"
 
 
 rule anatomy_train:
     input:
-        "results/data/flare22_pool/folds.json",
+        folds="results/data/flare22_pool/folds.json",
+        data="results/anatomy/data/manifest.json",
     output:
         model="results/anatomy/model/model.pt",
         log="results/anatomy/model/log.csv",
@@ -21,7 +41,7 @@ rule anatomy_train:
     log:
         "results/logs/anatomy/train.log",
     shell:
-        "alice anatomy train --data results/data/flare22_pool --out results/anatomy/model "
+        "alice anatomy train --data results/anatomy/data --folds {input.folds} --out results/anatomy/model "
         "--threads {threads} --settings {params.settings:q} --no-progress 2> {log}"
 
 
@@ -29,6 +49,7 @@ rule anatomy_embed:
     input:
         model="results/anatomy/model/model.pt",
         folds="results/data/flare22_pool/folds.json",
+        data="results/anatomy/data/manifest.json",
     output:
         "results/anatomy/embeddings/{case}.npz",
     priority: CRITICAL_PRIORITY
@@ -38,7 +59,7 @@ rule anatomy_embed:
     log:
         "results/logs/anatomy/embed/{case}.log",
     shell:
-        "alice anatomy embed --data results/data/flare22_pool --model {input.model} "
+        "alice anatomy embed --data results/anatomy/data --folds {input.folds} --model {input.model} "
         "--case {wildcards.case} --out-dir results/anatomy/embeddings --threads 1 2> {log}"
 
 

@@ -3,6 +3,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from alice import config as cfg
 from alice.data.folds import label_fraction_dir, offline_test_split
@@ -159,3 +160,17 @@ def pretrain_inputs(wildcards):
         inputs["embeddings"] = [f"results/anatomy/embeddings/{case}.npz"
                                 for case in pool_cases("train")]
     return inputs
+
+
+def anatomy_release(wildcards):
+    """Inputs of `anatomy_prepare`: those of the pool's own `prepare` (its phantom or nothing)."""
+    return release_root(SimpleNamespace(dataset="flare22_pool"))
+
+
+def anatomy_cache(wildcards):
+    """The anatomy stage's cache when pretraining mines pairs with the learned matcher. Listed
+    apart from the embeddings, which wait for the pool's folds checkpoint, so that the DAG knows
+    `anatomy_prepare` from the start and runs it beside the pool's own `prepare`."""
+    if config["pretrain"].get("pairs", {}).get("matcher") == "sam":
+        return ["results/anatomy/data/manifest.json"]
+    return []

@@ -26,6 +26,7 @@ PRETRAIN_LAUNCH = (
 rule pretrain:
     input:
         unpack(pretrain_inputs),
+        anatomy_cache=anatomy_cache,
     output:
         checkpoint="results/pretrain/{method}/{encoder}/checkpoint.pt",
     wildcard_constraints:
