@@ -142,7 +142,7 @@ def cmd_anatomy(args) -> None:
     from alice.io import read_json
 
     data = Path(args.data)
-    splits_path = data / "folds.json"
+    splits_path = Path(args.folds) if args.folds else data / "folds.json"
     if not splits_path.is_file():
         raise HarnessError(f"{splits_path}: missing; run `alice prepare` and `alice folds` for "
                            "flare22_pool first")
@@ -423,7 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("anatomy", cmd_anatomy, "the learned anatomical-embedding matcher (SAM-style): "
               "train | embed | evaluate")
     p.add_argument("action", choices=["train", "embed", "evaluate"])
-    p.add_argument("--data", default="results/data/flare22_pool", help="the pool's cache")
+    p.add_argument("--data", default="results/data/flare22_pool",
+                   help="train, embed: the anatomy cache (results/anatomy/data); evaluate: the "
+                        "pool's cache, where points are matched")
+    p.add_argument("--folds", default=None,
+                   help="the pool's folds.json (default: DATA/folds.json)")
     p.add_argument("--out", default=None, help="train: model folder; evaluate: matching.csv "
                    "(per-landmark rows go to <stem>_points.csv)")
     p.add_argument("--model", default="results/anatomy/model/model.pt", help="embed: the model")
@@ -517,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "version, result files); default: <csv stem>.sources.csv beside --csv")
 
     p = stage("summary", cmd_summary, "reproduced vs reported over every table (one line per "
-              "reproduced cell), paired Wilcoxon tests of Alice against the best reproduced "
-              "baseline and of each ablation switch against Alice's default, and a figure",
+              "reproduced cell, with its scale and protocol; no difference to the paper at demo "
+              "scale), paired Wilcoxon tests of Alice against the best reproduced baseline and "
+              "of each ablation switch against Alice's default, and a figure",
               settings=False)
     p.add_argument("--rows-dir", default="results/rows", help="folder of the tables' row files")
     p.add_argument("--table", action="append", default=[],

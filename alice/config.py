@@ -238,6 +238,16 @@ def anatomy_settings(config: dict) -> dict:
     return {"train": dict(section.get("train") or {}), "seed": config["seed"]}
 
 
+def anatomy_data_settings(config: dict) -> dict:
+    """What `alice prepare --dataset flare22_pool` needs to build the anatomy stage's own cache:
+    the pool's settings (`datasets.flare22_pool`: window, discovery) with `anatomy.data` (spacing,
+    cache_dtype) over them."""
+    section = (config.get("anatomy") or {}).get("data")
+    if not section or "spacing" not in section:
+        raise ConfigError("anatomy.data.spacing", "missing: the anatomy cache's voxel spacing (mm)")
+    return {**dataset_settings(config, "flare22_pool"), **copy.deepcopy(section)}
+
+
 def matching_settings(config: dict) -> dict:
     """What `alice anatomy evaluate` needs: how many random (query, key) pairs, and the seed."""
     section = (config.get("anatomy") or {}).get("evaluate") or {}

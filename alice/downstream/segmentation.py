@@ -252,7 +252,7 @@ def finetune(
 
     name = f"{labeled} labeled, subset {subset_seed}" if subset else f"fold {fold}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    transform = train_transform(data_dir, settings, cfg["crop"])
+    transform = train_transform(data_dir, settings, cfg["crop"], num_classes)
     transform.set_random_state(seed=rs)
     generator = torch.Generator().manual_seed(rs)
     batches = CropBatches(train_ids, transform, cfg["batch_size"], cfg["samples_per_volume"], generator,

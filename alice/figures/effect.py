@@ -26,7 +26,9 @@ DEMO_STAMP = "demo: phantom data, reduced models/steps — not comparable with t
 
 
 def title_of(scale: str, dataset: str, backbone: str) -> str:
-    stamp = DEMO_STAMP if scale == "demo" else f"scale: {scale}"
+    from alice.tables.protocol import scale_note
+
+    stamp = DEMO_STAMP if scale == "demo" else scale_note(scale)
     return f"Pretraining effect at low label counts ({dataset}, {backbone})\n{stamp}"
 
 

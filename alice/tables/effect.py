@@ -6,7 +6,8 @@
 
 - `results/pretraining_effect.csv`: one line per (method, labeled, seed, test case, organ): dsc,
   nsd, plus the scale, dataset, backbone, the training cases of the subset, the optimizer steps
-  (and the fold step count they match) and the test split.
+  (and the fold step count they match), the pretraining steps of the initialisation (the last
+  step of its run's log.csv, `alice.tables.protocol`; empty from scratch) and the test split.
 - `results/pretraining_effect_tests.csv`: per labeled count, metric (dsc, nsd) and method other
   than the reference (Rand. init.), a paired comparison of that method against the reference,
   with the scale and the runs' optimizer steps.
@@ -32,13 +33,15 @@ import pandas as pd
 
 from alice.errors import ConfigError, InputError
 from alice.io import atomic_path
+from alice.tables.protocol import PRETRAIN_LOG, TRAIN_SUMMARY, check_scale, pretraining_steps
 from alice.tables.summary import paired_test
 
 REFERENCE = "rand_init"
 LABELS = {"rand_init": "Rand. init.", "alice": "Alice"}
 METRICS = ("dsc", "nsd")
 CASE_COLUMNS = ["scale", "dataset", "backbone", "method", "labeled", "seed", "case", "organ",
-                "dsc", "nsd", "train_cases", "steps", "reference_steps", "steps_of_fold", "split"]
+                "dsc", "nsd", "train_cases", "steps", "reference_steps", "steps_of_fold",
+                "pretraining_steps", "split"]
 TEST_COLUMNS = ["scale", "dataset", "backbone", "labeled", "steps", "metric", "method", "reference",
                 "n_seeds", "n_pairs", "n_nonzero", "mean_method", "mean_reference",
                 "mean_difference", "test", "statistic", "p_value", "p_one_sided_higher",
@@ -69,9 +72,26 @@ def _value(x) -> float:
     return math.nan if x is None else float(x)
 
 
-def read_runs(paths: Iterable[Path], scale: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _pretraining_steps(metrics_path: Path, root: Path) -> int | None:
+    """The pretraining steps behind a run (None from scratch), as the run recorded its init in
+    the train_summary.json beside its metrics."""
+    summary = metrics_path.parent / TRAIN_SUMMARY
+    if not summary.is_file():
+        raise InputError(summary, "missing: the low-label run's training record")
+    try:
+        init = json.loads(summary.read_text()).get("init")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise InputError(summary, f"not a training record ({exc})") from None
+    if not isinstance(init, str) or not init:
+        raise InputError(summary, "records no 'init' (scratch or a pretraining checkpoint)")
+    return None if init == "scratch" else pretraining_steps(root / Path(init).parent / PRETRAIN_LOG)
+
+
+def read_runs(paths: Iterable[Path], scale: str, root: Path = Path(".")) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(cases, means): one line per (method, labeled, seed, case, organ), and one per (method,
-    labeled, seed, case) with the case's mean over organs."""
+    labeled, seed, case) with the case's mean over organs. Checkpoint paths recorded by the runs
+    are relative to `root`."""
+    check_scale(scale, "--scale")
     organ_rows, mean_rows, seen = [], [], {}
     for path in map(Path, paths):
         m = _read(path)
@@ -84,7 +104,8 @@ def read_runs(paths: Iterable[Path], scale: str) -> tuple[pd.DataFrame, pd.DataF
                   "method": key[0], "labeled": key[1], "seed": key[2]}
         protocol = {"train_cases": ";".join(sub.get("cases", [])), "steps": sub.get("steps"),
                     "reference_steps": sub.get("reference_steps"),
-                    "steps_of_fold": sub.get("steps_of_fold"), "split": m.get("split")}
+                    "steps_of_fold": sub.get("steps_of_fold"),
+                    "pretraining_steps": _pretraining_steps(path, Path(root)), "split": m.get("split")}
         for case in sorted(m["cases"]):
             for organ, scores in m["cases"][case].items():
                 organ_rows.append({**common, "case": case, "organ": organ,
@@ -175,11 +196,11 @@ def paired_tests(means: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_effect(metrics: list[Path], out_csv: Path, out_tests: Path, out_png: Path,
-                 scale: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 scale: str, root: Path = Path(".")) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read the runs, write the three outputs (each atomically); return (cases, tests)."""
     from alice.figures.effect import draw_effect
 
-    cases, means = read_runs(metrics, scale)
+    cases, means = read_runs(metrics, scale, root)
     tests = paired_tests(means)
     with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tests, suffix=".csv") as tmp_tests:
         cases.to_csv(tmp_csv, index=False)

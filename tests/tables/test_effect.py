@@ -49,6 +49,13 @@ def _write_run(root, method, labeled, seed, nan_case=None):
     path = root / method / f"labeled{labeled}" / f"seed{seed}" / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics))
+    init = "scratch"
+    if method != "rand_init":  # a pretraining run of 3 logged steps
+        log = root / "pretrain" / method / "log.csv"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("step,loss\n1,2.0\n2,1.5\n3,1.2\n")
+        init = str(log.parent / "checkpoint.pt")
+    (path.parent / "train_summary.json").write_text(json.dumps({"init": init, "steps": 80}))
     return path
 
 
@@ -65,7 +72,8 @@ def test_per_organ_csv_has_every_run_case_and_organ(runs):
     row = cases[(cases["method"] == "alice") & (cases["labeled"] == 1) & (cases["seed"] == 2)
                 & (cases["case"] == "FLARETs_0004") & (cases["organ"] == "liver")].iloc[0]
     assert row["dsc"] == pytest.approx(0.42 + 0.12 + 0.05)  # pair k = 11 -> difference 0.12
-    assert row["train_cases"] == "FLARE22_Tr_0003"
+    assert row["train_cases"] == "FLARE22_Tr_0003" and row["pretraining_steps"] == 3
+    assert cases[cases["method"] == "rand_init"]["pretraining_steps"].isna().all()
 
 
 def test_paired_tests_give_the_exact_wilcoxon_p(runs):
@@ -132,6 +140,12 @@ def test_bad_inputs_stop_with_the_file_and_write_nothing(runs, tmp_path, capsys)
         write_effect([*runs, bad], out / "e.csv", out / "t.csv", out / "f.png", "demo")
     with pytest.raises(InputError, match="missing"):
         read_runs([tmp_path / "nope.json"], "demo")
+    with pytest.raises(ConfigError, match="--scale"):
+        read_runs(runs, "tiny")
+    (runs[0].parent / "train_summary.json").unlink()
+    with pytest.raises(InputError, match="train_summary.json: missing"):
+        read_runs(runs, "demo")
+    (runs[0].parent / "train_summary.json").write_text(json.dumps({"init": "scratch", "steps": 80}))
     with pytest.raises(InputError, match="the same run"):
         read_runs([runs[0], runs[0]], "demo")
     with pytest.raises(ConfigError, match="rand_init"):
