@@ -117,6 +117,7 @@ def read_runs(paths: Iterable[Path], scale: str, root: Path = Path(".")) -> tupl
     if not organ_rows:
         raise ConfigError("--metrics", "no low-label run given")
     cases = pd.DataFrame(organ_rows, columns=CASE_COLUMNS)
+    cases["pretraining_steps"] = cases["pretraining_steps"].astype("Int64")  # empty from scratch, not NaN
     cases = cases.sort_values(["method", "labeled", "seed", "case", "organ"], kind="stable")
     means = pd.DataFrame(mean_rows).sort_values(["method", "labeled", "seed", "case"], kind="stable")
     for column in ("dataset", "backbone"):

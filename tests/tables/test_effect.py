@@ -116,6 +116,8 @@ def test_write_effect_writes_csvs_and_figure(runs, tmp_path):
     out = tmp_path / "out"
     write_effect(runs, out / "effect.csv", out / "tests.csv", out / "figures" / "effect.png", "demo")
     frame = pd.read_csv(out / "effect.csv")
+    text = (out / "effect.csv").read_text()
+    assert ",alice,1,0,FLARETs_0001,liver," in text and ",80,80,0,3,test" in text and ",80,80,0,,test" in text
     assert list(frame.columns[:10]) == ["scale", "dataset", "backbone", "method", "labeled", "seed",
                                         "case", "organ", "dsc", "nsd"]
     assert len(pd.read_csv(out / "tests.csv")) == 4  # 2 labeled counts x 2 metrics
