@@ -25,6 +25,7 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/online.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/effect.smk"
 
 
 rule all:
@@ -35,6 +36,8 @@ rule all:
         expand("results/btcv_online/{method}", method=online_methods()),
         FIGURE_TARGETS,
         "results/summary.csv",  # + summary_tests.csv and figures/summary.png
+        # low-label runs, Alice vs Rand. init. (+ pretraining_effect_tests.csv, figures/pretraining_effect.png)
+        "results/pretraining_effect.csv",
         expand("results/data/{dataset}/folds.json", dataset=DATASETS),
         "results/figures/phantom.png",
         # the learned matcher and its landmark evaluation (phantom truth only) are built here when

@@ -142,7 +142,7 @@ def cmd_anatomy(args) -> None:
     from alice.io import read_json
 
     data = Path(args.data)
-    splits_path = data / "folds.json"
+    splits_path = Path(args.folds) if args.folds else data / "folds.json"
     if not splits_path.is_file():
         raise HarnessError(f"{splits_path}: missing; run `alice prepare` and `alice folds` for "
                            "flare22_pool first")
@@ -199,11 +199,16 @@ def cmd_anatomy(args) -> None:
 
 def cmd_finetune(args) -> None:
     if args.dataset == "mosmed":
+        if args.labeled is not None or args.subset_seed is not None:
+            raise ConfigError("--labeled", "applies to segmentation (flare22, btcv) only; mosmed "
+                                           "uses --label-fraction")
         return _finetune_classification(args)
     from alice.downstream.segmentation import finetune
 
     if args.label_fraction:
         raise ConfigError("--label-fraction", "applies to --dataset mosmed only")
+    if (args.labeled is None) != (args.subset_seed is None):
+        raise ConfigError("--labeled", "a low-label run needs both --labeled and --subset-seed")
     settings = _settings(args, lambda c: cfg.finetune_settings(c, args.backbone))
     device = args.device or settings.get("device", "auto")
     threads = args.threads or settings.get("threads", 1)
@@ -212,9 +217,12 @@ def cmd_finetune(args) -> None:
                        init=args.init, fold=args.fold, data_dir=data, out_dir=Path(args.out),
                        settings=settings["finetune"], encoder_config=settings["encoder"],
                        seed=settings["seed"], device=device, threads=threads,
-                       progress=not args.no_progress)
-    log.info("fine-tuned %s/%s/%s fold %d: %s", args.dataset, args.method, args.backbone,
-             args.fold, {k: summary[k] for k in summary if k in ("steps", "seconds")})
+                       progress=not args.no_progress, labeled=args.labeled,
+                       subset_seed=args.subset_seed)
+    run = (f"{args.labeled} labeled (subset {args.subset_seed})" if args.labeled is not None
+           else f"fold {args.fold}")
+    log.info("fine-tuned %s/%s/%s %s: %s", args.dataset, args.method, args.backbone, run,
+             {k: summary[k] for k in summary if k in ("steps", "seconds")})
     if args.evaluate:
         _evaluate(args.dataset, Path(args.out), data, Path(args.out) / "metrics.json", "test",
                   device, threads, not args.no_progress)
@@ -315,6 +323,19 @@ def cmd_summary(args) -> None:
              len(summary), args.csv, len(tests), len(tested), args.tests, args.figure)
 
 
+def cmd_effect(args) -> None:
+    from alice.tables.effect import write_effect
+
+    cases, tests = write_effect([Path(m) for m in args.metrics], Path(args.csv), Path(args.tests),
+                                Path(args.figure), scale=args.scale)
+    for row in tests[tests["metric"] == "dsc"].itertuples():
+        log.info("%d labeled: %s vs %s DSC %.4f vs %.4f, p %s (%d pairs): %s", row.labeled,
+                 row.method, row.reference, row.mean_method, row.mean_reference, row.p_value,
+                 row.n_pairs, row.direction)
+    log.info("%d lines -> %s; %d tests -> %s; figure %s", len(cases), args.csv, len(tests),
+             args.tests, args.figure)
+
+
 def cmd_figure(args) -> None:
     if args.figure == "curves":
         from alice.figures.curves import draw_loss_curves
@@ -402,7 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("anatomy", cmd_anatomy, "the learned anatomical-embedding matcher (SAM-style): "
               "train | embed | evaluate")
     p.add_argument("action", choices=["train", "embed", "evaluate"])
-    p.add_argument("--data", default="results/data/flare22_pool", help="the pool's cache")
+    p.add_argument("--data", default="results/data/flare22_pool",
+                   help="train, embed: the anatomy cache (results/anatomy/data); evaluate: the "
+                        "pool's cache, where points are matched")
+    p.add_argument("--folds", default=None,
+                   help="the pool's folds.json (default: DATA/folds.json)")
     p.add_argument("--out", default=None, help="train: model folder; evaluate: matching.csv "
                    "(per-landmark rows go to <stem>_points.csv)")
     p.add_argument("--model", default="results/anatomy/model/model.pt", help="embed: the model")
@@ -438,7 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "nnformer; --init must be a checkpoint of that encoder); mosmed: vit, resnet3d")
     p.add_argument("--method", required=True, help="pretraining method that made --init")
     p.add_argument("--init", required=True, help="'scratch' or a pretraining checkpoint")
-    p.add_argument("--fold", required=True, type=int, help="fold (mosmed: split) index")
+    p.add_argument("--fold", required=True, type=int, help="fold (mosmed: split) index; with "
+                   "--labeled: the fold whose number of optimizer steps the run takes")
+    p.add_argument("--labeled", type=int, default=None, help="segmentation: train on this many "
+                   "labeled training cases (a seeded subset of every fold's cases, no validation) "
+                   "instead of the fold's")
+    p.add_argument("--subset-seed", type=int, default=None,
+                   help="with --labeled: which subset (the same for every method)")
     p.add_argument("--label-fraction", type=float, action="append", default=[],
                    help="mosmed: train on this label fraction of the split (repeatable; default: "
                    "every fraction of folds.json), each in OUT/labels<percent>/")
@@ -490,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "version, result files); default: <csv stem>.sources.csv beside --csv")
 
     p = stage("summary", cmd_summary, "reproduced vs reported over every table (one line per "
-              "reproduced cell), paired Wilcoxon tests of Alice against the best reproduced "
-              "baseline and of each ablation switch against Alice's default, and a figure",
+              "reproduced cell, with its scale and protocol; no difference to the paper at demo "
+              "scale), paired Wilcoxon tests of Alice against the best reproduced baseline and "
+              "of each ablation switch against Alice's default, and a figure",
               settings=False)
     p.add_argument("--rows-dir", default="results/rows", help="folder of the tables' row files")
     p.add_argument("--table", action="append", default=[],
@@ -500,6 +532,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tests", default="results/summary_tests.csv")
     p.add_argument("--figure", default="results/figures/summary.png")
     p.add_argument("--root", default=".", help="folder the row files' source paths are relative to")
+
+    p = stage("effect", cmd_effect, "the pretraining effect at low label counts: per-organ "
+              "scores of every low-label run, paired Wilcoxon tests of each method against "
+              "rand_init per labeled count (pairs: subset seed x test case), and a figure",
+              settings=False)
+    p.add_argument("--metrics", action="append", required=True, metavar="METRICS_JSON",
+                   help="a low-label run's metrics.json (alice finetune --labeled N --subset-seed "
+                   "S --evaluate); repeat for every run")
+    p.add_argument("--scale", required=True, help="the config's scale (demo, paper), stamped on "
+                   "every output")
+    p.add_argument("--csv", default="results/pretraining_effect.csv")
+    p.add_argument("--tests", default="results/pretraining_effect_tests.csv")
+    p.add_argument("--figure", default="results/figures/pretraining_effect.png")
 
     p = stage("figure", cmd_figure, "draw a figure", settings=False)
     figs = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")

@@ -69,6 +69,9 @@ def _config_error(error) -> ConfigError:
         missing = re.search(r"'([^']+)' is a required property", error.message)
         if missing:
             return ConfigError(_dotted(where + [missing.group(1)]), "missing required key")
+    if error.validator == "contains" and "const" in error.validator_value:
+        return ConfigError(_dotted(where), f"must include {error.validator_value['const']!r}, "
+                                           f"got {error.instance!r}")
     return ConfigError(_dotted(where), error.message)
 
 
@@ -233,6 +236,16 @@ def anatomy_settings(config: dict) -> dict:
     (alice.anatomy.train.resolve_settings validates them) and the seed."""
     section = config.get("anatomy") or {}
     return {"train": dict(section.get("train") or {}), "seed": config["seed"]}
+
+
+def anatomy_data_settings(config: dict) -> dict:
+    """What `alice prepare --dataset flare22_pool` needs to build the anatomy stage's own cache:
+    the pool's settings (`datasets.flare22_pool`: window, discovery) with `anatomy.data` (spacing,
+    cache_dtype) over them."""
+    section = (config.get("anatomy") or {}).get("data")
+    if not section or "spacing" not in section:
+        raise ConfigError("anatomy.data.spacing", "missing: the anatomy cache's voxel spacing (mm)")
+    return {**dataset_settings(config, "flare22_pool"), **copy.deepcopy(section)}
 
 
 def matching_settings(config: dict) -> dict:

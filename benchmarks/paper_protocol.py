@@ -1,4 +1,5 @@
-"""The paper protocol on a cluster: jobs per table and an estimate of its GPU-hours.
+"""The paper protocol on a cluster: jobs per table, an estimate of its GPU-hours, and the disk and
+RAM of every stage.
 
     python benchmarks/paper_protocol.py [--config config/paper.yaml] [--markdown]
 
@@ -25,11 +26,24 @@ the config. Step times (one H200, bf16, batch 8; shared/FACTS.md):
   (UNETR's for CNNs, Swin UNETR's for Swin and nnFormer, Alice ViT's for the ViT classifier).
 Inference (validation passes, `evaluate`, `btcv_online`, embeddings) runs sliding windows over an
 assumed abdominal CT of 400 x 400 x 300 mm. Data loading, start-up and queueing are not counted.
+
+Disk and RAM (`storage`), for the jobs of the last dry run (all tables + the default target), on
+the same assumed CT (source voxels 0.78 x 0.78 x 2.5 mm): every data cache (cases x voxels at the
+dataset's spacing x its cache dtype, plus uint8 labels), the anatomy stage's own cache
+(`anatomy.data`), the matcher's model and embeddings (`alice.anatomy.learned.embedding_bytes`,
+float16; the per-volume figure is checked against the 200 MB budget), each pretraining run's
+checkpoint.pt (the encoder) and resume.pt (every weight and buffer plus AdamW's two moments), and
+each fine-tuning job's model files. RAM per job counts the arrays the job itself holds: one case
+being prepared (source and resampled image and label as float32), a batch of memory-mapped volumes
+copied to float32, the matcher's coarse maps, the whole-volume forward of the embedding network
+(every layer's float32 output: an upper bound). Page cache of the memory-mapped caches is not
+counted (shared between jobs, reclaimable).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import re
@@ -38,9 +52,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from alice import config as cfg
+from alice.anatomy.learned import LearnedMatcher, embedding_bytes
 from alice.tables.spec import table_ids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +82,29 @@ def forward_gflops(net: torch.nn.Module, shape) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def n_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
+
+
+def inference_activation_bytes(net: torch.nn.Module, shape) -> int:
+    """Float32 bytes of every layer's output for one whole volume (meta tensors, nothing computed):
+    an upper bound of the activations a no-grad forward holds (each is freed once used)."""
+    total = 0
+
+    def hook(_module, _inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * 4
+
+    net = net.to("meta")
+    handles = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
+    with torch.no_grad():
+        net(torch.empty(1, 1, *shape, device="meta"))
+    for h in handles:
+        h.remove()
+    return total
+
+
 def windows(shape_vox, roi, overlap: float) -> int:
     """Sliding windows MONAI's sliding_window_inference visits in a volume."""
     n = 1
@@ -87,6 +126,7 @@ class CostModel:
         ft = config["finetune"]
         seg = {b: build_segmentation_network(b, 14, ft[b], cfg.encoder_config(config, cfg.backbone_encoder(b)))
                for b in ("unetr", "swin_unetr", "nnformer")}
+        self.params = {b: n_params(net) for b, net in seg.items()}  # storage(): model files
         self.fwd = {b: forward_gflops(seg[b], ft[b]["crop"]) for b in seg}
         # throughput (TFLOP/s) each measured step implies: batch x (forward + backward = 3 forwards)
         t_unetr = BATCH * 3 * self.fwd["unetr"] / UNETR_STEP_MS
@@ -106,6 +146,7 @@ class CostModel:
         cls = config["classification"]
         for b in ("vit", "resnet3d"):
             net = build_classification_network(b, 2, cls, cfg.vit_encoder_config(config), size)
+            self.params[f"cls_{b}"] = n_params(net)
             self.fwd[f"cls_{b}"] = forward_gflops(net, size)
             self.step_ms[f"cls_{b}"] = BATCH * 3 * self.fwd[f"cls_{b}"] / self.tflops[b]
         # pretraining of the hierarchical encoders (SimMIM: every voxel enters the online encoder):
@@ -122,14 +163,19 @@ class CostModel:
         # learned anatomical matcher: two views per sample
         anat = config["anatomy"]["train"]
         net = AnatomyNet(AnatomyNetConfig.from_dict(anat["model"]))
+        self.params["anatomy"] = n_params(net)
+        self.anatomy_activations = inference_activation_bytes(net, self.case_voxels_at(config["anatomy"]["data"]["spacing"]))
         self.fwd["anatomy"] = forward_gflops(net, anat["pairs"]["crop"])
         self.step_ms["anatomy"] = anat["batch_size"] * 2 * 3 * self.fwd["anatomy"] / t_unetr
         self.anatomy_crop = anat["pairs"]["crop"]
 
     # -- inference
-    def case_voxels(self, dataset: str) -> list[int]:
-        spacing = self.c["datasets"][dataset]["spacing"]
+    @staticmethod
+    def case_voxels_at(spacing) -> list[int]:
         return [round(mm / s) for mm, s in zip(CT_MM, spacing)]
+
+    def case_voxels(self, dataset: str) -> list[int]:
+        return self.case_voxels_at(self.c["datasets"][dataset]["spacing"])
 
     def predict_ms(self, dataset: str, backbone: str) -> float:
         """One case, sliding windows of the backbone's crop."""
@@ -171,7 +217,7 @@ class CostModel:
         if rule == "anatomy_train":
             return c["anatomy"]["train"]["iterations"] * self.step_ms["anatomy"] / 3.6e6
         if rule == "anatomy_embed":
-            voxels = math.prod(self.case_voxels("flare22_pool"))
+            voxels = math.prod(self.case_voxels_at(c["anatomy"]["data"]["spacing"]))  # the anatomy cache
             return voxels / math.prod(self.anatomy_crop) * self.fwd["anatomy"] / self.tflops["anatomy"] / 3.6e6
         return 0.0  # CPU jobs: data stage, tables, figures
 
@@ -209,6 +255,127 @@ def pool_train_size(config: dict) -> int:
     return n - min(n - 1, max(1, round(config["datasets"]["flare22_pool"]["val_fraction"] * n)))
 
 
+# ------------------------------------------------------------------------------ disk and RAM
+SOURCE_MM = (400.0 / 512, 400.0 / 512, 2.5)  # assumed source CT voxel (512 x 512 in-plane, 2.5 mm slices)
+EMBED_BUDGET = 200e6                          # bytes of matcher cache per pool volume (README)
+# coarse maps a matching process keeps in RAM (LearnedMatcher's default cache_size)
+MATCHER_CACHE = inspect.signature(LearnedMatcher).parameters["cache_size"].default
+GB = 1e9
+
+
+def anatomy_volume_bytes(config: dict) -> dict[str, int]:
+    """One pool volume's matcher cache at the config's settings, for a CT of CT_MM: the anatomy
+    cache's image and its embeddings (fine, coarse, total; alice.anatomy.learned.embedding_bytes)."""
+    data = config["anatomy"]["data"]
+    model = config["anatomy"]["train"]["model"]
+    shape = CostModel.case_voxels_at(data["spacing"])
+    emb = embedding_bytes(shape, model["fine_stride"], model["coarse_stride"], model["embed_dim"], "float16")
+    return {"shape": shape, "image": math.prod(shape) * np.dtype(data.get("cache_dtype", "float32")).itemsize, **emb}
+
+
+def _cache_rows(config: dict, model: CostModel) -> list[list[str]]:
+    """The data caches (`prepare`, `anatomy_prepare`): disk of every case; RAM of the job, which
+    holds one case at a time: the source as float32 and the resampled image and label as float32."""
+    counts = config["phantom"]["counts"]
+    source = math.prod(CostModel.case_voxels_at(SOURCE_MM)) * 4
+    cases = {  # dataset: (cases, labeled cases, voxels per case, cache dtype)
+        "flare22": (counts["flare22"]["labeled"] + counts["flare22"]["validation"],
+                    counts["flare22"]["labeled"] + counts["flare22"]["validation"]),
+        "flare22_pool": (counts["flare22"]["unlabeled"], 0),
+        "btcv": (counts["btcv"]["labeled"] + counts["btcv"]["test"], counts["btcv"]["labeled"]),
+        "mosmed": (sum(counts["mosmed"]["per_category"]), 0),
+    }
+    rows = []
+    for ds, (n, labeled) in cases.items():
+        d = config["datasets"][ds]
+        voxels = math.prod(d["size"]) if ds == "mosmed" else math.prod(model.case_voxels(ds))
+        item = np.dtype(d.get("cache_dtype", "float32")).itemsize
+        disk = n * voxels * item + labeled * voxels
+        ram = source + voxels * 4 * (2 if labeled else 1)
+        grid = "x".join(map(str, d["size"])) if ds == "mosmed" else \
+            " x ".join(f"{s:g}" for s in d["spacing"]) + " mm"
+        rows.append([f"prepare {ds}", f"{ds} cache ({grid}, {d.get('cache_dtype', 'float32')})",
+                     f"{voxels * item / 1e6:,.0f} MB", f"{n:,}", f"{disk / GB:,.1f}", f"{ram / GB:.2f}"])
+    a = anatomy_volume_bytes(config)
+    n = counts["flare22"]["unlabeled"]
+    data = config["anatomy"]["data"]
+    rows.append(["anatomy_prepare", f"anatomy cache ({' x '.join(f'{s:g}' for s in data['spacing'])} mm, "
+                 f"{data.get('cache_dtype', 'float32')}, {'x'.join(map(str, a['shape']))})",
+                 f"{a['image'] / 1e6:,.0f} MB", f"{n:,}", f"{n * a['image'] / GB:,.1f}",
+                 f"{(source + math.prod(a['shape']) * 4) / GB:.2f}"])
+    return rows
+
+
+def storage(config: dict, model: CostModel, jobs: list[tuple[str, dict]], embeds: int) -> list[list[str]]:
+    """Rows (stage, what, per item, items, disk GB, RAM GB per job) at the config's scale for the
+    jobs of a dry run (model files and logs per fine-tuning job; one checkpoint per pretraining run)."""
+    from alice.ssl.registry import build_method
+
+    rows = _cache_rows(config, model)
+    anat = config["anatomy"]["train"]
+    a = anatomy_volume_bytes(config)
+    vol_f32 = math.prod(a["shape"]) * 4
+    rows.append(["anatomy_train", "model.pt (float32 weights)", f"{model.params['anatomy'] * 4 / 1e6:,.0f} MB", "1",
+                 f"{model.params['anatomy'] * 4 / GB:.1f}",
+                 # memory-mapped cache: each drawn volume is copied to float32 once per pair
+                 f"{anat['batch_size'] * vol_f32 / GB:.2f}"])
+    rows.append(["anatomy_embed", f"embeddings (float16: fine {a['fine'] / 1e6:,.0f} MB + coarse "
+                 f"{a['coarse'] / 1e6:,.1f} MB)", f"{a['total'] / 1e6:,.0f} MB", f"{embeds:,}",
+                 f"{embeds * a['total'] / GB:,.0f}",
+                 # the volume, float32 maps, and at most every layer's output of the whole-volume forward
+                 f"{(vol_f32 + 2 * a['total'] + model.anatomy_activations) / GB:.2f}"])
+    # pretraining: checkpoint.pt holds the encoder; resume.pt every weight, buffer and AdamW's 2 moments
+    runs = sorted({(wc["method"], wc["encoder"]) for rule, wc in jobs if rule == "pretrain"})
+    pre = config["pretrain"]
+    cache = MATCHER_CACHE
+    coarse_f32 = a["coarse"] * 2
+    crops = {}
+    for encoder in sorted({e for _, e in runs}):
+        s = cfg.pretrain_settings(config, "alice", encoder)
+        net = build_method("alice", s["method_config"], s["encoder"], s["crop"])
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        ckpt = sum(p.numel() for p in net.encoder.parameters()) * 4
+        resume = (n_params(net) + 2 * trainable) * 4
+        del net
+        n = sum(e == encoder for _, e in runs)
+        crop_bytes = pre["optim"]["batch_size"] * 2 * math.prod(pre["crop"][encoder]) * 4
+        crops[encoder] = crop_bytes
+        gpus = max(1, int(pre.get("gpus") or 0))
+        rows.append([f"pretrain ({encoder})", f"checkpoint.pt {ckpt / 1e6:,.0f} MB + resume.pt {resume / 1e6:,.0f} MB",
+                     f"{(ckpt + resume) / 1e6:,.0f} MB", f"{n} run{'s' * (n != 1)}",
+                     f"{n * (ckpt + resume) / GB:,.1f}", f"{gpus * (cache * coarse_f32 + crop_bytes) / GB:.2f}"])
+    # fine-tuning: one model file per job; RAM: a training volume and its label as float32 (the
+    # caches are memory-mapped); classification: a batch of memory-mapped volumes as float32
+    ft = Counter((wc["dataset"], wc["backbone"]) for rule, wc in jobs if rule == "finetune")
+    for (ds, bb), n in sorted(ft.items()):
+        size = model.params[bb] * 4
+        ram = math.prod(model.case_voxels(ds)) * 4 * 2
+        rows.append([f"finetune {ds} {bb}", "model (float32 weights)", f"{size / 1e6:,.0f} MB", f"{n} folds",
+                     f"{n * size / GB:,.1f}", f"{ram / GB:.2f}"])
+    cl = Counter(wc["backbone"] for rule, wc in jobs if rule == "finetune_classifier")
+    fractions = len(config["datasets"]["mosmed"]["label_fractions"])
+    for bb, n in sorted(cl.items()):
+        size = model.params[f"cls_{bb}"] * 4
+        ram = math.prod(config["datasets"]["mosmed"]["size"]) * 4 * config["classification"]["optim"]["batch_size"]
+        rows.append([f"finetune_classifier {bb}", f"{fractions} models a split (float32 weights)",
+                     f"{fractions * size / 1e6:,.0f} MB", f"{n} splits", f"{n * fractions * size / GB:,.1f}",
+                     f"{ram / GB:.2f}"])
+    return rows
+
+
+def print_rows(header: list[str], rows: list[list[str]], markdown: bool) -> None:
+    if markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + " --- |" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-1])]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)) + "  " + header[-1])
+    for row in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/paper.yaml")
@@ -222,6 +389,7 @@ def main() -> None:
     targets = {t: [f"results/{t}.tex"] for t in sorted(table_ids(), key=lambda t: int(t[5:]))}
     targets["all tables + default target"] = [t for ts in targets.values() for t in ts] + ["all"]
     rows = []
+    jobs = []
     for name, target in targets.items():
         jobs = dry_run(target, args.config)
         if (any(rule == "pretrain" for rule, _ in jobs) and config["pretrain"]["pairs"].get("matcher") == "sam"
@@ -241,21 +409,30 @@ def main() -> None:
 
     header = ["target", "jobs", "GPU jobs", "pretraining runs", "fine-tuning jobs", "GPU-h pretraining",
               "GPU-h fine-tuning + scoring", "GPU-h matcher", "GPU-h total", "pretraining runs (run/encoder)"]
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + " --- |" * len(header))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-1])]
-        print("  ".join(h.rjust(w) for h, w in zip(header, widths)) + "  " + header[-1])
-        for row in rows:
-            print("  ".join(c.rjust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    print_rows(header, rows, args.markdown)
     print("\nstep times (ms, one H200, batch 8): " + ", ".join(f"{k} {v:.0f}" for k, v in model.step_ms.items()))
     for note in model.notes:
         print("- " + note)
     print(f"- added to a dry run that has pretraining: anatomy_train 1 and anatomy_embed {embeds} "
           "(one per pool training volume; known once the pool's folds.json exists)")
+
+    # disk and RAM of every stage, for the last target's jobs (all tables + the default target)
+    a = anatomy_volume_bytes(config)
+    print(f"\ndisk and RAM at paper scale (a CT of {' x '.join(f'{v:g}' for v in CT_MM)} mm; source voxels "
+          f"{' x '.join(f'{v:g}' for v in SOURCE_MM)} mm; GB = 1e9 bytes), all tables + default target:")
+    store = storage(config, model, jobs, embeds)
+    print_rows(["job", "what is stored", "per item", "items", "disk GB", "RAM GB per job"], store, args.markdown)
+    print(f"\n- total disk: {sum(float(r[4].replace(',', '')) for r in store):,.0f} GB")
+    ok = "within" if a["total"] <= EMBED_BUDGET else "OVER"
+    print(f"- matcher cache per pool volume (the embeddings the matcher reads, float16): fine "
+          f"{a['fine'] / 1e6:.1f} MB + coarse {a['coarse'] / 1e6:.1f} MB = {a['total'] / 1e6:.1f} MB, {ok} the "
+          f"{EMBED_BUDGET / 1e6:.0f} MB budget; the anatomy image cache adds {a['image'] / 1e6:.0f} MB "
+          f"(read by anatomy_train and anatomy_embed only). A matching process keeps {MATCHER_CACHE} coarse "
+          f"maps in RAM ({MATCHER_CACHE * a['coarse'] * 2 / 1e6:.0f} MB as float32) and memory-maps the fine "
+          "maps, reading only the cells around the coarse candidates")
+    print("- RAM per job: the arrays the job itself holds (estimates); memory-mapped caches add "
+          "page cache, shared between jobs and reclaimable; pretraining counts its GPUs' processes; "
+          "anatomy_embed includes every layer's float32 output of the whole-volume forward (an upper bound)")
 
 
 if __name__ == "__main__":

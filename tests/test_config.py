@@ -60,6 +60,10 @@ def test_paper_settings(tmp_path):
         (lambda c: c["finetune"]["unetr"]["optim"].update(optimizer="adam"),
          "finetune.unetr.optim.optimizer",
          "not one of"),
+        (lambda c: c["pretraining_effect"].update(methods=["alice", "mae"]),
+         "pretraining_effect.methods", "must include 'rand_init'"),
+        (lambda c: c["pretraining_effect"].update(labeled=[0, 2]), "pretraining_effect.labeled.0",
+         "less than the minimum"),
     ],
 )
 def test_bad_config_names_the_key(demo, edit, key, words):
@@ -100,6 +104,34 @@ def test_stage_settings(demo):
     assert cfg.dataset_settings(config, "flare22")["spacing"] == [6.0, 6.0, 6.0]
     assert "root" not in cfg.dataset_settings(config, "btcv")
     assert cfg.folds_settings(config, "mosmed")["repeats"] == 10
-    assert cfg.phantom_settings(config, "mosmed")["counts"]["per_category"][0] == 12
+    assert cfg.phantom_settings(config, "mosmed")["counts"]["per_category"][0] == 24
     with pytest.raises(ConfigError, match="unknown dataset"):
         cfg.dataset_settings(config, "lits")
+
+
+def test_demo_mosmed_test_splits_hold_twenty_studies(demo):
+    """An AUC over fewer test cases is mostly noise: the demo phantom has enough studies that each
+    of the repeated splits tests at least 20 (the split's own rounding, alice.data.folds)."""
+    config = cfg.validate_config(copy.deepcopy(demo))
+    n = sum(cfg.phantom_settings(config, "mosmed")["counts"]["per_category"])
+    test_fraction = cfg.folds_settings(config, "mosmed")["split"][2]
+    assert max(1, round(test_fraction * n)) >= 20
+
+
+def test_anatomy_data_settings(demo):
+    """The anatomy cache: the pool's preparation settings with anatomy.data's spacing and dtype."""
+    config = cfg.validate_config(copy.deepcopy(demo))
+    config["anatomy"]["data"] = {"spacing": [2.0, 2.0, 2.0], "cache_dtype": "float16"}
+    settings = cfg.anatomy_data_settings(config)
+    pool = cfg.dataset_settings(config, "flare22_pool")
+    assert settings == {**pool, "spacing": [2.0, 2.0, 2.0], "cache_dtype": "float16"}
+    assert config["datasets"]["flare22_pool"]["spacing"] == pool["spacing"] != [2.0, 2.0, 2.0]
+    paper = cfg.load_config(cfg.REPO_ROOT / "config" / "paper.yaml")
+    assert cfg.anatomy_data_settings(paper)["spacing"] == [2.0, 2.0, 2.0]  # SAM's 2 mm
+    bad = copy.deepcopy(demo)
+    del bad["anatomy"]["data"]["spacing"]
+    with pytest.raises(ConfigError, match=r"anatomy\.data\.spacing"):
+        cfg.validate_config(bad)
+    del config["anatomy"]["data"]
+    with pytest.raises(ConfigError, match=r"anatomy\.data\.spacing"):
+        cfg.anatomy_data_settings(config)

@@ -1,10 +1,12 @@
 """The Snakemake DAG: dry run, lint, and a real run of the data stage on a tiny config."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -25,7 +27,7 @@ def test_dry_run_lists_the_data_stage(tmp_path):
                        str(REPO_ROOT / "config" / "config.yaml"))
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
-    for rule in ("phantom", "prepare", "folds", "phantom_figure"):
+    for rule in ("phantom", "prepare", "folds", "phantom_figure", "pretraining_effect"):
         assert rule in out
 
 
@@ -151,6 +153,17 @@ def test_table1_from_an_empty_folder(tmp_path):
     assert "reproduced" in row and "fold1/metrics.json" in row
     tex = (tmp_path / "results/table1.tex").read_text()
     assert r"\toprule" in tex and "Rand. init." in tex and r"\textit{n.r.}" in tex
+    # the scale (config key `scale`) and the protocol the folds recorded, in the CSV and caption
+    steps = {json.loads((tmp_path / f"results/finetune/flare22/rand_init/unetr/fold{k}/"
+                                    "train_summary.json").read_text())["steps"] for k in range(2)}
+    assert len(steps) == 1
+    n = steps.pop()
+    protocol = (f"rand_init / unetr: folds 0, 1, fine-tuning {n} step{'' if n == 1 else 's'}, "
+                "no pretraining")
+    wide = pd.read_csv(tmp_path / "results/table1.csv", dtype=str, keep_default_na=False)
+    assert set(wide["scale"]) == {"demo"}
+    assert wide.set_index("row").loc["rand_init", "protocol"] == protocol
+    assert "Scale: demo scale: phantom data" in tex and protocol.replace("_", r"\_") in tex
     # a row is its own target: removing it reruns only that row (dry run lists one job)
     (tmp_path / "results/rows/table1/alice.csv").unlink()
     dry = snakemake("results/rows/table1/alice.csv", "-n", *common)
@@ -168,6 +181,29 @@ def test_classification_tables_dry_run_one_job_per_split(tmp_path):
                   if len(line.split()) == 2 and line.split()[1].isdigit())
     assert counts["finetune_classifier"] == "30"  # (rand_init resnet3d, rand_init vit, alice vit) x 10
     assert counts["table"] == "2"
+
+
+def test_pretraining_effect_dry_run_one_job_per_method_count_and_seed(tmp_path):
+    """2 methods x 3 labeled counts x 3 seeds low-label jobs, one aggregation; Alice's runs read
+    its ViT checkpoint, Rand. init.'s none; every run matches fold 0's step count."""
+    result = snakemake("-n", "-p", "results/pretraining_effect.csv", "--directory", str(tmp_path),
+                       "--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile",
+                       str(REPO_ROOT / "config" / "config.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    commands = [line.split("Shell command: ")[-1] for line in out.splitlines() if "alice finetune" in line]
+    runs = {(c.split("--method ")[1].split()[0], c.split("--labeled ")[1].split()[0],
+             c.split("--subset-seed ")[1].split()[0]) for c in commands}
+    assert len(commands) == 18 and runs == {(m, n, s) for m in ("rand_init", "alice")
+                                            for n in ("1", "2", "4") for s in ("0", "1", "2")}
+    for c in commands:
+        assert "--fold 0 " in c and "--evaluate" in c
+        init = "results/pretrain/alice/vit/checkpoint.pt" if "--method alice" in c else "scratch"
+        assert f"--init {init} " in c
+    assert "results/pretraining_effect/unetr/alice/labeled4/seed2/metrics.json" in out
+    aggregate = [line for line in out.splitlines() if "alice effect" in line]
+    assert len(aggregate) == 1 and aggregate[0].count("--metrics ") == 18
+    assert "--scale demo" in aggregate[0]
 
 
 @pytest.mark.slow
@@ -196,3 +232,140 @@ def test_table9_from_an_empty_folder(tmp_path):
     table = (tmp_path / "results/table9.csv").read_text()
     assert "rand_init / resnet3d / folds 0,1" in table and "rand_init / vit / folds 0,1" in table
     assert "not reproduced yet" in table  # Alice is not run here
+
+
+def dry_run_jobs(tmp_path, config_path, *targets):
+    """(rule, wildcards, priority) of every job a dry run from an empty folder lists."""
+    import re
+
+    result = snakemake(*targets, "-n", "--directory", str(tmp_path), "--snakefile",
+                       str(REPO_ROOT / "Snakefile"), "--configfile", str(config_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = []
+    for line in result.stdout.splitlines():
+        line = line.strip()
+        match = re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line)
+        if match:
+            jobs.append([match.group(1), {}, 0])
+        elif jobs and line.startswith("wildcards:"):
+            jobs[-1][1] = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
+        elif jobs and line.startswith("priority:"):
+            jobs[-1][2] = float(line.split(":", 1)[1])
+    return [tuple(job) for job in jobs]
+
+
+def on_the_critical_path(rule, wildcards):
+    """The pool's data stage (its release's phantom, its prepare and folds), the matcher and
+    pretraining: what Alice's runs wait for."""
+    if rule == "phantom":
+        return wildcards.get("release") == "flare22"
+    if rule in ("prepare", "folds"):
+        return wildcards.get("dataset") == "flare22_pool"
+    return rule in ("anatomy_prepare", "anatomy_train", "anatomy_embed", "pretrain")
+
+
+def pool_folds_done(root):
+    """The pool's data stage as if it had run (three pool cases), so the DAG holds the jobs the
+    `folds` checkpoint gates: the matcher's training and one embedding job per pool case."""
+    import time
+
+    (root / "results/phantoms/flare22").mkdir(parents=True)
+    pool = root / "results/data/flare22_pool"
+    pool.mkdir(parents=True)
+    (pool / "manifest.json").write_text("{}")
+    time.sleep(0.05)
+    (pool / "folds.json").write_text('{"train": ["P1", "P2"], "val": ["P3"]}')
+
+
+@pytest.mark.parametrize("matcher, pool_done, chain", [
+    ("sam", False, {"phantom", "prepare", "folds", "anatomy_prepare", "pretrain"}),
+    ("bbox", False, {"phantom", "prepare", "folds", "pretrain"}),
+    ("sam", True, {"anatomy_prepare", "anatomy_train", "anatomy_embed", "pretrain"}),
+])
+def test_the_critical_path_outranks_every_other_job(tmp_path, matcher, pool_done, chain):
+    """Snakemake starts the ready job of highest priority first, and `priority` does not
+    propagate upstream: from an empty folder the default target's first ready jobs are the three
+    phantoms and the rows that read nothing yet, so the pool's phantom, prepare and folds must
+    outrank them as the matcher's cache, the matcher and pretraining do, or the chain starts
+    behind them. (With the
+    learned matcher its jobs join the DAG once the pool's `folds` checkpoint has run: the third
+    case.)"""
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config["pretrain"]["pairs"]["matcher"] = matcher
+    path = tmp_path / f"{matcher}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    if pool_done:
+        pool_folds_done(tmp_path)
+    jobs = dry_run_jobs(tmp_path, path)
+    critical = [(rule, p) for rule, w, p in jobs if on_the_critical_path(rule, w)]
+    others = [(rule, w, p) for rule, w, p in jobs if not on_the_critical_path(rule, w)]
+    assert {rule for rule, _ in critical} == chain
+    assert {rule for rule, _, _ in others} >= {"table_row", "phantom", "prepare", "folds", "finetune"}
+    lowest = min(p for _, p in critical)
+    outranking = [(rule, w) for rule, w, p in others if p >= lowest]
+    assert lowest > 0 and not outranking, (lowest, outranking[:5])
+
+
+def test_a_one_core_run_starts_with_the_pools_data_stage(tmp_path):
+    """The job log of a real run on one core: among ready jobs of other datasets and a table row
+    that reads nothing, the pool's release, prepare and folds run first."""
+    import re
+
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["phantom"]["counts"]["btcv"] = {"labeled": 2, "test": 1}
+    config["datasets"]["btcv"]["folds"] = 2
+    path = tmp_path / "order.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("results/rows/table2/byol.csv", "results/data/btcv/folds.json",
+                       "results/data/flare22/folds.json", "results/data/flare22_pool/folds.json",
+                       "--cores", "1", "--directory", str(tmp_path), "--snakefile",
+                       str(REPO_ROOT / "Snakefile"), "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs, log = [], result.stdout + result.stderr
+    for line in log.splitlines():
+        line = line.strip()
+        match = re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line)
+        if match:
+            jobs.append((match.group(1), ""))
+        elif jobs and line.startswith("wildcards:"):
+            jobs[-1] = (jobs[-1][0], line.split(":", 1)[1].strip())
+    assert len(jobs) == 9, jobs  # 2 phantoms (FLARE22's is the pool's), 3 prepare, 3 folds, 1 row
+    assert jobs[:3] == [("phantom", "release=flare22"), ("prepare", "dataset=flare22_pool"),
+                        ("folds", "dataset=flare22_pool")], jobs
+
+
+@pytest.mark.slow
+def test_matcher_chain_on_its_own_cache(tmp_path):
+    """`results/anatomy/matching.csv` on a tiny config whose anatomy cache has another spacing than
+    the pool's: phantom -> prepare (pool) + anatomy_prepare -> folds -> anatomy_train -> one
+    anatomy_embed per pool volume (on the anatomy grid) -> anatomy_evaluate (on the pool grid)."""
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["phantom"]["counts"]["flare22"]["unlabeled"] = 3
+    config["datasets"]["flare22_pool"]["spacing"] = [8.0, 8.0, 8.0]
+    config["anatomy"]["data"] = {"spacing": [12.0, 12.0, 12.0], "cache_dtype": "float16"}
+    config["anatomy"]["train"].update(
+        model={"widths": [8, 8, 8], "blocks": [1, 1, 1], "stem_width": 8, "fpn_dim": 8, "embed_dim": 8,
+               "fine_stride": 2, "coarse_stride": 8},
+        pairs={"crop": [16, 16, 16], "points": 16}, iterations=2, batch_size=2, fine_top=20,
+        fine_negatives=10, warmup_iterations=0)
+    config["anatomy"]["evaluate"]["pairs"] = 4
+    path = tmp_path / "anatomy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("results/anatomy/matching.csv", "--cores", "2", "--directory", str(tmp_path),
+                       "--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cases = sorted(p.stem for p in (tmp_path / "results/anatomy/embeddings").glob("*.npz"))
+    assert len(cases) == 3
+    from alice.anatomy.learned import load_embeddings
+    from alice.data.preprocess import load_case
+
+    for case in cases:
+        _, _, meta = load_embeddings(tmp_path / f"results/anatomy/embeddings/{case}.npz")
+        _, _, anatomy = load_case(tmp_path / "results/anatomy/data", case)
+        _, _, pool = load_case(tmp_path / "results/data/flare22_pool", case)
+        assert anatomy["cached"]["spacing"] == pytest.approx([12.0, 12.0, 12.0])
+        assert pool["cached"]["spacing"] == pytest.approx([8.0, 8.0, 8.0])
+        assert meta["shape"] == anatomy["cached"]["shape"] and meta["affine"] == anatomy["cached"]["affine"]
+    summary = (tmp_path / "results/anatomy/matching.csv").read_text().splitlines()
+    assert summary[0].startswith("matcher,n,") and summary[1].startswith("sam,")
+    assert int(summary[1].split(",")[1]) > 0  # landmarks matched through both caches' affines

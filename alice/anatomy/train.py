@@ -218,8 +218,10 @@ def _load_volumes(data_dir: str | Path, case_ids: Sequence[str]) -> list[tuple[s
     out = []
     for cid in case_ids:
         image, _, meta = load_case(data_dir, cid)
-        # the pool is small (a few MB per volume): hold it in RAM, crops are cut every step
-        out.append((cid, np.array(image, dtype=np.float32), np.asarray(meta["cached"]["spacing"])))
+        # memory maps: a pair reads its volume when it is drawn (alice.anatomy.sampling copies it
+        # to float32), so RAM does not grow with the pool (1,800 volumes at paper scale) and the
+        # page cache is shared with the other jobs reading the same cache
+        out.append((cid, image, np.asarray(meta["cached"]["spacing"])))
     return out
 
 
@@ -342,8 +344,11 @@ def embed_volume(model: AnatomyNet, image: np.ndarray, dtype: Any = np.float16) 
 
 def embed_cases(model: AnatomyNet, data_dir: str | Path, case_ids: Sequence[str], out_dir: str | Path,
                 dtype: Any = np.float16, extra_meta: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """Embed every case of the cache into out_dir/<case_id>.npz (meta records the seconds it
-    took and `extra_meta`); returns seconds per case."""
+    """Embed every case of the cache into out_dir/<case_id>.npz; returns seconds per case.
+
+    The meta records the cache grid's `affine` and the case's `source` image identity, which let
+    the matcher use the maps for the same case cached on another grid (the pool's), plus the
+    seconds it took and `extra_meta`."""
     from alice.data.preprocess import load_case
 
     cfg = model.config
@@ -356,6 +361,7 @@ def embed_cases(model: AnatomyNet, data_dir: str | Path, case_ids: Sequence[str]
         save_embeddings(Path(out_dir) / f"{cid}.npz", fine, coarse, {
             "case_id": cid, "shape": list(image.shape), "fine_stride": cfg.fine_stride,
             "coarse_stride": cfg.coarse_stride, "embed_dim": cfg.embed_dim,
-            "spacing": list(meta["cached"]["spacing"]), "seconds": round(times[cid], 4),
-            **dict(extra_meta or {})})
+            "spacing": list(meta["cached"]["spacing"]), "affine": meta["cached"]["affine"],
+            "source": (meta.get("identity") or {}).get("source", {}).get("image"),
+            "seconds": round(times[cid], 4), **dict(extra_meta or {})})
     return times

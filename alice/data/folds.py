@@ -229,3 +229,33 @@ def offline_test_split(dataset: str, fold: int) -> str:
         raise ConfigError("--dataset", f"no offline test protocol for '{dataset}' "
                                        f"(known: {', '.join(OFFLINE_TEST)})")
     return OFFLINE_TEST[dataset].format(fold=int(fold))
+
+
+def labeled_training_cases(folds: Mapping[str, Any], path: str | Path) -> list[str]:
+    """Every labeled training case of a k-fold folds.json (the union of its folds' train and val
+    lists: for FLARE22 every labeled case but the offline test cases), sorted."""
+    if not isinstance(folds.get("folds"), list) or not folds["folds"]:
+        raise InputError(path, "no 'folds' list to draw labeled training cases from")
+    cases = {c for entry in folds["folds"] for part in ("train", "val") for c in entry.get(part, [])}
+    held_out = set(folds.get("test", [])) | set(folds.get("online_test", []))
+    if cases & held_out:
+        raise InputError(path, f"test cases inside the folds: {sorted(cases & held_out)[:5]}")
+    return sorted(cases)
+
+
+def labeled_subset(folds: Mapping[str, Any], n: int, subset_seed: int, path: str | Path) -> list[str]:
+    """The `n` labeled training cases of subset `subset_seed` (sorted): the first n of a
+    permutation of `labeled_training_cases` drawn from numpy's generator seeded with
+    (folds' seed, subset_seed). It depends on nothing else (not the method: runs that share
+    (n, subset_seed) are paired), and the subsets of one seed are nested (1 ⊂ 2 ⊂ 4 cases)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError("labeled", f"must be an integer >= 1, got {n!r}")
+    if isinstance(subset_seed, bool) or not isinstance(subset_seed, (int, np.integer)) or subset_seed < 0:
+        raise ConfigError("subset seed", f"must be an integer >= 0, got {subset_seed!r}")
+    cases = labeled_training_cases(folds, path)
+    if n > len(cases):
+        raise InputError(path, f"{n} labeled cases requested, only {len(cases)} labeled training "
+                               "cases exist")
+    rng = np.random.default_rng([int(folds.get("seed", 0)), int(subset_seed)])
+    order = rng.permutation(len(cases))
+    return sorted(cases[i] for i in order[: int(n)])

@@ -5,8 +5,8 @@ Volumes come from the preprocessing cache (`alice.data.preprocess.load_case`: me
 at any scale; the OS page cache keeps the demo's small files hot.
 
 Per epoch each training volume yields `samples_per_volume` crops of size `crop`:
-`SpatialPadd` (to at least the crop, zeros = the bottom of the intensity window) then
-`RandCropByPosNegLabeld` (pos:neg = 1:1, foreground = any organ), then the augmentations named in
+`SpatialPadd` (to at least the crop, zeros = the bottom of the intensity window), then a crop
+centre drawn by `settings["sampling"]` (see `SAMPLINGS`), then the augmentations named in
 `settings["augmentation"]`, applied per crop (see `AUGMENTATIONS`).
 """
 
@@ -144,9 +144,31 @@ AUGMENTATIONS: dict[str, Callable[[Sequence[int]], list]] = {
 }
 
 
-def train_transform(data_dir: str | Path, settings: Mapping[str, Any], crop: Sequence[int]):
+def _pos_neg(crop, spv, num_classes):
+    from monai.transforms import RandCropByPosNegLabeld
+
+    return RandCropByPosNegLabeld(keys=KEYS, label_key="label", spatial_size=list(crop), pos=1, neg=1,
+                                  num_samples=spv, image_key=None)
+
+
+def _classes(crop, spv, num_classes):
+    from monai.transforms import RandCropByLabelClassesd
+
+    return RandCropByLabelClassesd(keys=KEYS, label_key="label", spatial_size=list(crop), num_classes=num_classes,
+                                   ratios=[1] * num_classes, num_samples=spv, warn=False)
+
+
+# name -> builder(crop, samples_per_volume, num_classes) of the cropping transform:
+#   pos_neg: centre on a foreground (any organ) or a background voxel, 1:1 (UNETR / Swin UNETR
+#            reference recipe);
+#   classes: centre on a voxel of a class drawn uniformly over background and every organ present
+#            in the case (nnU-Net-style oversampling of small structures).
+SAMPLINGS: dict[str, Callable[[Sequence[int], int, int], Any]] = {"pos_neg": _pos_neg, "classes": _classes}
+
+
+def train_transform(data_dir: str | Path, settings: Mapping[str, Any], crop: Sequence[int], num_classes: int = 2):
     """The MONAI Compose producing `samples_per_volume` augmented crops (a list) from {"case_id"}."""
-    from monai.transforms import Compose, EnsureTyped, RandCropByPosNegLabeld, SpatialPadd
+    from monai.transforms import Compose, EnsureTyped, SpatialPadd
 
     names = settings.get("augmentation") or []
     unknown = [n for n in names if n not in AUGMENTATIONS]
@@ -155,12 +177,13 @@ def train_transform(data_dir: str | Path, settings: Mapping[str, Any], crop: Seq
     spv = settings.get("samples_per_volume", 1)
     if isinstance(spv, bool) or not isinstance(spv, int) or spv < 1:
         raise ConfigError("samples_per_volume", f"must be a positive integer, got {spv!r}")
+    sampling = settings.get("sampling", "pos_neg")
+    if sampling not in SAMPLINGS:
+        raise ConfigError("sampling", f"unknown sampling {sampling!r} (known: {', '.join(SAMPLINGS)})")
     transforms: list = [
         LoadCachedCase(data_dir),
         SpatialPadd(keys=KEYS, spatial_size=list(crop), mode="constant"),
-        RandCropByPosNegLabeld(
-            keys=KEYS, label_key="label", spatial_size=list(crop), pos=1, neg=1, num_samples=spv, image_key=None
-        ),
+        SAMPLINGS[sampling](crop, spv, num_classes),
     ]
     for name in names:
         transforms.extend(AUGMENTATIONS[name](crop))

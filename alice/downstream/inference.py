@@ -12,8 +12,9 @@ under `model_dir/predictions/{case_id}.nii.gz`.
 
 metrics.json: {"dataset", "method", "backbone", "fold", "split", "cases": {case: {organ: {"dsc",
 "nsd"}}}, "case_mean": {case: {"dsc", "nsd"}}, "mean": {"dsc", "nsd"}, "n_cases", "seconds",
-"model", "code_version"}. case_mean is `mean_over_organs` (NaN organs left out), mean is the mean
-of case_mean over cases (NaN cases left out). NaN is written as JSON null.
+"model", "code_version"}, plus "subset" (labeled, subset_seed, cases, ...) for a low-label run.
+case_mean is `mean_over_organs` (NaN organs left out), mean is the mean of case_mean over cases
+(NaN cases left out). NaN is written as JSON null.
 """
 
 from __future__ import annotations
@@ -237,6 +238,8 @@ def evaluate(
         "settings_hash": model_settings_hash(ckpt, data_dir),
         "code_version": code_version(),
     }
+    if ckpt.get("subset"):
+        metrics["subset"] = ckpt["subset"]  # a low-label run: its training cases (no fold)
     write_json(out_path, _nan_to_none(metrics))
     log.info("%s %s: mean DSC %.4f NSD %.4f over %d cases", model_dir, split, mean["dsc"], mean["nsd"], len(case_ids))
     return metrics

@@ -8,6 +8,12 @@
 - Data: the fold's training cases from `data_dir/folds.json`, `samples_per_volume` random crops
   of `crop` per volume and epoch, batches of `optim.batch_size` crops (`alice.downstream.data`);
   steps per epoch = ceil(n_train * samples_per_volume / batch_size).
+- Low-label runs (`labeled=n, subset_seed=s`): the n training cases of
+  `alice.data.folds.labeled_subset` instead of the fold's, no validation cases, and as many
+  optimizer steps as fold `fold` takes with the same recipe: epochs = ceil(fold steps / steps per
+  epoch of the subset), warm-up = the fold's warm-up steps (`subset_schedule`). The seeds come from
+  (seed, n, s) (`subset_run_seed`), not from the method, so the runs of two methods on one subset
+  start from the same decoder weights and draw the same crops.
 - Network: `build_segmentation_network`; `init` is "scratch" or a pretraining checkpoint path,
   loaded strictly into the encoder (`load_encoder_checkpoint`).
 - Optimisation: AdamW or SGD (nesterov), cosine or poly schedule with linear warm-up over
@@ -73,6 +79,28 @@ def num_classes_of(dataset: str) -> int:
 def run_seed(seed: int, fold: int) -> int:
     """One 32-bit seed per (seed, fold)."""
     return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0])
+
+
+def subset_run_seed(seed: int, labeled: int, subset_seed: int) -> int:
+    """One 32-bit seed per low-label run (seed, labeled cases, subset seed); never a fold's."""
+    return int(np.random.SeedSequence([int(seed), int(labeled), int(subset_seed), 1]).generate_state(1)[0])
+
+
+def subset_schedule(fold_train: int, subset_train: int, samples_per_volume: int, batch_size: int,
+                    epochs: int, warmup_epochs: int) -> dict[str, int]:
+    """The epochs and warm-up steps that give a run on `subset_train` cases the optimizer steps of
+    a fold of `fold_train` cases with the same recipe (epochs, warmup_epochs): {"epochs",
+    "warmup_steps", "steps", "reference_steps", "steps_per_epoch"}; steps is reference_steps
+    rounded up to whole epochs."""
+    def spe(n: int) -> int:
+        return math.ceil(n * samples_per_volume / batch_size)
+
+    reference = epochs * spe(fold_train)
+    per_epoch = spe(subset_train)
+    sub_epochs = math.ceil(reference / per_epoch)
+    return {"epochs": sub_epochs, "warmup_steps": warmup_epochs * spe(fold_train),
+            "steps": sub_epochs * per_epoch, "reference_steps": reference,
+            "steps_per_epoch": per_epoch}
 
 
 def quick_dice(gt: np.ndarray, pred: np.ndarray) -> float:
@@ -176,8 +204,13 @@ def finetune(
     device: str = "cpu",
     threads: int = 1,
     progress: bool = True,
+    labeled: int | None = None,
+    subset_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune one fold; write log.csv, model.pt and train_summary.json in `out_dir`; return the summary."""
+    """Fine-tune one fold; write log.csv, model.pt and train_summary.json in `out_dir`; return the summary.
+
+    With `labeled` and `subset_seed`: a low-label run on that subset, with fold `fold`'s number of
+    optimizer steps (module docstring)."""
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
     from tqdm import tqdm
@@ -191,18 +224,35 @@ def finetune(
     torch.set_num_threads(int(threads))
     dev = resolve_device(device)
     folds_path = data_dir / "folds.json"
-    entry = fold_entry(read_folds(data_dir), int(fold), folds_path)
+    folds = read_folds(data_dir)
+    entry = fold_entry(folds, int(fold), folds_path)
     train_ids, val_ids = list(entry["train"]), list(entry["val"])
+    subset = None
+    if (labeled is None) != (subset_seed is None):
+        raise ConfigError("labeled", "a low-label run needs both the number of labeled cases and the subset seed")
+    if labeled is not None:
+        from alice.data.folds import labeled_subset
 
-    rs = run_seed(seed, fold)
+        train_ids = labeled_subset(folds, labeled, subset_seed, folds_path)
+        plan = subset_schedule(len(entry["train"]), len(train_ids), cfg["samples_per_volume"],
+                               cfg["batch_size"], cfg["epochs"], cfg["warmup_epochs"])
+        subset = {"labeled": int(labeled), "subset_seed": int(subset_seed), "cases": train_ids,
+                  "steps_of_fold": int(fold), "reference_steps": plan["reference_steps"],
+                  "steps": plan["steps"], "epochs": plan["epochs"]}
+        val_ids = []
+        cfg["epochs"] = plan["epochs"]
+        rs = subset_run_seed(seed, labeled, subset_seed)
+    else:
+        rs = run_seed(seed, fold)
     set_determinism(seed=rs)  # random, numpy, torch (and cudnn flags)
     net = build_segmentation_network(backbone, num_classes, settings, encoder_config)
     init = str(init)
     n_loaded = 0 if init == "scratch" else load_encoder_checkpoint(net, backbone, init, encoder_config)
     net.to(dev)
 
+    name = f"{labeled} labeled, subset {subset_seed}" if subset else f"fold {fold}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    transform = train_transform(data_dir, settings, cfg["crop"])
+    transform = train_transform(data_dir, settings, cfg["crop"], num_classes)
     transform.set_random_state(seed=rs)
     generator = torch.Generator().manual_seed(rs)
     batches = CropBatches(train_ids, transform, cfg["batch_size"], cfg["samples_per_volume"], generator,
@@ -210,14 +260,15 @@ def finetune(
     spe = batches.steps_per_epoch
     total = cfg["epochs"] * spe
     optimizer = build_optimizer(net.parameters(), cfg["optim"])
-    scheduler = build_scheduler(optimizer, cfg["schedule"], cfg["warmup_epochs"] * spe, total)
+    warmup_steps = plan["warmup_steps"] if subset else cfg["warmup_epochs"] * spe
+    scheduler = build_scheduler(optimizer, cfg["schedule"], warmup_steps, total)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
     rows: list[dict[str, Any]] = []
     val_history: dict[int, float] = {}
     step = 0
     train_seconds = 0.0
-    bar = tqdm(total=total, desc=f"finetune {backbone} fold{fold}", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc=f"finetune {backbone} {name}", unit="step", disable=not progress)
     try:
         for epoch in range(1, cfg["epochs"] + 1):
             net.train()
@@ -244,7 +295,7 @@ def finetune(
                 score = validate(net, data_dir, val_ids, settings, dev)
                 val_history[epoch] = score
                 rows[-1]["val_dice"] = score
-                log.info("fold %s epoch %d: val dice %.4f", fold, epoch, score)
+                log.info("%s epoch %d: val dice %.4f", name, epoch, score)
             _write_log(out_dir / LOG_FILE, rows)
     finally:
         bar.close()
@@ -259,10 +310,12 @@ def finetune(
         "dataset": dataset,
         "method": method,
         "init": init,
-        "fold": int(fold),
+        "fold": None if subset else int(fold),
         "seed": int(seed),
         "code_version": code_version(),
     }
+    if subset:
+        model["subset"] = subset
     with atomic_path(out_dir / MODEL_FILE, suffix=".pt") as tmp:
         torch.save(model, tmp)
 
@@ -273,7 +326,7 @@ def finetune(
         "backbone": backbone,
         "method": method,
         "init": init,
-        "fold": int(fold),
+        "fold": None if subset else int(fold),
         "seed": int(seed),
         "run_seed": rs,
         "device": str(dev),
@@ -281,6 +334,7 @@ def finetune(
         "n_train": len(train_ids),
         "n_val": len(val_ids),
         "epochs": cfg["epochs"],
+        "warmup_steps": warmup_steps,
         "steps_per_epoch": spe,
         "steps": step,
         "seconds": round(time.perf_counter() - t_start, 3),
@@ -295,8 +349,10 @@ def finetune(
         "model": str(out_dir / MODEL_FILE),
         "code_version": code_version(),
     }
+    if subset:
+        summary["subset"] = subset
     write_json(out_dir / SUMMARY_FILE, summary)
-    log.info("fold %s: %d steps in %.1f s, final loss %.4f", fold, step, summary["seconds"], summary["final_loss"] or math.nan)
+    log.info("%s: %d steps in %.1f s, final loss %.4f", name, step, summary["seconds"], summary["final_loss"] or math.nan)
     return summary
 
 

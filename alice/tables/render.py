@@ -2,11 +2,15 @@
 
 `compute_row` turns the fine-tuning results of one paper row into long-format records (one per
 column: reproduced mean ± std over folds, the paper's value, provenance: the settings hashes and
-code versions the results recorded and the result files themselves). A settings table (Table 8)
+code versions the results recorded and the result files themselves, and the scale and protocol
+of the number, alice.tables.protocol). A settings table (Table 8)
 shows the settings the runs recorded instead (alice.tables.settings_cells). `render_table` joins
 the rows of a table into `results/tableN.csv` (wide, text cells), `results/tableN.tex`
 (booktabs, best reproduced value per column in bold) and `results/tableN.sources.csv` (one line
-per cell: status, settings hash, code version, result files). Which cells exist and where their
+per cell: status, settings hash, code version, result files). All three state the scale the rows
+were computed at (`scale` column; the LaTeX caption) and the protocol of each reproduced cell
+(folds, fine-tuning and pretraining steps: the `protocol` column of the CSV and the sources; the
+caption). Which cells exist and where their
 numbers come from is data (alice/tables/specs, alice/tables/reference); this module has no
 per-table code.
 
@@ -30,6 +34,7 @@ import pandas as pd
 
 from alice.errors import HarnessError, InputError
 from alice.io import atomic_path
+from alice.tables.protocol import cell_protocol, check_scale, scale_note
 from alice.tables.reference import load_reference, parse_cell
 from alice.tables.settings_cells import recorded_setting
 from alice.tables.spec import cell_experiment, cell_runs, find_row, in_paper, load_spec
@@ -40,7 +45,10 @@ LEADERBOARD = "leaderboard"
 NOT_IN_PAPER = "not in the paper"
 ROW_COLUMNS = ["table", "row", "label", "column", "group", "header", "status", "reproduced",
                "reproduced_mean", "reproduced_std", "n_folds", "paper", "paper_mean", "paper_std",
-               "run", "backbone", "folds", "settings_hash", "code_version", "sources"]
+               "run", "backbone", "folds", "scale", "protocol", "settings_hash", "code_version",
+               "sources"]
+TEXT_COLUMNS = ("reproduced", "paper", "settings_hash", "code_version", "sources", "run",
+                "backbone", "folds", "scale", "protocol")
 
 
 def format_value(mean: float | None, std: float | None) -> str:
@@ -67,7 +75,9 @@ def _fold_value(path: Path, metric: str, scale: float) -> tuple[float, dict]:
 
 
 def compute_row(table: str, row_id: str, settings: dict, root: Path = Path(".")) -> pd.DataFrame:
-    """Long-format records of one paper row (one per column of the table)."""
+    """Long-format records of one paper row (one per column of the table). `settings` =
+    `table_settings(config)`, whose `scale` every record states."""
+    config_scale = check_scale(settings.get("scale"), "--settings:scale")
     spec = load_spec(table)
     row = find_row(spec, row_id)
     reference = load_reference(table).set_index("row")
@@ -87,8 +97,8 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
                   "group": column.get("group", ""), "header": column.get("header", col),
                   "paper": paper_text, "paper_mean": paper_mean, "paper_std": paper_std,
                   "reproduced": "", "reproduced_mean": None, "reproduced_std": None,
-                  "n_folds": 0, "run": "", "backbone": "", "folds": "",
-                  "settings_hash": "", "code_version": "", "sources": ""}
+                  "n_folds": 0, "run": "", "backbone": "", "folds": "", "scale": config_scale,
+                  "protocol": "", "settings_hash": "", "code_version": "", "sources": ""}
         if col in runs and spec.get("task") == "settings":
             text, read, hashes, versions = recorded_setting(
                 row["key"], runs[col]["dataset"], runs[col]["backbone"], runs[col]["paths"], root,
@@ -98,6 +108,10 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
                           n_folds=sum(1 for p in runs[col]["paths"] if p.endswith("model.pt")),
                           run=runs[col]["run"], backbone=runs[col]["backbone"],
                           folds=";".join(str(k) for k in runs[col]["folds"]),
+                          # the runs the setting describes, also for the spacing
+                          protocol=cell_protocol([p.rsplit("/", 1)[0] for p in runs[col]["paths"]
+                                                  if p.endswith("model.pt")],
+                                                 runs[col]["folds"], root),
                           settings_hash=";".join(sorted(hashes)),
                           code_version=";".join(sorted(versions)), sources=";".join(read))
         elif col in runs:
@@ -119,6 +133,9 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
                           reproduced_std=None if math.isnan(std) else round(std, 4),
                           n_folds=len(values), run=runs[col]["run"], backbone=runs[col]["backbone"],
                           folds=";".join(str(k) for k in runs[col]["folds"]),
+                          protocol=cell_protocol([p.rsplit("/", 1)[0] for p in runs[col]["paths"]],
+                                                 runs[col]["folds"], root,
+                                                 classification=spec.get("task") == "classification"),
                           settings_hash=";".join(sorted(hashes - {""})),
                           code_version=";".join(sorted(versions - {""})),
                           sources=";".join(runs[col]["paths"]))
@@ -138,24 +155,43 @@ def write_row(frame: pd.DataFrame, out: Path) -> None:
 
 
 def read_rows(table: str, row_files: dict[str, Path]) -> pd.DataFrame:
-    """All row files of a table, in the spec's order; a missing or foreign file is an error."""
+    """All row files of a table, in the spec's order; a missing or foreign file is an error, and
+    so are rows computed at different scales."""
     spec = load_spec(table)
     frames = []
+    scales: dict[str, Path] = {}
     for row in spec["rows"]:
         path = Path(row_files[row["row"]])
         if not path.is_file():
             raise InputError(path, f"missing row file of {table}")
-        frame = pd.read_csv(path, dtype={"reproduced": str, "paper": str, "settings_hash": str,
-                                         "code_version": str, "sources": str, "run": str,
-                                         "backbone": str, "folds": str},
+        frame = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS},
                             keep_default_na=False, na_values={"reproduced_mean": [""],
                                                               "reproduced_std": [""]})
         expected = [c["column"] for c in spec["columns"]]
-        if list(frame["column"]) != expected or set(frame["row"]) != {row["row"]}:
+        if (list(frame.columns) != ROW_COLUMNS or list(frame["column"]) != expected
+                or set(frame["row"]) != {row["row"]}):
             raise InputError(path, f"does not hold row '{row['row']}' of {table} with columns "
-                                   f"{expected}: regenerate it")
+                                   f"{expected} and fields {ROW_COLUMNS}: regenerate it")
+        for scale in set(frame["scale"]):
+            check_scale(scale, f"{path}:scale")
+            scales.setdefault(scale, path)
         frames.append(frame)
+    if len(scales) > 1:
+        (a, path_a), (b, path_b) = sorted(scales.items())[:2]
+        raise InputError(path_b, f"was computed at scale {b} but {path_a} at {a}: regenerate the "
+                                 "rows of one config")
     return pd.concat(frames, ignore_index=True)
+
+
+def table_scale(rows: pd.DataFrame) -> str:
+    """The one scale of `rows` (read_rows has checked they agree)."""
+    return str(rows["scale"].iloc[0])
+
+
+def cell_protocols(rows: pd.DataFrame) -> list[str]:
+    """"run / backbone: protocol" of every reproduced cell of `rows`, each once, sorted."""
+    done = rows[rows["status"] == "reproduced"]
+    return sorted({f"{r} / {b}: {p}" for r, b, p in zip(done["run"], done["backbone"], done["protocol"])})
 
 
 def _best_per_column(rows: pd.DataFrame) -> dict[str, float]:
@@ -164,13 +200,17 @@ def _best_per_column(rows: pd.DataFrame) -> dict[str, float]:
 
 
 def wide_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per paper row; for each paper column a reproduced and a paper column."""
+    """One line per paper row; for each paper column a reproduced and a paper column; `scale`
+    (demo or paper) on every line, and per row the run / backbone / folds (`reproduced with`)
+    and the protocol (`protocol`: folds, fine-tuning and pretraining steps) of its reproduced
+    cells."""
     spec = load_spec(table)
     reference = load_reference(table).set_index("row")
     out = []
     for row in spec["rows"]:
         part = rows[rows["row"] == row["row"]].set_index("column")
-        line = {"row": row["row"], spec.get("label_header", "Method"): row.get("label", row["row"])}
+        line = {"row": row["row"], spec.get("label_header", "Method"): row.get("label", row["row"]),
+                "scale": table_scale(rows)}
         for header, cells in _descriptive_by_header(spec, reference, row).items():
             line[header] = joined_descriptive(cells)
         for column in spec["columns"]:
@@ -183,6 +223,7 @@ def wide_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
         line["reproduced with"] = "; ".join(sorted(
             {f"{r} / {b} / folds {f.replace(';', ',')}"
              for r, b, f in zip(done["run"], done["backbone"], done["folds"])})) or "-"
+        line["protocol"] = "; ".join(cell_protocols(part)) or "-"
         out.append(line)
     return pd.DataFrame(out)
 
@@ -217,6 +258,17 @@ def deviation_note(table: str, rows: pd.DataFrame) -> str:
     what = "; ".join(f"{b} on fold(s) {f.replace(';', ', ')}" for b, f in sorted(ran))
     return (f"Reproduced cells ran with {what} (paper: {', '.join(sorted(paper))}); the backbone is "
             "substituted by the config's reproduce.substitute.")
+
+
+def protocol_note(rows: pd.DataFrame) -> str:
+    """The scale of the table's numbers and the protocol of its reproduced cells, as sentences:
+    "Scale: demo scale: ... Protocol of the reproduced cells: alice / unetr: folds 0-4, ..."."""
+    scale = table_scale(rows)
+    note = f"Scale: {scale_note(scale)}."
+    protocols = cell_protocols(rows)
+    if protocols:
+        note += f" Protocol of the reproduced cells ({scale}): {'; '.join(protocols)}."
+    return note
 
 
 def leaderboard_note(table: str) -> str:
@@ -314,6 +366,7 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
     if not all(in_paper(r) for r in spec["rows"]):
         caption += (r" $^\dagger$: the harness's own row, not in the paper "
                     r"(\textit{n.i.p.}: not in the paper).")
+    caption += " " + _latex_escape(protocol_note(rows))
     for note in (leaderboard_note(table), deviation_note(table, rows)):
         if note:
             caption += " " + _latex_escape(note)
@@ -328,13 +381,15 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
 
 
 SOURCE_COLUMNS = ["table", "row", "column", "header", "status", "reproduced", "paper", "n_folds",
-                  "run", "backbone", "folds", "settings_hash", "code_version", "sources"]
+                  "run", "backbone", "folds", "scale", "protocol", "settings_hash", "code_version",
+                  "sources"]
 
 
 def sources_csv(table: str, rows: pd.DataFrame) -> pd.DataFrame:
     """Provenance of every cell of the rendered table, one line per (row, column) in the table's
-    order: for a reproduced cell the settings hash(es) and code version(s) recorded by the
-    results it was computed from and those files (";"-separated, fold order); empty otherwise."""
+    order: the scale of every cell; for a reproduced cell its protocol, the settings hash(es)
+    and code version(s) recorded by the results it was computed from and those files
+    (";"-separated, fold order); empty otherwise."""
     spec = load_spec(table)
     frame = rows.copy()
     frame["header"] = [" ".join(x for x in (g, h) if x) for g, h in zip(frame["group"], frame["header"])]

@@ -5,7 +5,10 @@ A spec lists the paper's rows (each naming the pretraining `method`, maybe a `va
 columns (each naming a `backbone`/`metric`, or a label fraction). A cell is reproduced when the
 config's `reproduce` section enables its (method, backbone) (and, for MosMed, its label fraction is
 configured); its value then comes from the fine-tuning results of every fold (MosMed: split). A variant (an ablation switch, e.g. {"casa": false}) names its
-own pretraining run (`alice__casa-false`, alice.ssl.variants). A table may run on a substitute
+own pretraining run (`alice__casa-false`, alice.ssl.variants). A row's `column_variants`
+({column: variant}) gives one of its cells a variant of its own, in place of the row's and the
+column's: a cell the paper defines as another table's run reads that run (Table 6's Alice
+without CASA is Table 11's MIM + ℓdv run; the spec's notes say why). A table may run on a substitute
 backbone and fewer folds than the paper's (`reproduce.substitute`, where the spec's `substitute`
 lists which of the two it accepts: the ablation tables both, Table 3 the backbone only).
 
@@ -52,7 +55,26 @@ def _load_spec(table: str) -> dict:
     for key in ("id", "caption", "rows", "columns"):
         if key not in spec:
             raise ConfigError(f"{path.name}:{key}", "missing from the table spec")
+    _check_column_variants(spec, path.name)
     return spec
+
+
+def _check_column_variants(spec: dict, filename: str) -> None:
+    """A row's `column_variants` maps columns of the table to variants (mappings)."""
+    columns = [c["column"] for c in spec["columns"]]
+    for row in spec["rows"]:
+        overrides = row.get("column_variants")
+        if overrides is None:
+            continue
+        key = f"{filename}:rows.{row['row']}.column_variants"
+        if not isinstance(overrides, dict) or not overrides:
+            raise ConfigError(key, "must map column ids to variants")
+        for column, variant in overrides.items():
+            if column not in columns:
+                raise ConfigError(f"{key}.{column}", f"not a column of the table (columns: "
+                                                     f"{', '.join(columns)})")
+            if not isinstance(variant, dict):
+                raise ConfigError(f"{key}.{column}", f"must be a variant mapping, got {variant!r}")
 
 
 def in_paper(row: dict) -> bool:
@@ -74,8 +96,14 @@ def find_row(spec: dict, row: str) -> dict:
 
 
 def cell_experiment(spec: dict, row: dict, column: dict) -> dict:
-    """The (dataset, method, backbone, variant, metric) that a cell reports."""
-    variant = {**(row.get("variant") or {}), **(column.get("variant") or {})}
+    """The (dataset, method, backbone, variant, metric) that a cell reports. The variant is the
+    row's `column_variants` entry of the column if it has one, else the row's and the column's
+    variants merged."""
+    override = (row.get("column_variants") or {}).get(column["column"])
+    if override is not None:
+        variant = dict(override)
+    else:
+        variant = {**(row.get("variant") or {}), **(column.get("variant") or {})}
     return {
         "task": spec.get("task", "segmentation"),
         "dataset": column.get("dataset") or row.get("dataset") or spec.get("dataset"),
@@ -231,9 +259,10 @@ def cell_sources(spec: dict, row: dict, settings: dict) -> dict[str, list[str]]:
 
 
 def table_settings(config: dict) -> dict:
-    """The part of the config the table stages depend on (passed to them as JSON): what to
-    reproduce, the folds per dataset (MosMed: its splits), MosMed's label fractions, and each
-    method's pretraining settings (an ablation variant equal to them is the plain run)."""
+    """The part of the config the table stages depend on (passed to them as JSON): the scale
+    (demo or paper, which every row file states), what to reproduce, the folds per dataset
+    (MosMed: its splits), MosMed's label fractions, and each method's pretraining settings (an
+    ablation variant equal to them is the plain run)."""
     from alice.config import plain_method_config
 
     methods = (config.get("pretrain") or {}).get("methods") or {}
@@ -242,6 +271,7 @@ def table_settings(config: dict) -> dict:
     folds = {name: section["folds"] for name, section in datasets.items() if "folds" in section}
     folds.update({name: section["repeats"] for name, section in datasets.items() if "repeats" in section})
     return {
+        "scale": config["scale"],
         "reproduce": config.get("reproduce", {"methods": [], "backbones": []}),
         "folds": folds,
         "label_fractions": {name: [float(f) for f in section["label_fractions"]]

@@ -1,12 +1,19 @@
 """Reproduced vs reported over every table, and the paired comparisons the paper makes.
 
 `alice summary` reads every table's row files (`results/rows/tableN/<row>.csv`, alice.tables.render)
-and writes:
+and writes the three outputs below. Every line and the figure state the scale the rows were
+computed at (`scale`: demo or paper, alice.tables.protocol; rows of two scales are refused) and
+the protocol (folds, fine-tuning and pretraining steps) of each reproduced cell. At `demo` scale
+(phantom data, reduced models, steps and folds) no reproduced number is set against the paper's
+as if the two were comparable: the `difference` to the paper is left empty and the figure shows
+the comparisons between reproduced cells instead (Alice against Rand. init., each ablation variant
+against Alice's default); at `paper` scale the difference and the reproduced-vs-reported figure.
 
 - `results/summary.csv`: one line per reproduced cell: table, row, column, the paper's value
   (`reported`), ours (`reproduced`, mean ± std over folds), `difference` = reproduced − reported
-  mean (table units, e.g. DSC × 100; empty where the paper has no number: a harness row, or a
-  Table 8 setting, whose line says whether it is the paper's), number of folds, run, backbone.
+  mean (table units, e.g. DSC × 100; empty at demo scale, and where the paper has no number: a
+  harness row, or a Table 8 setting, whose line says whether it is the paper's), number of
+  folds, run, backbone, scale, protocol.
 - `results/summary_tests.csv`: paired comparisons. (a) `alice_vs_best_baseline`: per table
   column, Alice's default run against the reproduced non-Alice row with the best mean in that
   column (Tables 1 and 3: Rand. init.; Table 9: the better Rand. init.; Table 11: its baseline
@@ -22,9 +29,13 @@ and writes:
   more than 50 pairs or tied |differences|, then the normal approximation); with n non-zero
   pairs an exact test cannot give p below 2 / 2^n (`min_attainable_p`: 0.0625 for 5 folds,
   0.125 for 4 cases), so small studies are reported, not judged. A paired t-test's p
-  (scipy.stats.ttest_rel) sits beside it.
-- `results/figures/summary.png`: reproduced against reported per cell (one colour per table,
-  the diagonal = the paper's value) and the mean difference per table.
+  (scipy.stats.ttest_rel) sits beside it. Both cells of a comparison are reproduced ones, at
+  the same scale; each line has the scale and both cells' protocols.
+- `results/figures/summary.png`, titled with the scale: at `paper` scale reproduced against
+  reported per cell (one colour per table, the diagonal = the paper's value) and the mean
+  difference per table; at `demo` scale each comparison's two reproduced means (cell b, e.g.
+  Rand. init., against cell a, e.g. Alice; the diagonal = no difference) and the mean difference
+  a − b per table and comparison.
 
 Per-fold and per-case values come from each cell's `sources` (the metrics files, in fold
 order, that the row file's mean ± std was computed from; see render.compute_row); a row file
@@ -43,27 +54,36 @@ import pandas as pd
 
 from alice.errors import InputError
 from alice.io import atomic_path
-from alice.tables.render import NOT_IN_PAPER, read_rows
+from alice.tables.protocol import scale_note
+from alice.tables.render import NOT_IN_PAPER, read_rows, table_scale
 from alice.tables.spec import cell_experiment, find_row, load_spec, table_ids
 
 SUMMARY_COLUMNS = ["table", "row", "label", "column", "header", "metric", "kind", "reported",
                    "reported_mean", "reported_std", "reproduced", "reproduced_mean",
-                   "reproduced_std", "difference", "n_folds", "run", "backbone", "note"]
+                   "reproduced_std", "difference", "n_folds", "run", "backbone", "scale",
+                   "protocol", "note"]
 TEST_COLUMNS = ["table", "comparison", "metric", "unit", "row_a", "label_a", "column_a", "run_a",
                 "row_b", "label_b", "column_b", "run_b", "dataset", "backbone", "n_pairs",
                 "n_nonzero", "mean_a", "mean_b", "mean_difference", "test", "statistic",
-                "p_value", "min_attainable_p", "p_ttest", "note"]
+                "p_value", "min_attainable_p", "p_ttest", "scale", "protocol_a", "protocol_b",
+                "note"]
 ALICE = "alice"
 
 
 # ------------------------------------------------------------------------------------- inputs
 def read_all_rows(rows_dir: Path, tables: list[str] | None = None) -> pd.DataFrame:
-    """Every row file of `tables` (default: all), each table in its spec's order."""
+    """Every row file of `tables` (default: all), each table in its spec's order; the tables
+    must share one scale."""
     frames = []
     for table in tables or table_ids():
         spec = load_spec(table)
         files = {r["row"]: Path(rows_dir) / spec["id"] / f"{r['row']}.csv" for r in spec["rows"]}
         frames.append(read_rows(spec["id"], files))
+    scales = {str(f["table"].iloc[0]): table_scale(f) for f in frames}
+    if len(set(scales.values())) > 1:
+        raise InputError(Path(rows_dir), "row files of different scales ("
+                         + ", ".join(f"{t}: {s}" for t, s in scales.items())
+                         + "): regenerate the rows of one config")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -74,7 +94,8 @@ def _plain_run(run: str) -> bool:
 
 # ------------------------------------------------------------------------------------ summary
 def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per reproduced cell of `rows` (read_all_rows)."""
+    """One line per reproduced cell of `rows` (read_all_rows); no difference to the paper's
+    value at demo scale."""
     out = []
     for rec in rows[rows["status"] == "reproduced"].to_dict("records"):
         spec = load_spec(rec["table"])
@@ -82,7 +103,8 @@ def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
         column = next(c for c in spec["columns"] if c["column"] == rec["column"])
         line = {k: rec[k] for k in ("table", "row", "label", "column", "reproduced",
                                     "reproduced_mean", "reproduced_std", "n_folds", "run",
-                                    "backbone")}
+                                    "backbone", "scale", "protocol")}
+        demo = rec["scale"] == "demo"
         line["header"] = " ".join(x for x in (rec["group"], rec["header"]) if x)
         line["reported"] = rec["paper"]
         if spec.get("task") == "settings":
@@ -98,9 +120,12 @@ def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
                 notes.append("the harness's own row: no paper value")
             if experiment["backbone"] and rec["backbone"] != experiment["backbone"]:
                 notes.append(f"ran on {rec['backbone']} (paper: {experiment['backbone']})")
+            if demo and paper_mean is not None:
+                notes.append("demo scale: not comparable with the paper's value, no difference")
             line.update(metric=experiment["metric"], kind="value", reported_mean=paper_mean,
                         reported_std=_number(rec["paper_std"]),
-                        difference=(None if paper_mean is None or _number(rec["reproduced_mean"]) is None
+                        difference=(None if demo or paper_mean is None
+                                    or _number(rec["reproduced_mean"]) is None
                                     else round(float(rec["reproduced_mean"]) - paper_mean, 4)),
                         note="; ".join(notes))
         out.append(line)
@@ -140,6 +165,7 @@ def _cells(rows: pd.DataFrame, rows_dir: Path) -> list[dict]:
                       "dataset": experiment["dataset"], "metric": experiment["metric"],
                       "label_fraction": experiment.get("label_fraction"),
                       "scale": float(spec.get("metric_scale") or 100), "fold_list": folds,
+                      "scale_name": rec["scale"],
                       "source_list": sources,
                       "row_file": Path(rows_dir) / rec["table"] / f"{rec['row']}.csv"})
     return cells
@@ -255,7 +281,8 @@ def tests_frame(rows: pd.DataFrame, rows_dir: Path, root: Path = Path(".")) -> p
                 "row_a": a["row"], "label_a": a["label"], "column_a": a["column"], "run_a": a["run"],
                 "row_b": b["row"], "label_b": b["label"], "column_b": b["column"], "run_b": b["run"],
                 "dataset": a["dataset"], "backbone": a["backbone"] if a["backbone"] == b["backbone"]
-                else f"{a['backbone']} vs {b['backbone']}"}
+                else f"{a['backbone']} vs {b['backbone']}",
+                "scale": a["scale_name"], "protocol_a": a["protocol"], "protocol_b": b["protocol"]}
         fa, fb = fold_values(a, root), fold_values(b, root)
         folds = sorted(set(fa) & set(fb))
         unit = "split" if a["task"] == "classification" else "fold"
@@ -270,18 +297,45 @@ def tests_frame(rows: pd.DataFrame, rows_dir: Path, root: Path = Path(".")) -> p
 
 
 # ------------------------------------------------------------------------------------- figure
-def draw_summary(summary: pd.DataFrame, out_png: Path) -> Path:
-    """Left: reproduced against reported mean per cell (one colour per table; the diagonal is
-    the paper's value). Right: mean difference per table (reproduced − reported), ± its std
-    over the table's cells."""
+def summary_scale(summary: pd.DataFrame, tests: pd.DataFrame) -> str | None:
+    """The one scale of the summary's lines (None when nothing is reproduced)."""
+    scales = set(summary["scale"]) | set(tests["scale"])
+    return next(iter(scales)) if len(scales) == 1 else None
+
+
+def draw_summary(summary: pd.DataFrame, tests: pd.DataFrame, out_png: Path,
+                 scale: str | None = None) -> Path:
+    """The summary figure at `scale` (default: the lines' own), titled with it.
+
+    paper: left, reproduced against reported mean per cell (one colour per table; the diagonal
+    is the paper's value); right, mean difference per table (reproduced − reported), ± its std
+    over the table's cells. demo: the reproduced cells against each other, never against the
+    paper: left, per comparison (per fold / split) the mean of cell b (Rand. init., or Alice's
+    default for an ablation) against the mean of cell a (Alice, or the variant); right, the
+    mean difference a − b per table and comparison, ± its std over the table's comparisons."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scale = scale or summary_scale(summary, tests)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.6))
+    if scale == "demo":
+        title = _draw_comparisons(tests, left, right, plt)
+    else:
+        title = _draw_against_paper(summary, left, right, plt)
+    stamp = scale_note(scale) if scale else "nothing reproduced"
+    fig.suptitle(f"{stamp[0].upper()}{stamp[1:]}\n{title}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def _draw_against_paper(summary: pd.DataFrame, left, right, plt) -> str:
     values = summary[(summary["kind"] == "value") & summary["difference"].notna()]
     settings = summary[summary["kind"] == "setting"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.4))
     tables = list(dict.fromkeys(values["table"]))
     colours = {t: plt.get_cmap("tab10")(i % 10) for i, t in enumerate(tables)}
     for table in tables:
@@ -311,12 +365,47 @@ def draw_summary(summary: pd.DataFrame, out_png: Path) -> Path:
     if len(settings):
         same = int((settings["note"] == "setting: the paper's").sum())
         title += f"; Table 8: {same} of {len(settings)} settings as in the paper"
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+    return title
+
+
+COMPARISON_LABELS = {"alice_vs_best_baseline": "Alice − best reproduced baseline (Rand. init.)",
+                     "ablation": "ablation variant − Alice's default"}
+
+
+def _draw_comparisons(tests: pd.DataFrame, left, right, plt) -> str:
+    per_fold = tests[tests["unit"].isin(["fold", "split"]) & tests["mean_a"].notna()]
+    kinds = [k for k in COMPARISON_LABELS if k in set(per_fold["comparison"])]
+    colours = {k: plt.get_cmap("tab10")(i) for i, k in enumerate(COMPARISON_LABELS)}
+    for kind in kinds:
+        part = per_fold[per_fold["comparison"] == kind]
+        left.scatter(part["mean_b"], part["mean_a"], s=22, color=colours[kind],
+                     label=COMPARISON_LABELS[kind], alpha=0.85)
+    if kinds:
+        low = float(min(per_fold["mean_a"].min(), per_fold["mean_b"].min()))
+        high = float(max(per_fold["mean_a"].max(), per_fold["mean_b"].max()))
+        pad = max(1.0, 0.05 * (high - low))
+        left.plot([low - pad, high + pad], [low - pad, high + pad], color="0.5", lw=0.8, ls="--")
+        left.legend(fontsize=7, loc="upper left")
+        groups = per_fold.groupby(["table", "comparison"], sort=False)["mean_difference"]
+        stats_ = groups.agg(["mean", "std", "count"])
+        x = np.arange(len(stats_))
+        right.bar(x, stats_["mean"], yerr=stats_["std"].fillna(0),
+                  color=[colours[k] for _, k in stats_.index], capsize=3)
+        right.set_xticks(x, [f"{t.replace('table', 'T')}\nn={n}"
+                             for (t, _), n in zip(stats_.index, stats_["count"])], fontsize=8)
+    else:
+        for ax in (left, right):
+            ax.text(0.5, 0.5, "no comparison of reproduced cells", ha="center", va="center",
+                    transform=ax.transAxes)
+    left.set(xlabel="cell b, reproduced (Rand. init. / Alice's default)",
+             ylabel="cell a, reproduced (Alice / variant)",
+             title="reproduced cells compared (mean over folds / splits)")
+    left.grid(alpha=0.3)
+    right.axhline(0, color="0.3", lw=0.8)
+    right.set(ylabel="a − b (table units)", title="mean difference per table and comparison")
+    right.grid(alpha=0.3, axis="y")
+    return (f"{len(per_fold)} comparisons of reproduced cells in "
+            f"{per_fold['table'].nunique()} tables; the paper's numbers are not compared")
 
 
 def write_summary(rows_dir: Path, out_csv: Path, out_tests: Path, out_png: Path,
@@ -329,5 +418,5 @@ def write_summary(rows_dir: Path, out_csv: Path, out_tests: Path, out_png: Path,
     with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tests, suffix=".csv") as tmp_tests:
         summary.to_csv(tmp_csv, index=False)
         tests.to_csv(tmp_tests, index=False)
-        draw_summary(summary, out_png)
+        draw_summary(summary, tests, out_png, table_scale(rows))
     return summary, tests

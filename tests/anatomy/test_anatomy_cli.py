@@ -10,6 +10,7 @@ import pytest
 from alice.anatomy.evaluate import MATCHING_COLUMNS, POINT_COLUMNS
 from alice.anatomy.learned import load_embeddings
 from alice.cli import main
+from alice.data.preprocess import load_case, prepare
 
 TINY = {"model": {"widths": [8, 8, 8], "blocks": [1, 1, 1], "stem_width": 8, "fpn_dim": 8,
                   "embed_dim": 8, "fine_stride": 2, "coarse_stride": 8},
@@ -24,16 +25,22 @@ def pool(tmp_path_factory, tiny_pool):
 
 
 def test_train_embed_evaluate_and_figure(pool, tmp_path):
+    """Trained and embedded on its own cache (the pool at another spacing, as the DAG's
+    anatomy_prepare makes it), scored on the pool's cache."""
     root, data = pool
+    anatomy = tmp_path / "anatomy_data"
+    prepare("flare22_pool", root / "release", anatomy, {"spacing": [12.0, 12.0, 12.0], "window": [-125, 255]},
+            progress=False)
+    folds = ["--folds", str(data / "folds.json")]
     model_dir = tmp_path / "model"
     settings = json.dumps({"train": TINY, "seed": 0})
-    assert main(["anatomy", "train", "--data", str(data), "--out", str(model_dir),
+    assert main(["anatomy", "train", "--data", str(anatomy), *folds, "--out", str(model_dir),
                  "--settings", settings, "--no-progress"]) == 0
     assert (model_dir / "model.pt").is_file() and (model_dir / "log.csv").is_file()
 
     cases = sorted(p.name[: -len("_image.npy")] for p in data.glob("*_image.npy"))
     emb = tmp_path / "emb"
-    args = ["anatomy", "embed", "--data", str(data), "--model", str(model_dir / "model.pt"),
+    args = ["anatomy", "embed", "--data", str(anatomy), *folds, "--model", str(model_dir / "model.pt"),
             "--out-dir", str(emb)]
     for case in cases:
         args += ["--case", case]
@@ -42,6 +49,12 @@ def test_train_embed_evaluate_and_figure(pool, tmp_path):
     assert meta["seconds"] > 0 and fine.shape[0] == coarse.shape[0] == 8
     norms = np.linalg.norm(fine.astype(np.float32), axis=0)
     assert np.allclose(norms, 1.0, atol=1e-2)  # l2-normalised (float16 cache)
+    # the maps know their grid (the anatomy cache's) and source, not the pool's
+    _, _, anatomy_meta = load_case(anatomy, cases[0])
+    _, _, pool_meta = load_case(data, cases[0])
+    assert meta["shape"] == anatomy_meta["cached"]["shape"] != pool_meta["cached"]["shape"]
+    assert np.allclose(meta["affine"], anatomy_meta["cached"]["affine"])
+    assert meta["source"] == pool_meta["identity"]["source"]["image"]
 
     out = tmp_path / "matching.csv"
     assert main(["anatomy", "evaluate", "--data", str(data), "--embeddings", str(emb),

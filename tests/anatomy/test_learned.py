@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -7,7 +9,9 @@ from alice.anatomy.learned import (
     Embeddings,
     LearnedMatcher,
     best_cell,
+    embedding_bytes,
     load_embeddings,
+    open_embeddings,
     query_vectors,
     save_embeddings,
     similarity_map,
@@ -118,13 +122,71 @@ def test_embeddings_round_trip_and_errors(tmp_path):
     meta = {"shape": [6, 6, 4], "fine_stride": 2, "coarse_stride": 8, "case_id": "x"}
     save_embeddings(tmp_path / "x.npz", fine, coarse, meta)
     f2, c2, m2 = load_embeddings(tmp_path / "x.npz")
-    assert np.array_equal(f2, fine) and f2.dtype == np.float16 and m2 == meta
+    assert np.array_equal(f2, fine) and f2.dtype == np.float16 and m2 == {**meta, "layout": "channels_last"}
+    assert np.array_equal(c2, coarse)
     assert [p.name for p in tmp_path.iterdir()] == ["x.npz"]  # no temporary left behind
+    # the matcher's view: fine memory-mapped as stored (float16, channels last), coarse float32
+    emb = open_embeddings(tmp_path / "x.npz")
+    assert isinstance(emb.fine, np.memmap) and emb.fine.dtype == np.float16 and emb.fine.shape == (3, 3, 2, 4)
+    assert np.array_equal(emb.fine, np.moveaxis(fine, 0, -1)) and emb.coarse.dtype == np.float32
+    assert emb.affine is None and emb.shape == (6, 6, 4)
     with pytest.raises(ValueError):
         save_embeddings(tmp_path / "y.npz", fine, coarse, {"shape": [6, 6, 4]})
     (tmp_path / "bad.npz").write_text("not a zip")
     with pytest.raises(InputError, match="bad.npz"):
         load_embeddings(tmp_path / "bad.npz")
+    # an older channels-first file (no layout) is refused, naming the file
+    np.savez(tmp_path / "old.npz", fine=fine, coarse=coarse, meta=np.asarray(json.dumps(meta)))
+    with pytest.raises(InputError, match="old.npz.*layout"):
+        open_embeddings(tmp_path / "old.npz")
+
+
+def test_embedding_bytes_is_the_file_size(tmp_path):
+    shape, c = (37, 30, 21), 16  # not multiples of the strides: ceil(n / s) cells per axis
+    b = embedding_bytes(shape, FS, CS, c)
+    assert b["fine"] == 19 * 15 * 11 * c * 2 and b["coarse"] == 5 * 4 * 3 * c * 2
+    assert b["total"] == b["fine"] + b["coarse"]
+    field = _canvas(0, shape=shape, c=c)
+    _volume(tmp_path, "v", field)
+    size = (tmp_path / "v.npz").stat().st_size
+    assert b["total"] < size < b["total"] + 2048  # npz headers and the meta JSON
+    assert embedding_bytes(shape, FS, CS, c, np.float32)["total"] == 2 * b["total"]
+
+
+def test_matches_across_grids_through_the_affines(tmp_path):
+    """Embeddings on a coarser grid than the volumes (anatomy cache vs pool cache): query points and
+    matches are voxels of the volumes; the maps are read at the world-equivalent positions."""
+    canvas = _canvas(3)
+    d = np.array([16, 8, 8])  # in embedded voxels (2 mm), as in the translation test
+    emb_aff = {"key": np.diag([2.0, 2.0, 2.0, 1.0]), "query": np.diag([2.0, 2.0, 2.0, 1.0])}
+    emb_aff["key"][:3, 3] = [100.0, -50.0, 20.0]
+    emb_aff["query"][:3, 3] = [-30.0, 10.0, 5.0]
+    fields = {"key": canvas[:, :48, :48, :40],
+              "query": canvas[:, d[0]:d[0] + 48, d[1]:d[1] + 48, d[2]:d[2] + 32]}
+    vols = {}
+    for cid, field in fields.items():
+        source = {"path": f"/src/{cid}.nii.gz", "size": 1, "mtime_ns": 1}
+        _volume(tmp_path, cid, field, {"affine": emb_aff[cid].tolist(), "source": source})
+        # the volume's own (pool) grid: 1 mm voxels starting 3 mm before the embedded grid
+        pool = np.eye(4)
+        pool[:3, 3] = emb_aff[cid][:3, 3] - 3.0
+        shape = tuple(2 * n + 6 for n in field.shape[1:])
+        vols[cid] = Volume(cid, np.zeros(shape, np.float32), np.ones(3), pool, tmp_path / f"{cid}.npz",
+                           {"identity": {"source": {"image": source}}})
+    m = LearnedMatcher(refine=False)
+    rng = np.random.default_rng(2)
+    for _ in range(8):
+        cell = rng.integers([2, 2, 2], [14, 12, 12])
+        e = cell_centre(cell, FS)  # a fine cell centre of the query's embedded grid
+        p = 2.0 * e + 3.0  # the same point in the query volume's 1 mm grid
+        out, score = m.match(vols["query"], p, vols["key"])
+        assert np.allclose(out, 2.0 * (e + d) + 3.0), (p, out)
+        assert 0.6 < score <= 1.0
+    # embeddings of another source than the volume's are stale
+    other = Volume("key", vols["key"].image, np.ones(3), vols["key"].affine, vols["key"].embeddings,
+                   {"identity": {"source": {"image": {"path": "/src/else.nii.gz", "size": 2, "mtime_ns": 1}}}})
+    with pytest.raises(InputError, match="stale"):
+        m.match(vols["query"], [10, 10, 10], other)
 
 
 def test_missing_or_stale_embeddings(tmp_path):

@@ -212,3 +212,49 @@ def test_btcv_offline_protocol_tests_each_labeled_case_once(tmp_path):
     online, fold = split_cases(tmp_path, "online_test")
     assert fold is None and online == [f"T{i:04d}" for i in range(1, 21)]
     assert not set(online) & set(tested)
+
+
+# ------------------------------------------------------------------------- low-label subsets
+def _flare_folds(seed=0, n_train=10, n_test=4):
+    return make_folds("flare22", _seg_manifest("flare22", n_train, n_test, "test"), {"folds": 5}, seed)
+
+
+def test_labeled_training_cases_are_every_fold_case_and_no_test_case():
+    from alice.data.folds import labeled_training_cases
+
+    folds = _flare_folds()
+    cases = labeled_training_cases(folds, "folds.json")
+    assert cases == [f"FLARE22_Tr_{i:04d}" for i in range(1, 11)]
+    assert not set(cases) & set(folds["test"])
+
+
+def test_labeled_subsets_are_deterministic_nested_and_seed_dependent():
+    from alice.data.folds import labeled_subset
+
+    folds = _flare_folds()
+    subsets = {(n, s): labeled_subset(folds, n, s, "folds.json") for n in (1, 2, 4) for s in range(3)}
+    for (n, s), cases in subsets.items():
+        assert len(cases) == n and cases == sorted(cases)
+        assert cases == labeled_subset(_flare_folds(), n, s, "folds.json")  # same input, same subset
+        assert not set(cases) & set(folds["test"])
+    for s in range(3):  # one seed's subsets are nested: 1 in 2 in 4
+        assert set(subsets[1, s]) <= set(subsets[2, s]) <= set(subsets[4, s])
+    assert len({tuple(subsets[4, s]) for s in range(3)}) == 3  # seeds draw different subsets
+    # the folds' seed enters the draw, so another split of the same cases draws other subsets
+    other = [labeled_subset(_flare_folds(seed=1), 4, s, "folds.json") for s in range(3)]
+    assert other != [subsets[4, s] for s in range(3)]
+
+
+def test_labeled_subset_refuses_bad_counts():
+    from alice.data.folds import labeled_subset
+    from alice.errors import InputError
+
+    folds = _flare_folds()
+    with pytest.raises(InputError, match="folds.json: 11 labeled cases requested, only 10"):
+        labeled_subset(folds, 11, 0, "folds.json")
+    with pytest.raises(ConfigError, match="labeled"):
+        labeled_subset(folds, 0, 0, "folds.json")
+    with pytest.raises(ConfigError, match="subset seed"):
+        labeled_subset(folds, 1, -1, "folds.json")
+    with pytest.raises(InputError, match="test cases inside the folds"):
+        labeled_subset({**folds, "test": [folds["folds"][0]["val"][0]]}, 1, 0, "folds.json")

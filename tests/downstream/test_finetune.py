@@ -9,6 +9,7 @@ import json
 import math
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from alice.downstream.inference import evaluate
 from alice.downstream.networks import build_segmentation_network
 from alice.downstream.segmentation import finetune
 from alice.downstream.transfer import WeightTransferError, encoder_of, save_encoder_checkpoint
-from alice.errors import InputError
+from alice.errors import ConfigError, InputError
 
 MODEL_KEYS = {"state_dict", "backbone", "num_classes", "settings", "encoder_config", "dataset", "method", "init",
               "fold", "seed", "code_version"}
@@ -128,3 +129,22 @@ def test_evaluate_refuses_missing_or_incomplete_model(tiny_data, tmp_path):
     with pytest.raises(InputError, match="lacks keys"):
         evaluate(dataset="flare22", model_dir=tmp_path, data_dir=tiny_data, out_path=tmp_path / "m.json", progress=False)
     assert not (tmp_path / "m.json").exists()
+
+
+def test_class_sampling_centres_crops_on_every_class(tiny_data, dx):
+    """`sampling: classes` centres crops on background and each organ alike; pos_neg on foreground or
+    background. A 4³ crop centred on a voxel holds that voxel's class at its centre."""
+    from alice.downstream.data import train_transform
+
+    centres = {}
+    for sampling in ("classes", "pos_neg"):
+        settings = dict(dx.SETTINGS, sampling=sampling, augmentation=[], samples_per_volume=200)
+        transform = train_transform(tiny_data, settings, [4, 4, 4], num_classes=5)
+        transform.set_random_state(seed=0)
+        crops = transform({"case_id": "FLARE22_Tr_0001"})
+        centres[sampling] = np.bincount([int(c["label"][0, 2, 2, 2]) for c in crops], minlength=5)
+    # 5 classes drawn uniformly: each ~40 of 200; pos_neg: half background, organs by their volume
+    assert centres["classes"].min() >= 20, centres
+    assert 80 <= centres["pos_neg"][0] <= 120, centres
+    with pytest.raises(ConfigError, match="sampling"):
+        train_transform(tiny_data, dict(dx.SETTINGS, sampling="random"), [4, 4, 4])

@@ -143,3 +143,36 @@ def test_bbox_pairs_on_body(cache):
         img = np.load(d / f"{b['q_case'][i]}_image.npy")
         p = b["q_point"][i].numpy().astype(int)
         assert img[tuple(p)] > 0.01
+
+
+def test_learned_matcher_pairs_on_the_pool_grid(tmp_path, tiny_pool):
+    """Pairs mined with the learned matcher whose embeddings live on a coarser anatomy cache: the
+    key points are voxels of the pool cache (where the crops are cut), inside the key volume."""
+    from alice.anatomy.matcher import Volume
+    from alice.anatomy.model import AnatomyNet
+    from alice.anatomy.train import embed_cases
+    from alice.data.preprocess import prepare
+
+    data = tiny_pool(tmp_path, seed=1, spacing=[6.0, 6.0, 6.0])
+    anatomy = tmp_path / "anatomy"
+    prepare("flare22_pool", tmp_path / "release", anatomy, {"spacing": [15.0, 15.0, 15.0], "window": [-125, 255]},
+            progress=False)
+    ids = json.loads((data / "folds.json").read_text())["train"]
+    torch.manual_seed(0)
+    net = AnatomyNet({"widths": [8, 8, 8], "blocks": [1, 1, 1], "stem_width": 8, "fpn_dim": 8, "embed_dim": 8,
+                      "fine_stride": 2, "coarse_stride": 8})
+    embed_cases(net, anatomy, ids, tmp_path / "emb")
+    ds = CropPairDataset(data, ids, crop=(8, 8, 8), batch_size=6, matcher="sam",
+                         matcher_options={"embeddings_dir": tmp_path / "emb"}, min_score=1.0, max_tries=3)
+    b = ds.batch(0)
+    assert b["K"].shape == (6, 1, 8, 8, 8) and ((b["score"] >= 0) & (b["score"] <= 1)).all()
+    beyond = False
+    for case, point in zip(b["k_case"], b["k_point"].numpy()):
+        pool_vol = Volume.load(data, case)
+        anat_vol = Volume.load(anatomy, case)
+        assert np.all(point >= 0) and np.all(point <= np.asarray(pool_vol.shape) - 1)
+        # the same world point lies inside the anatomy grid the match was found on
+        in_anatomy = anat_vol.world_to_voxel(pool_vol.voxel_to_world(point))
+        assert np.all(in_anatomy >= -0.5) and np.all(in_anatomy <= np.asarray(anat_vol.shape) - 0.5)
+        beyond |= bool(np.any(point > np.asarray(anat_vol.shape)))
+    assert beyond  # pool voxels (6 mm), not anatomy voxels (15 mm)

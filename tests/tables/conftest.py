@@ -11,6 +11,7 @@ import pytest
 
 from alice import config as cfg
 from alice.tables.spec import cell_sources, load_spec, table_ids
+from fakes import write_training_record
 
 FLARE_TEST = [f"FLARETs_{i:04d}" for i in range(1, 5)]  # the fixed offline test set
 
@@ -38,6 +39,7 @@ def write_metrics_file(root: Path, rel: str) -> dict:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
+    write_training_record(root, rel)
     return data
 
 
@@ -55,6 +57,7 @@ def write_model_file(root: Path, rel: str, config: dict) -> None:
                 "settings": settings["finetune"], "encoder_config": settings["encoder"],
                 "dataset": dataset, "method": run, "init": "scratch", "fold": fold,
                 "seed": settings["seed"], "code_version": "0.1.0+gtest"}, path)
+    write_training_record(root, rel)
 
 
 def write_manifest(root: Path, rel: str, config: dict) -> None:

@@ -10,8 +10,9 @@ import pytest
 from alice.errors import InputError
 from alice.tables import render
 from alice.tables.spec import cell_sources, find_row, load_spec, table_ids
+from fakes import write_training_record
 
-SETTINGS = {"reproduce": {"methods": ["rand_init"], "backbones": ["unetr"]},
+SETTINGS = {"scale": "demo", "reproduce": {"methods": ["rand_init"], "backbones": ["unetr"]},
             "folds": {"flare22": 5, "btcv": 5}}
 FOLD_DSC = [0.80, 0.82, 0.81, 0.79, 0.83]
 
@@ -22,6 +23,7 @@ def write_metrics(root, method="rand_init", backbone="unetr", dsc=FOLD_DSC):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"mean": {"dsc": value, "nsd": value + 0.05},
                                     "settings_hash": "abc", "code_version": "v"}))
+        write_training_record(root, str(path.relative_to(root)))
 
 
 def all_rows(tmp_path, table="table1", settings=SETTINGS):
@@ -67,11 +69,16 @@ def test_table1_has_the_papers_rows_and_columns_and_no_blank_cell(tmp_path):
     wide = pd.read_csv(tmp_path / "table1.csv", keep_default_na=False)
     spec = load_spec("table1")
     assert list(wide["row"]) == [r["row"] for r in spec["rows"]]
-    assert len(wide) == 11 and wide.shape[1] == 2 + 2 * 6 + 1
-    assert wide.columns[-1] == "reproduced with"
+    assert len(wide) == 11 and wide.shape[1] == 3 + 2 * 6 + 2
+    assert list(wide.columns[-2:]) == ["reproduced with", "protocol"]
     assert wide.set_index("row").loc["rand_init", "reproduced with"] == "rand_init / unetr / folds 0,1,2,3,4"
+    assert wide.set_index("row").loc["rand_init", "protocol"] == (
+        "rand_init / unetr: folds 0-4, fine-tuning 80 steps, no pretraining")
     assert wide.set_index("row").loc["mae", "reproduced with"] == "-"
-    assert list(wide.columns[:4]) == ["row", "Method", "UNETR DSC (reproduced)", "UNETR DSC (paper)"]
+    assert wide.set_index("row").loc["mae", "protocol"] == "-"
+    assert set(wide["scale"]) == {"demo"}
+    assert list(wide.columns[:5]) == ["row", "Method", "scale", "UNETR DSC (reproduced)",
+                                      "UNETR DSC (paper)"]
     assert (wide != "").all().all()
     alice = wide.set_index("row").loc["alice"]
     assert alice["nnFormer DSC (paper)"] == "86.87±1.84"
@@ -100,7 +107,8 @@ def test_stale_row_file_is_rejected(tmp_path):
         render.read_rows("table1", files)
 
 
-NOTHING_ENABLED = {"reproduce": {"methods": [], "backbones": []}, "folds": SETTINGS["folds"]}
+NOTHING_ENABLED = {"scale": "demo", "reproduce": {"methods": [], "backbones": []},
+                   "folds": SETTINGS["folds"]}
 
 
 @pytest.mark.parametrize("table", table_ids())
@@ -127,7 +135,7 @@ def test_check_latex_catches_broken_markup():
                            "\\end{tabular}\\end{table*}")
 
 
-ABLATION_SETTINGS = {"reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
+ABLATION_SETTINGS = {"scale": "demo", "reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
                                    "substitute": {"backbone": "unetr", "folds": 1}},
                      "folds": {"flare22": 5, "btcv": 5},
                      "method_configs": {"alice": {"target_mask_ratio": 0.0}}}
@@ -136,12 +144,13 @@ ABLATION_SETTINGS = {"reproduce": {"methods": ["rand_init", "alice"], "backbones
 def test_ablation_cells_name_their_variant_run():
     spec = load_spec("table6")
     sources = cell_sources(spec, find_row(spec, "alice"), ABLATION_SETTINGS)
-    # the default (with CASA) is the plain alice run; without CASA its own run; fold 0 only
+    # the default (with CASA) is the plain alice run; without CASA Table 11's MIM + ℓdv run
+    # (table6.yaml); fold 0 only
     assert sources == {
         "dsc_with": ["results/finetune/flare22/alice/unetr/fold0/metrics.json"],
         "nsd_with": ["results/finetune/flare22/alice/unetr/fold0/metrics.json"],
-        "dsc_without": ["results/finetune/flare22/alice__casa-false/unetr/fold0/metrics.json"],
-        "nsd_without": ["results/finetune/flare22/alice__casa-false/unetr/fold0/metrics.json"]}
+        "dsc_without": ["results/finetune/flare22/alice__objectives-mim-dv/unetr/fold0/metrics.json"],
+        "nsd_without": ["results/finetune/flare22/alice__objectives-mim-dv/unetr/fold0/metrics.json"]}
     # iBOT is not reproduced: no sources
     assert cell_sources(spec, find_row(spec, "ibot"), ABLATION_SETTINGS) == {}
     table10 = load_spec("table10")
@@ -185,7 +194,7 @@ def test_rendered_column_names_are_unique(table):
 
 # Table 3: BTCV offline 5-fold CV for Rand. init. (the harness's extra row) and Alice; the online
 # column is the leaderboard's and never computed.
-TABLE3_SETTINGS = {"reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
+TABLE3_SETTINGS = {"scale": "demo", "reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
                                  "substitute": {"backbone": "unetr", "folds": 1}},
                    "folds": {"flare22": 5, "btcv": 5}}
 BTCV_DSC = {"rand_init": [0.60, 0.62, 0.64, 0.66, 0.68], "alice": [0.70, 0.71, 0.72, 0.73, 0.74]}
@@ -197,6 +206,7 @@ def write_btcv_metrics(root, method, dsc):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"mean": {"dsc": value, "nsd": None}, "split": f"val:{k}",
                                     "settings_hash": f"h{k}", "code_version": "v"}))
+        write_training_record(root, str(path.relative_to(root)))
 
 
 def test_table3_offline_cells_are_five_fold_cv_on_the_substitute_backbone(tmp_path):
@@ -270,7 +280,7 @@ def test_substitute_entries_are_checked():
     with pytest.raises(ConfigError, match=r"table3.yaml:substitute.*unknown entries \['epochs'\]"):
         substitute_overrides({"id": "table3", "substitute": ["epochs"]}, settings)
 # ------------------------------------------------------------------------------ classification (MosMed)
-CLS_SETTINGS = {"reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr", "vit", "resnet3d"]},
+CLS_SETTINGS = {"scale": "demo", "reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr", "vit", "resnet3d"]},
                 "folds": {"flare22": 5, "btcv": 5, "mosmed": 10},
                 "label_fractions": {"mosmed": [0.2, 0.5, 1.0]}}
 SPLIT_AUC = {"rand_init/resnet3d": 0.60, "rand_init/vit": 0.55, "alice/vit": 0.70}
@@ -283,6 +293,7 @@ def write_auc(root, run, backbone, fraction_dir, base, n=10):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"mean": {"auc": value}, "cases": {}, "settings_hash": "h",
                                     "code_version": "v"}))
+        write_training_record(root, str(path.relative_to(root)), steps=200)
     return values
 
 

@@ -37,9 +37,10 @@ def test_columns_read_every_model_behind_a_reproduced_cell():
     models = [p for p in sources["flare22_unetr"] if p.endswith("model.pt")]
     # Table 1's two methods on 5 folds, and fold 0 of each ablation variant run
     assert "results/finetune/flare22/rand_init/unetr/fold4/model.pt" in models
-    assert "results/finetune/flare22/alice__casa-false/unetr/fold0/model.pt" in models
-    assert "results/finetune/flare22/alice__casa-false/unetr/fold1/model.pt" not in models
-    assert len(models) == len(set(models)) == 2 * 5 + 9
+    assert "results/finetune/flare22/alice__objectives-mim-dv/unetr/fold0/model.pt" in models
+    assert "results/finetune/flare22/alice__objectives-mim-dv/unetr/fold1/model.pt" not in models
+    # 7 variant runs: Tables 5 and 6 read two of Table 11's (table5.yaml, table6.yaml)
+    assert len(models) == len(set(models)) == 2 * 5 + 7
     assert sources["flare22_unetr"][-1] == "results/data/flare22/manifest.json"
     # the demo config runs the paper's backbones: every column has runs (BTCV: Table 3 on nnFormer)
     full = cell_sources(spec, find_row(spec, "base_lr"), table_settings(CONFIG))
@@ -54,7 +55,7 @@ def test_cells_show_the_recorded_settings_and_follow_a_config_change(tmp_path, f
     assert lr["status"] == "reproduced"
     assert lr["reproduced"] == format_setting(CONFIG["finetune"]["unetr"]["optim"]["lr"]) == "5e-3"
     assert lr["paper"] == "1e-4"  # beside it, never copied
-    assert lr["n_folds"] == 19 and lr["sources"].count("model.pt") == 19
+    assert lr["n_folds"] == 17 and lr["sources"].count("model.pt") == 17  # 2 x 5 + 7 variant runs
     assert table8_row("crop_size", config, tmp_path).loc["flare22_unetr", "reproduced"] == "48×48×32"
     assert table8_row("spacing", config, tmp_path).loc["flare22_unetr", "reproduced"] == "6×6×6"
     # the config's words in the paper's (the spec's vocabulary)

@@ -16,6 +16,7 @@ from alice.tables import render
 from alice.tables.reference import load_reference
 from alice.tables.settings_cells import format_setting
 from alice.tables.spec import find_row, in_paper, load_spec, table_ids, table_settings
+from fakes import FINETUNE_STEPS, PRETRAIN_STEPS
 
 CONFIG = cfg.load_config()
 
@@ -98,11 +99,11 @@ def test_rows_and_columns_are_the_papers(rendered, table):
     value_columns = [c for c in reference.columns
                      if c not in ("row", "label") and c not in {d["column"] for d in spec.get("descriptive_columns") or []}]
     assert [c["column"] for c in spec["columns"]] == value_columns
-    expected = ["row", label_header, *headers]
+    expected = ["row", label_header, "scale", *headers]
     for column in spec["columns"]:
         paper = "paper, leaderboard" if column.get("source") == "leaderboard" else "paper"
         expected += [f"{_name(column)} (reproduced)", f"{_name(column)} ({paper})"]
-    assert list(wide.columns) == expected + ["reproduced with"]
+    assert list(wide.columns) == expected + ["reproduced with", "protocol"]
     # rows: the paper's, in its order, with its labels and descriptive cells; the harness's own
     # rows (in_paper: false) only where the spec adds them
     assert list(wide["row"]) == [r["row"] for r in spec["rows"]]
@@ -176,6 +177,42 @@ def test_every_cell_is_marked_and_every_reproduced_cell_traceable(rendered, tabl
             assert cell["paper"] == render.NOT_IN_PAPER
     if mode == "nothing":
         assert set(sources["status"]) <= {"not_reproduced", "not_applicable", "leaderboard"}
+
+
+@pytest.mark.parametrize("table", table_ids())
+def test_every_number_states_its_scale_and_protocol(rendered, table):
+    """The CSV and the sources have the config's scale on every line, the LaTeX caption states
+    it, and every reproduced cell's protocol (folds, fine-tuning and pretraining steps, as the
+    fake runs recorded them: tests/tables/fakes.py) is in the sources, in its row's protocol
+    column and in the caption."""
+    mode, _, out = rendered
+    wide, sources, tex = out[table]
+    spec = load_spec(table)
+    assert CONFIG["scale"] == "demo"
+    assert set(wide["scale"]) == set(sources["scale"]) == {"demo"}
+    caption = tex.split(r"\caption{", 1)[1].split(r"\label{", 1)[0]
+    assert "Scale: demo scale: phantom data, reduced models, steps and folds; not comparable" in caption
+    done = sources[sources["status"] == "reproduced"]
+    assert (sources[sources["status"] != "reproduced"]["protocol"] == "").all()
+    if mode == "nothing":
+        assert done.empty and "Protocol of the reproduced cells" not in caption
+        assert set(wide["protocol"]) == {"-"}
+        return
+    unit = "splits" if spec.get("task") == "classification" else "folds"
+    steps = "iterations" if spec.get("task") == "classification" else "steps"
+    for cell in done.to_dict("records"):
+        folds = "0, 1" if cell["folds"] == "0;1" else cell["folds"]
+        fine = f"{unit} {folds}, fine-tuning {FINETUNE_STEPS} {steps}"
+        if spec.get("task") == "settings":  # Table 8 reads Rand. init.'s and pretrained runs' models
+            expected = f"{fine}, pretraining {PRETRAIN_STEPS} steps, some from scratch"
+        elif cell["run"] == "rand_init":
+            expected = f"{fine}, no pretraining"
+        else:
+            expected = f"{fine}, pretraining {PRETRAIN_STEPS} steps"
+        assert cell["protocol"] == expected, cell
+        stated = f"{cell['run']} / {cell['backbone']}: {expected}"
+        assert stated in wide.set_index("row").loc[cell["row"], "protocol"].split("; ")
+        assert render._latex_escape(stated) in caption
 
 
 def _check_value(spec, row, cell, files, root):

@@ -13,12 +13,14 @@ from alice.cli import main
 from alice.errors import InputError
 from alice.tables import render, summary
 from alice.tables.spec import load_spec, table_settings
+from fakes import write_training_record
 
 CONFIG = cfg.load_config()
 SETTINGS = {**table_settings(CONFIG),
             "reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
                           "substitute": {"backbone": "unetr", "folds": 1}}}
 CASES = [f"FLARETs_{i:04d}" for i in range(1, 5)]
+NOT_COMPARABLE = "demo scale: not comparable with the paper's value, no difference"
 # Table 1, UNETR DSC per fold: Alice − Rand. init. = +1, −2, +3, +4, +5 points
 RAND_DSC = [0.60, 0.62, 0.64, 0.66, 0.68]
 ALICE_DSC = [0.61, 0.60, 0.67, 0.70, 0.73]
@@ -32,6 +34,7 @@ def write_fold(root, run, fold, fold_value, offsets):
     case_mean = {c: {"dsc": fold_value + o, "nsd": fold_value + o + 0.05} for c, o in zip(CASES, offsets)}
     path.write_text(json.dumps({"case_mean": case_mean, "mean": {"dsc": fold_value, "nsd": fold_value + 0.05},
                                 "settings_hash": f"h-{run}-{fold}", "code_version": "v"}))
+    write_training_record(root, str(path.relative_to(root)))
 
 
 def write_rows(root, tables, settings=SETTINGS):
@@ -68,12 +71,45 @@ def test_one_line_per_reproduced_cell(results):
     line = cells.set_index(["table", "row", "column"]).loc[("table1", "rand_init", "unetr_dsc")]
     assert line["reported"] == "80.95±3.48" and line["reported_mean"] == 80.95
     assert line["reproduced"] == "64.00±3.16" and line["n_folds"] == 5
-    assert line["difference"] == pytest.approx(64.0 - 80.95)
-    assert line["note"] == ""  # Table 1's UNETR columns are the paper's own backbone
+    # demo scale: the paper's value beside ours, but no difference as if they were comparable
+    assert line["scale"] == "demo" and pd.isna(line["difference"])
+    assert line["note"] == NOT_COMPARABLE  # Table 1's UNETR columns are the paper's own backbone
+    assert line["protocol"] == "folds 0-4, fine-tuning 80 steps, no pretraining"
     t6 = cells.set_index(["table", "row", "column"]).loc[("table6", "alice", "dsc_without")]
-    assert t6["run"] == "alice__casa-false" and t6["n_folds"] == 1
-    assert t6["note"] == "ran on unetr (paper: nnformer)"
-    assert set(cells["kind"]) == {"value"}
+    assert t6["run"] == "alice__objectives-mim-dv" and t6["n_folds"] == 1
+    assert t6["note"] == f"ran on unetr (paper: nnformer); {NOT_COMPARABLE}"
+    assert t6["protocol"] == "folds 0, fine-tuning 80 steps, pretraining 300 steps"
+    assert set(cells["kind"]) == {"value"} and set(cells["scale"]) == {"demo"}
+    assert written["difference"].eq("").all() and set(written["scale"]) == {"demo"}
+
+
+def test_paper_scale_lines_state_the_difference(tmp_path, fake_results):
+    paper = {**SETTINGS, "scale": "paper"}
+    fake_results(tmp_path, paper, CONFIG, tables=["table1"])
+    write_rows(tmp_path, ["table1"], paper)
+    cells, tests = run_summary(tmp_path, ["table1"])
+    line = cells.set_index(["row", "column"]).loc[("rand_init", "unetr_dsc")]
+    assert line["scale"] == "paper" and line["note"] == ""
+    assert line["difference"] == pytest.approx(line["reproduced_mean"] - 80.95, abs=1e-3)
+    assert set(tests["scale"]) == {"paper"}
+
+
+def test_rows_of_two_scales_are_refused(results):
+    table6 = results / "results/rows/table6/alice.csv"
+    frame = pd.read_csv(table6, dtype=str, keep_default_na=False)
+    frame["scale"] = "paper"
+    frame.to_csv(table6, index=False)
+    with pytest.raises(InputError, match=r"table6/.*scale"):  # within a table
+        run_summary(results, ["table6"])
+    assert not (results / "summary.csv").exists()
+    for row in load_spec("table6")["rows"]:
+        path = results / f"results/rows/table6/{row['row']}.csv"
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame["scale"] = "paper"
+        frame.to_csv(path, index=False)
+    run_summary(results, ["table6"])  # one table, one scale: fine
+    with pytest.raises(InputError, match=r"different scales \(table1: demo, table6: paper"):
+        run_summary(results, ["table1", "table6"])
 
 
 def test_alice_against_rand_init_per_fold_and_per_case(results):
@@ -174,5 +210,58 @@ def test_figure_and_cli(results):
     assert main(["summary", "--table", "12", "--csv", str(out / "x.csv")]) == 2
     assert not (out / "x.csv").exists()
     # an empty summary still draws (a figure saying so)
-    summary.draw_summary(pd.DataFrame(columns=summary.SUMMARY_COLUMNS), out / "empty.png")
+    summary.draw_summary(pd.DataFrame(columns=summary.SUMMARY_COLUMNS),
+                         pd.DataFrame(columns=summary.TEST_COLUMNS), out / "empty.png")
     assert (out / "empty.png").stat().st_size > 0
+
+
+def test_demo_comparisons_are_between_reproduced_cells(results):
+    """At demo scale every comparison pairs two reproduced cells of the same scale (Alice against
+    Rand. init., a variant against Alice's default), each with its protocol."""
+    cells, tests = run_summary(results)
+    reproduced = set(zip(cells["table"], cells["row"], cells["column"]))
+    for line in tests.to_dict("records"):
+        assert (line["table"], line["row_a"], line["column_a"]) in reproduced
+        assert (line["table"], line["row_b"], line["column_b"]) in reproduced
+    assert set(tests["scale"]) == {"demo"}
+    t1 = tests[(tests["table"] == "table1") & (tests["unit"] == "fold")].iloc[0]
+    assert (t1["label_a"], t1["label_b"]) == ("Alice", "Rand. init.")
+    assert t1["protocol_a"] == "folds 0-4, fine-tuning 80 steps, pretraining 300 steps"
+    assert t1["protocol_b"] == "folds 0-4, fine-tuning 80 steps, no pretraining"
+    assert set(tests[tests["table"] != "table1"]["comparison"]) >= {"ablation"}
+
+
+def drawn_figure(monkeypatch):
+    """The matplotlib figure the next draw_summary saves."""
+    import matplotlib.figure
+
+    seen = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (seen.append(fig), save(fig, *a, **k))[1])
+    return seen
+
+
+def test_figure_states_the_scale_and_at_demo_compares_reproduced_cells(results, tmp_path,
+                                                                       fake_results, monkeypatch):
+    seen = drawn_figure(monkeypatch)
+    _, tests = run_summary(results)
+    fig = seen[-1]
+    title = fig._suptitle.get_text()
+    assert title.startswith("Demo scale: phantom data, reduced models, steps and folds; "
+                            "not comparable with the paper's numbers")
+    per_fold = tests[tests["unit"] == "fold"]
+    assert f"{len(per_fold)} comparisons of reproduced cells" in title
+    left, right = fig.axes
+    labels = " ".join([left.get_xlabel(), left.get_ylabel(), right.get_ylabel()])
+    assert "paper" not in labels and "reported" not in labels
+    assert len(right.patches) == per_fold.groupby(["table", "comparison"]).ngroups
+    # the paper scale: reproduced against reported
+    paper = {**SETTINGS, "scale": "paper"}
+    root = tmp_path / "paper"
+    fake_results(root, paper, CONFIG, tables=["table1"])
+    write_rows(root, ["table1"], paper)
+    run_summary(root, ["table1"])
+    fig = seen[-1]
+    assert fig._suptitle.get_text().startswith("Paper scale: the paper's data and protocol")
+    assert fig.axes[0].get_xlabel() == "reported (paper)"

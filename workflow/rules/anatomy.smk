@@ -1,27 +1,47 @@
-# The learned anatomical-embedding matcher (SAM-style, alice/anatomy): trained on the unlabeled
-# pool, then every pool volume's embeddings are cached (one job per volume), which is all that
-# Alice's crop mining reads (pretrain.pairs.matcher: sam). On phantoms its landmark error is
-# scored against the body-box and random matchers.
+# The learned anatomical-embedding matcher (SAM-style, alice/anatomy): trained on its own cache of
+# the unlabeled pool (anatomy.data: SAM's 2 mm at paper scale), then every pool volume's embeddings
+# are cached (one job per volume), which is all that Alice's crop mining reads
+# (pretrain.pairs.matcher: sam; points move between the pool cache and the anatomy cache through
+# the cached affines). On phantoms its landmark error is scored against the body-box and random
+# matchers.
+
+rule anatomy_prepare:
+    input:
+        anatomy_release,
+    output:
+        "results/anatomy/data/manifest.json",
+    params:
+        root=lambda w: str(cfg.resolved_root(config, "flare22_pool")),
+        settings=lambda w: as_json(cfg.anatomy_data_settings(config)),
+    priority: CRITICAL_PRIORITY  # on the critical path (common.smk)
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/anatomy/prepare.log",
+    shell:
+        "alice prepare --dataset flare22_pool --root {params.root:q} --out results/anatomy/data "
+        "--settings {params.settings:q} --no-progress 2> {log}"
 
 
 rule anatomy_train:
     input:
-        "results/data/flare22_pool/folds.json",
+        folds="results/data/flare22_pool/folds.json",
+        data="results/anatomy/data/manifest.json",
     output:
         model="results/anatomy/model/model.pt",
         log="results/anatomy/model/log.csv",
     params:
         settings=lambda w: as_json(cfg.anatomy_settings(config)),
-    # the matcher -> embeddings -> pretraining chain is the DAG's critical path: run it before the
-    # Rand. init. folds, which need none of it and fill the other core meanwhile
-    priority: 50
+    # on the critical path (common.smk): before the Rand. init. folds, which need none of it and
+    # fill the other core meanwhile
+    priority: CRITICAL_PRIORITY
     threads: config["anatomy"].get("threads", 1)
     conda:
         "../../environment.yml"
     log:
         "results/logs/anatomy/train.log",
     shell:
-        "alice anatomy train --data results/data/flare22_pool --out results/anatomy/model "
+        "alice anatomy train --data results/anatomy/data --folds {input.folds} --out results/anatomy/model "
         "--threads {threads} --settings {params.settings:q} --no-progress 2> {log}"
 
 
@@ -29,16 +49,17 @@ rule anatomy_embed:
     input:
         model="results/anatomy/model/model.pt",
         folds="results/data/flare22_pool/folds.json",
+        data="results/anatomy/data/manifest.json",
     output:
         "results/anatomy/embeddings/{case}.npz",
-    priority: 50
+    priority: CRITICAL_PRIORITY
     threads: 1
     conda:
         "../../environment.yml"
     log:
         "results/logs/anatomy/embed/{case}.log",
     shell:
-        "alice anatomy embed --data results/data/flare22_pool --model {input.model} "
+        "alice anatomy embed --data results/anatomy/data --folds {input.folds} --model {input.model} "
         "--case {wildcards.case} --out-dir results/anatomy/embeddings --threads 1 2> {log}"
 
 

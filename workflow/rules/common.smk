@@ -3,6 +3,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from alice import config as cfg
 from alice.data.folds import label_fraction_dir, offline_test_split
@@ -17,6 +18,22 @@ except cfg.ConfigError as exc:
 
 DATASETS = list(cfg.DATASETS)
 RELEASES = sorted(set(cfg.RELEASE_OF.values()))
+
+# The DAG's critical path is the unlabeled pool's data stage -> the learned matcher -> the pool's
+# embeddings -> pretraining -> the pretrained runs' fine-tuning. Snakemake's `priority` does not
+# propagate upstream, so every rule of the chain carries it; the data-stage rules only for the
+# pool (and the release it is read from), so the labeled datasets and the Rand. init. folds that
+# need none of the chain fill the other cores meanwhile.
+CRITICAL_PRIORITY = 50
+POOL = "flare22_pool"
+
+
+def pool_priority(wildcards):
+    """CRITICAL_PRIORITY for the pool's data-stage jobs (`prepare`/`folds` of the pool, the
+    `phantom` of its release), 0 for the other datasets'."""
+    if wildcards.get("dataset") == POOL or wildcards.get("release") == cfg.RELEASE_OF[POOL]:
+        return CRITICAL_PRIORITY
+    return 0
 
 
 def as_json(obj):
@@ -142,4 +159,38 @@ def pretrain_inputs(wildcards):
     if config["pretrain"].get("pairs", {}).get("matcher") == "sam":
         inputs["embeddings"] = [f"results/anatomy/embeddings/{case}.npz"
                                 for case in pool_cases("train")]
+    return inputs
+
+
+def anatomy_release(wildcards):
+    """Inputs of `anatomy_prepare`: those of the pool's own `prepare` (its phantom or nothing)."""
+    return release_root(SimpleNamespace(dataset="flare22_pool"))
+
+
+def anatomy_cache(wildcards):
+    """The anatomy stage's cache when pretraining mines pairs with the learned matcher. Listed
+    apart from the embeddings, which wait for the pool's folds checkpoint, so that the DAG knows
+    `anatomy_prepare` from the start and runs it beside the pool's own `prepare`."""
+    if config["pretrain"].get("pairs", {}).get("matcher") == "sam":
+        return ["results/anatomy/data/manifest.json"]
+    return []
+
+
+# The low-label experiment (effect.smk)
+EFFECT = config["pretraining_effect"]
+
+
+def effect_runs():
+    """The metrics files of every low-label run of the config."""
+    return expand("results/pretraining_effect/{backbone}/{method}/labeled{labeled}/seed{seed}/metrics.json",
+                  backbone=EFFECT["backbone"], method=EFFECT["methods"], labeled=EFFECT["labeled"],
+                  seed=range(EFFECT["seeds"]))
+
+
+def effect_inputs(wildcards):
+    """The FLARE22 splits (the subsets are drawn from them), and the method's checkpoint."""
+    init = finetune_init(wildcards)
+    inputs = {"folds": "results/data/flare22/folds.json"}
+    if init != "scratch":
+        inputs["init"] = init
     return inputs

@@ -6,6 +6,7 @@ rule phantom:
         directory("results/phantoms/{release}"),
     wildcard_constraints:
         release="|".join(RELEASES),
+    priority: pool_priority  # the pool's release heads the critical path (common.smk)
     params:
         settings=lambda w: as_json(cfg.phantom_settings(config, w.release)),
     conda:
@@ -24,6 +25,7 @@ rule prepare:
         "results/data/{dataset}/manifest.json",
     wildcard_constraints:
         dataset="|".join(DATASETS),
+    priority: pool_priority
     params:
         root=lambda w: str(cfg.resolved_root(config, w.dataset)),
         settings=lambda w: as_json(cfg.dataset_settings(config, w.dataset)),
@@ -44,6 +46,7 @@ checkpoint folds:  # a checkpoint: the pool's case ids name the per-volume anato
         "results/data/{dataset}/folds.json",
     wildcard_constraints:
         dataset="|".join(DATASETS),
+    priority: pool_priority
     params:
         settings=lambda w: as_json(cfg.folds_settings(config, w.dataset)),
         data=lambda w: f"results/data/{w.dataset}",

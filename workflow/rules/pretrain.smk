@@ -26,6 +26,7 @@ PRETRAIN_LAUNCH = (
 rule pretrain:
     input:
         unpack(pretrain_inputs),
+        anatomy_cache=anatomy_cache,
     output:
         checkpoint="results/pretrain/{method}/{encoder}/checkpoint.pt",
     wildcard_constraints:
@@ -37,7 +38,7 @@ rule pretrain:
         launch=PRETRAIN_LAUNCH,
         # torch threads of each process: the job's threads shared by its processes
         threads=lambda w, threads: max(1, threads // PRETRAIN_PROCESSES),
-    priority: 40  # on the critical path (see anatomy_train)
+    priority: 40  # on the critical path (common.smk), after the embeddings it reads
     threads: config["pretrain"].get("threads", 1)
     resources:
         gpu=int(config["pretrain"].get("gpus") or 0),  # 0: no GPU asked for (CPU runs)

@@ -1,5 +1,6 @@
 # Reproduced vs reported over Tables 1-11: one line per reproduced cell, paired tests (Alice vs
-# the best reproduced baseline, each ablation switch vs Alice's default) and a figure. Its inputs
+# the best reproduced baseline, each ablation switch vs Alice's default) and a figure, all at the
+# scale the rows state (demo: no difference to the paper's numbers, alice.tables.summary). Its inputs
 # are every row file of every table; the per-fold and per-case values are read through their
 # sources (the metrics files the rows were computed from).
 

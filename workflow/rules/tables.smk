@@ -1,5 +1,6 @@
 # Tables: one CSV per paper row (its own target), then CSV + LaTeX per table, with the provenance
-# of every cell (settings hash, code version, result files) in results/{table}.sources.csv.
+# of every cell (settings hash, code version, result files) in results/{table}.sources.csv. The
+# table settings carry the config's `scale`, which every row states with each cell's protocol.
 
 
 rule table_row:

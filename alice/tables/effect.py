@@ -1,0 +1,210 @@
+"""The pretraining effect at low label counts: Alice against Rand. init. on 1, 2, 4 ... cases.
+
+`alice effect` reads the metrics.json of every low-label run (`alice finetune --labeled N
+--subset-seed S --evaluate`: the run's method, its `subset` {labeled, subset_seed, cases, steps,
+...} and per test case and organ DSC and NSD) and writes:
+
+- `results/pretraining_effect.csv`: one line per (method, labeled, seed, test case, organ): dsc,
+  nsd, plus the scale, dataset, backbone, the training cases of the subset, the optimizer steps
+  (and the fold step count they match), the pretraining steps of the initialisation (the last
+  step of its run's log.csv, `alice.tables.protocol`; empty from scratch) and the test split.
+- `results/pretraining_effect_tests.csv`: per labeled count, metric (dsc, nsd) and method other
+  than the reference (Rand. init.), a paired comparison of that method against the reference,
+  with the scale and the runs' optimizer steps.
+  A pair is one (subset seed, test case): the case's mean over organs (`case_mean` of
+  metrics.json) after training on the same subset. The test is `alice.tables.summary.paired_test`
+  (Wilcoxon signed-rank, two-sided, exact for up to 50 pairs without tied |differences|) plus the
+  one-sided p of the alternative "method higher" and the observed direction in words.
+- `results/figures/pretraining_effect.png` (`alice.figures.effect`).
+
+Nothing is filtered or tuned: every run listed is used, and a missing or malformed one stops the
+command naming its file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from alice.errors import ConfigError, InputError
+from alice.io import atomic_path
+from alice.tables.protocol import PRETRAIN_LOG, TRAIN_SUMMARY, check_scale, pretraining_steps
+from alice.tables.summary import paired_test
+
+REFERENCE = "rand_init"
+LABELS = {"rand_init": "Rand. init.", "alice": "Alice"}
+METRICS = ("dsc", "nsd")
+CASE_COLUMNS = ["scale", "dataset", "backbone", "method", "labeled", "seed", "case", "organ",
+                "dsc", "nsd", "train_cases", "steps", "reference_steps", "steps_of_fold",
+                "pretraining_steps", "split"]
+TEST_COLUMNS = ["scale", "dataset", "backbone", "labeled", "steps", "metric", "method", "reference",
+                "n_seeds", "n_pairs", "n_nonzero", "mean_method", "mean_reference",
+                "mean_difference", "test", "statistic", "p_value", "p_one_sided_higher",
+                "min_attainable_p", "p_ttest", "direction", "note"]
+
+
+def label(method: str) -> str:
+    return LABELS.get(method, method)
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(path, "missing: a low-label run's metrics (alice finetune --labeled ... --evaluate)")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON ({exc})") from None
+    subset = metrics.get("subset") if isinstance(metrics, dict) else None
+    if not isinstance(subset, dict) or "labeled" not in subset or "subset_seed" not in subset:
+        raise InputError(path, "not a low-label run's metrics (no 'subset' with labeled and subset_seed)")
+    for key in ("method", "backbone", "dataset", "cases", "case_mean"):
+        if key not in metrics:
+            raise InputError(path, f"lacks '{key}': regenerate it (alice evaluate)")
+    return metrics
+
+
+def _value(x) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _pretraining_steps(metrics_path: Path, root: Path) -> int | None:
+    """The pretraining steps behind a run (None from scratch), as the run recorded its init in
+    the train_summary.json beside its metrics."""
+    summary = metrics_path.parent / TRAIN_SUMMARY
+    if not summary.is_file():
+        raise InputError(summary, "missing: the low-label run's training record")
+    try:
+        init = json.loads(summary.read_text()).get("init")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise InputError(summary, f"not a training record ({exc})") from None
+    if not isinstance(init, str) or not init:
+        raise InputError(summary, "records no 'init' (scratch or a pretraining checkpoint)")
+    return None if init == "scratch" else pretraining_steps(root / Path(init).parent / PRETRAIN_LOG)
+
+
+def read_runs(paths: Iterable[Path], scale: str, root: Path = Path(".")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cases, means): one line per (method, labeled, seed, case, organ), and one per (method,
+    labeled, seed, case) with the case's mean over organs. Checkpoint paths recorded by the runs
+    are relative to `root`."""
+    check_scale(scale, "--scale")
+    organ_rows, mean_rows, seen = [], [], {}
+    for path in map(Path, paths):
+        m = _read(path)
+        sub = m["subset"]
+        key = (m["method"], int(sub["labeled"]), int(sub["subset_seed"]))
+        if key in seen:
+            raise InputError(path, f"the same run (method, labeled, seed) = {key} as {seen[key]}")
+        seen[key] = path
+        common = {"scale": scale, "dataset": m["dataset"], "backbone": m["backbone"],
+                  "method": key[0], "labeled": key[1], "seed": key[2]}
+        protocol = {"train_cases": ";".join(sub.get("cases", [])), "steps": sub.get("steps"),
+                    "reference_steps": sub.get("reference_steps"),
+                    "steps_of_fold": sub.get("steps_of_fold"),
+                    "pretraining_steps": _pretraining_steps(path, Path(root)), "split": m.get("split")}
+        for case in sorted(m["cases"]):
+            for organ, scores in m["cases"][case].items():
+                organ_rows.append({**common, "case": case, "organ": organ,
+                                   "dsc": _value(scores.get("dsc")), "nsd": _value(scores.get("nsd")),
+                                   **protocol})
+            means = m["case_mean"].get(case) or {}
+            mean_rows.append({**common, "case": case, "steps": sub.get("steps"),
+                              **{k: _value(means.get(k)) for k in METRICS}})
+    if not organ_rows:
+        raise ConfigError("--metrics", "no low-label run given")
+    cases = pd.DataFrame(organ_rows, columns=CASE_COLUMNS)
+    cases["pretraining_steps"] = cases["pretraining_steps"].astype("Int64")  # empty from scratch, not NaN
+    cases = cases.sort_values(["method", "labeled", "seed", "case", "organ"], kind="stable")
+    means = pd.DataFrame(mean_rows).sort_values(["method", "labeled", "seed", "case"], kind="stable")
+    for column in ("dataset", "backbone"):
+        if means[column].nunique() > 1:
+            raise ConfigError("--metrics", f"runs of several {column}s mixed: "
+                                           f"{sorted(means[column].unique())}")
+    return cases.reset_index(drop=True), means.reset_index(drop=True)
+
+
+def one_sided_p(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Wilcoxon signed-rank p of the alternative "a higher than b" (same conventions as
+    paired_test's two-sided p: zero differences dropped, exact unless > 50 pairs or ties)."""
+    from scipy import stats
+
+    diff = np.asarray(a, float) - np.asarray(b, float)
+    nonzero = diff[diff != 0]
+    if len(diff) < 2:
+        return None
+    if len(nonzero) == 0:
+        return 1.0
+    ties = len(np.unique(np.abs(nonzero))) < len(nonzero)
+    method = "exact" if len(nonzero) <= 50 and not ties else "approx"
+    return round(float(stats.wilcoxon(nonzero, alternative="greater", method=method).pvalue), 6)
+
+
+def direction(name: str, mean_difference: float | None, p_value: float | None) -> str:
+    if mean_difference is None or p_value is None:
+        return "no test"
+    if mean_difference == 0:
+        return f"{label(name)} equal to {label(REFERENCE)} on average"
+    word = "higher" if mean_difference > 0 else "lower"
+    verdict = "p < 0.05" if p_value < 0.05 else "not significant at 0.05"
+    return f"{label(name)} {word} than {label(REFERENCE)} ({verdict}, two-sided)"
+
+
+def paired_tests(means: pd.DataFrame) -> pd.DataFrame:
+    """Each method against Rand. init., per labeled count and metric, paired over (seed, case)."""
+    if REFERENCE not in set(means["method"]):
+        raise ConfigError("pretraining_effect.methods", f"needs '{REFERENCE}', the reference of the tests")
+    out = []
+    dataset, backbone, scale = (means[c].iloc[0] for c in ("dataset", "backbone", "scale"))
+    for labeled in sorted(means["labeled"].unique()):
+        at = means[means["labeled"] == labeled]
+        ref = at[at["method"] == REFERENCE].set_index(["seed", "case"])
+        for name in sorted(set(at["method"]) - {REFERENCE}):
+            run = at[at["method"] == name].set_index(["seed", "case"])
+            for metric in METRICS:
+                paired = run[[metric]].rename(columns={metric: "a"}).join(
+                    ref[[metric]].rename(columns={metric: "b"}), how="inner")
+                joined = paired.dropna()
+                a, b = joined["a"].to_numpy(), joined["b"].to_numpy()
+                result = paired_test(list(a), list(b))
+                notes = [result.pop("note")] if result.get("note") else []
+                unpaired = len(set(run.index) ^ set(ref.index))
+                if unpaired:
+                    notes.append(f"{unpaired} (seed, case) without a partner left out")
+                dropped = len(paired) - len(joined)
+                if dropped > 0:
+                    notes.append(f"{dropped} pair(s) with a NaN value left out")
+                out.append({
+                    "scale": scale, "dataset": dataset, "backbone": backbone,
+                    "labeled": int(labeled),
+                    "steps": ";".join(str(v) for v in sorted(set(at["steps"].dropna().astype(int)))),
+                    "metric": metric, "method": name,
+                    "reference": REFERENCE,
+                    "n_seeds": int(joined.index.get_level_values("seed").nunique()),
+                    "n_pairs": result["n_pairs"], "n_nonzero": result["n_nonzero"],
+                    "mean_method": result["mean_a"], "mean_reference": result["mean_b"],
+                    "mean_difference": result["mean_difference"], "test": result["test"],
+                    "statistic": result["statistic"], "p_value": result["p_value"],
+                    "p_one_sided_higher": one_sided_p(a, b),
+                    "min_attainable_p": result["min_attainable_p"], "p_ttest": result["p_ttest"],
+                    "direction": direction(name, result["mean_difference"], result["p_value"]),
+                    "note": "; ".join(notes),
+                })
+    return pd.DataFrame(out, columns=TEST_COLUMNS)
+
+
+def write_effect(metrics: list[Path], out_csv: Path, out_tests: Path, out_png: Path,
+                 scale: str, root: Path = Path(".")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read the runs, write the three outputs (each atomically); return (cases, tests)."""
+    from alice.figures.effect import draw_effect
+
+    cases, means = read_runs(metrics, scale, root)
+    tests = paired_tests(means)
+    with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tests, suffix=".csv") as tmp_tests:
+        cases.to_csv(tmp_csv, index=False)
+        tests.to_csv(tmp_tests, index=False)
+        draw_effect(means, tests, out_png, scale)
+    return cases, tests
