@@ -56,6 +56,23 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_json_object(path: str | Path, missing: str) -> dict:
+    """The JSON object in `path`; an InputError naming the file when it is absent (`missing` says
+    what it should have been), not valid JSON or not an object."""
+    from alice.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, missing)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "not a JSON object")
+    return data
+
+
 def load_torch_dict(path: str | Path, required: list[str] | tuple[str, ...], what: str) -> dict:
     """Load a torch file with `weights_only=True` (never unpickling arbitrary objects) and check it
     is a dict holding `required` keys; any problem is an InputError naming the file."""

@@ -32,7 +32,7 @@ from matplotlib.patches import Patch
 from alice.errors import InputError
 from alice.figures.organs import palette
 from alice.figures.slices import draw_panel, ras_array, read_nifti
-from alice.io import atomic_path
+from alice.io import atomic_path, read_json_object
 
 WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window, W400 / L40 (HU)
 PREDICTIONS = "predictions"
@@ -49,13 +49,8 @@ def best_slice(label: np.ndarray) -> int:
 
 def _read_metrics(model_dir: Path) -> dict:
     path = model_dir / "metrics.json"
-    if not path.is_file():
-        raise InputError(path, "missing (run `alice evaluate` on this fold first)")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON ({exc})") from None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("cases"), dict) or not metrics["cases"]:
+    metrics = read_json_object(path, "missing (run `alice evaluate` on this fold first)")
+    if not isinstance(metrics.get("cases"), dict) or not metrics["cases"]:
         raise InputError(path, "not an evaluation of segmentation cases (no 'cases')")
     if "dataset" not in metrics:
         raise InputError(path, "lacks 'dataset'")

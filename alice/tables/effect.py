@@ -23,7 +23,6 @@ command naming its file.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Iterable
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from alice.errors import ConfigError, InputError
-from alice.io import atomic_path
+from alice.io import atomic_path, read_json_object
 from alice.tables.protocol import PRETRAIN_LOG, TRAIN_SUMMARY, check_scale, pretraining_steps
 from alice.tables.summary import paired_test
 
@@ -53,13 +52,8 @@ def label(method: str) -> str:
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(path, "missing: a low-label run's metrics (alice finetune --labeled ... --evaluate)")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON ({exc})") from None
-    subset = metrics.get("subset") if isinstance(metrics, dict) else None
+    metrics = read_json_object(path, "missing: a low-label run's metrics (alice finetune --labeled ... --evaluate)")
+    subset = metrics.get("subset")
     if not isinstance(subset, dict) or "labeled" not in subset or "subset_seed" not in subset:
         raise InputError(path, "not a low-label run's metrics (no 'subset' with labeled and subset_seed)")
     for key in ("method", "backbone", "dataset", "cases", "case_mean"):
@@ -76,12 +70,7 @@ def _pretraining_steps(metrics_path: Path, root: Path) -> int | None:
     """The pretraining steps behind a run (None from scratch), as the run recorded its init in
     the train_summary.json beside its metrics."""
     summary = metrics_path.parent / TRAIN_SUMMARY
-    if not summary.is_file():
-        raise InputError(summary, "missing: the low-label run's training record")
-    try:
-        init = json.loads(summary.read_text()).get("init")
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise InputError(summary, f"not a training record ({exc})") from None
+    init = read_json_object(summary, "missing: the low-label run's training record").get("init")
     if not isinstance(init, str) or not init:
         raise InputError(summary, "records no 'init' (scratch or a pretraining checkpoint)")
     return None if init == "scratch" else pretraining_steps(root / Path(init).parent / PRETRAIN_LOG)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from alice.errors import ConfigError, InputError
+from alice.io import read_json_object
 
 SCALES = {
     "demo": "demo scale: phantom data, reduced models, steps and folds; not comparable with the "
@@ -44,15 +44,7 @@ def scale_note(scale: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(path, "missing: the training record whose steps this table cell states")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(path, "not a training record (a JSON object)")
-    return data
+    return read_json_object(path, "missing: the training record whose steps this table cell states")
 
 
 def pretraining_steps(path: Path) -> int:

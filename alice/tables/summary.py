@@ -44,7 +44,6 @@ whose mean no longer matches them is stale and refused.
 
 from __future__ import annotations
 
-import json
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -53,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from alice.errors import InputError
-from alice.io import atomic_path
+from alice.io import atomic_path, read_json_object
 from alice.tables.protocol import scale_note
 from alice.tables.render import NOT_IN_PAPER, read_rows, table_scale
 from alice.tables.spec import cell_experiment, find_row, load_spec, table_ids
@@ -195,13 +194,7 @@ def comparisons(cells: list[dict]) -> list[tuple[str, dict, dict]]:
 
 @lru_cache(maxsize=4096)
 def _metrics(path: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(file, "missing: a fine-tuning result named in a row file's sources")
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(file, f"not valid JSON ({exc})") from None
+    return read_json_object(path, "missing: a fine-tuning result named in a row file's sources")
 
 
 def fold_values(cell: dict, root: Path) -> dict[int, float]:
