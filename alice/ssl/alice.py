@@ -45,7 +45,7 @@ Decisions (the paper leaves them open; values marked (unverified) in config/pape
   [11, 16]" — MoCo v3 and BYOL, both of which put a predictor MLP on the online branch only (BYOL
   §3.1, Linear–BN–ReLU–Linear, `alice.models.heads.Predictor`, hidden width
   `predictor_hidden_dim`). Two predictors, as the two terms' widths differ: one on the pooled [cls]
-  of ℓ_dv (width of φ's bottleneck; also the "w/o CASA" ℓ_st below), one per token on CASA's S of ℓ_st
+  of ℓ_dv (width of φ's bottleneck; also ℓ_st with `casa=False`, below), one per token on CASA's S of ℓ_st
   (width `casa_dim`). The predictor has no EMA copy. Run id `alice__predictor-false` drops it (ℓ_s
   then compares the projections themselves). With `contrastive_loss="dino"` no predictor is built
   (DINO's centring and sharpening play its part), so `predictor` has no effect there.
@@ -69,7 +69,8 @@ Decisions (the paper leaves them open; values marked (unverified) in config/pape
   (kv = H) and the teacher (kv = Y), as in Fig. 3.
 - EMA: base momentum `momentum` 0.996 increased to 1 by a cosine (`momentum_schedule`), BYOL's
   schedule (unverified: the paper states neither).
-- `casa=False` (ablation "w/o CASA"): ℓ_st = ℓ_s(avg H_u^Q, avg Y_w^Q) + ℓ_s(avg H_r^K, avg Y_v^K) —
+- `casa=False` (ℓ_st without CASA; Table 6's "w/o CASA" instead reads the run without ℓ_st, as the
+  paper prints the same number for both, alice/tables/specs/table6.yaml): ℓ_st = ℓ_s(avg H_u^Q, avg Y_w^Q) + ℓ_s(avg H_r^K, avg Y_v^K) —
   the masked view's decoder features directly against the intact view's target features
   (SIM-style); token-averaged because w, v move voxels so tokens do not correspond.
 - `inter_volume=False`: ℓ_dv is dropped; the caller supplies a second crop of the same volume as K.
@@ -313,7 +314,7 @@ class AliceModel(SSLMethod):
 
     # ------------------------------------------------------------------ losses
     def _ls(self, student: torch.Tensor, teacher: torch.Tensor, term: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """ℓ_s of one (student, teacher) pair of term "dv" (pooled [cls], also "w/o CASA" ℓ_st) or
+        """ℓ_s of one (student, teacher) pair of term "dv" (pooled [cls], also ℓ_st with `casa=False`) or
         "st" (CASA tokens); returns (loss, the teacher's prototype logits for DINO's centre or None)."""
         if self.contrastive_loss == "dino":
             online = self.prototypes_st if term == "st" else self.prototypes_dv

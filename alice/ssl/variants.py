@@ -4,8 +4,10 @@ An ablation row of the paper (Tables 5, 6, 7, 10, 11) is a method plus a `varian
 with {"casa": False}. Each distinct variant is one pretraining run, named by its run id:
 
     alice                               Alice with its configured settings
-    alice__casa-false                   Table 6, w/o CASA
-    alice__inter_volume-false           Table 5, views from the same volume, no ℓdv
+    alice__casa-false                   ℓst without CASA, SIM-style (no table reads it: Table 6's
+                                        "w/o CASA" is Table 11's MIM + ℓdv run, see its spec)
+    alice__inter_volume-false           K a second crop of Q's volume, no ℓdv (Table 5's "×" is
+                                        Table 11's MIM + ℓst run, see its spec)
     alice__contrastive_loss-infonce     Table 7
     alice__predictor-false              no predictor on the online side of ℓ_dv, ℓ_st
     alice__head_norm-none               φ, ψ without BatchNorm in their hidden layers (DINO's head)
