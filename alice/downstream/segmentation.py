@@ -18,7 +18,9 @@
   loaded strictly into the encoder (`load_encoder_checkpoint`).
 - Optimisation: AdamW or SGD (nesterov), cosine or poly schedule with linear warm-up over
   `warmup_epochs` epochs, stepped every step (`alice.downstream.schedules`); loss
-  `DiceCELoss(to_onehot_y=True, softmax=True)`; bf16 autocast on CUDA only. A network with deep
+  `DiceCELoss(to_onehot_y=True, softmax=True)`, its Dice term per crop or, with `batch_dice`,
+  over the whole batch (nnU-Net's batch Dice: an organ absent from one crop does not weigh as a
+  miss of that crop); bf16 autocast on CUDA only. A network with deep
   supervision (nnFormer) returns logits at full, 1/2, 1/4, ... resolution in training mode; the
   loss is then nnU-Net's (Isensee et al. 2021, which nnFormer trains with): DiceCE of each scale
   against the label map downsampled by nearest neighbour, weighted 1, 1/2, 1/4, ... and
@@ -176,6 +178,9 @@ def _parse(settings: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(spv, bool) or not isinstance(spv, int) or spv < 1:
         raise ConfigError("samples_per_volume", f"must be a positive integer, got {spv!r}")
     workers = settings.get("num_workers", 0)
+    batch_dice = settings.get("batch_dice", False)
+    if not isinstance(batch_dice, bool):
+        raise ConfigError("batch_dice", f"must be true or false, got {batch_dice!r}")
     return {
         "optim": optim,
         "batch_size": positive_int(optim, "batch_size"),
@@ -185,6 +190,7 @@ def _parse(settings: Mapping[str, Any]) -> dict[str, Any]:
         "val_every": val_every,
         "samples_per_volume": spv,
         "num_workers": int(workers),
+        "batch_dice": batch_dice,
         "crop": crop_of(settings),
     }
 
@@ -262,7 +268,7 @@ def finetune(
     optimizer = build_optimizer(net.parameters(), cfg["optim"])
     warmup_steps = plan["warmup_steps"] if subset else cfg["warmup_epochs"] * spe
     scheduler = build_scheduler(optimizer, cfg["schedule"], warmup_steps, total)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=cfg["batch_dice"])
 
     rows: list[dict[str, Any]] = []
     val_history: dict[int, float] = {}

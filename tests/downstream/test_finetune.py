@@ -148,3 +148,14 @@ def test_class_sampling_centres_crops_on_every_class(tiny_data, dx):
     assert 80 <= centres["pos_neg"][0] <= 120, centres
     with pytest.raises(ConfigError, match="sampling"):
         train_transform(tiny_data, dict(dx.SETTINGS, sampling="random"), [4, 4, 4])
+
+
+def test_batch_dice_changes_the_loss_and_is_checked(tiny_data, tmp_path, dx):
+    """`batch_dice` sums the Dice term over the batch: same crops and weights, another first loss."""
+    optim = dict(dx.SETTINGS["optim"], epochs=1, warmup_epochs=0)
+    per_crop = _run(tiny_data, tmp_path / "a", dx, optim=optim, val_every=5)
+    batched = _run(tiny_data, tmp_path / "b", dx, optim=optim, val_every=5, batch_dice=True)
+    first = [float(_rows(tmp_path / d / "log.csv")[0]["loss"]) for d in ("a", "b")]
+    assert per_crop["steps"] == batched["steps"] and first[0] != first[1]
+    with pytest.raises(ConfigError, match="batch_dice"):
+        _run(tiny_data, tmp_path / "c", dx, batch_dice="yes")
