@@ -1,12 +1,14 @@
 """One fine-tuning trial: a backbone's recipe with overrides, one fold, scored per organ.
 
     python benchmarks/finetune_trial.py --backbone nnformer --spacing 4,4,5 \
-        --set optim.lr=5e-3 optim.epochs=75 augmentation=[] batch_dice=true samples_per_volume=4
+        --set optim.lr=5e-3 optim.epochs=75 augmentation=[] batch_dice=true samples_per_volume=4 \
+        [--encoder-set embed_dim=48 heads=[2,4,8] --score-train]
 
 Trains Rand. init. on `--fold`'s training cases with `finetune.<backbone>` of the config plus the
 `--set` overrides (dotted keys, JSON values), through `alice.downstream.segmentation.finetune`
-exactly as the DAG does, then scores the offline test cases (FLARE22; BTCV: the fold's held-out
-cases) with `alice.downstream.inference.evaluate` and prints the mean DSC and each organ's, the
+exactly as the DAG does (`--encoder-set` changes the encoder's architecture, e.g. the width),
+then scores the offline test cases (FLARE22; BTCV: the fold's held-out cases; with
+`--score-train` also the fold's training cases, whose gap to the test cases is overfitting) with `alice.downstream.inference.evaluate` and prints the mean DSC and each organ's, the
 steps and the seconds. `--spacing` prepares the dataset's phantom at another cache spacing first
 (in `--work`, reused on the next call); without it the DAG's cache `results/data/<dataset>` is
 used (build it with `snakemake --cores all results/data/<dataset>/folds.json`). Nothing is
@@ -65,8 +67,12 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--spacing", default=None, help="x,y,z in mm: prepare the phantom at this cache spacing")
     parser.add_argument("--set", nargs="*", default=[], help="overrides of finetune.<backbone>: KEY=JSON")
+    parser.add_argument("--encoder-set", nargs="*", default=[],
+                        help="overrides of the backbone's pretrain.encoders entry: KEY=JSON (e.g. embed_dim=48)")
     parser.add_argument("--work", default="/tmp/alice-trial")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--score-train", action="store_true",
+                        help="also score the fold's training cases (the gap to the test cases is overfitting)")
     args = parser.parse_args()
 
     from alice.downstream.inference import evaluate
@@ -76,7 +82,9 @@ def main() -> None:
     settings = copy.deepcopy(config["finetune"][args.backbone])
     for item in args.set:
         _set(settings, item)
-    encoder = cfg.encoder_config(config, cfg.backbone_encoder(args.backbone))
+    encoder = copy.deepcopy(cfg.encoder_config(config, cfg.backbone_encoder(args.backbone)))
+    for item in args.encoder_set:
+        _set(encoder, item)
     data = _data(args, config)
     out = Path(args.work) / f"run_{args.backbone}_{args.dataset}_fold{args.fold}"
     shutil.rmtree(out, ignore_errors=True)
@@ -85,14 +93,18 @@ def main() -> None:
                        fold=args.fold, data_dir=data, out_dir=out, settings=settings, encoder_config=encoder,
                        seed=int(config["seed"]), threads=args.threads, progress=True)
     t1 = time.perf_counter()
-    split = "test" if args.dataset == "flare22" else f"val:{args.fold}"
-    metrics = evaluate(dataset=args.dataset, model_dir=out, data_dir=data, out_path=out / "metrics.json",
-                       split=split, threads=args.threads, progress=False, save_predictions=False)
-    organs = list(next(iter(metrics["cases"].values())))
-    per_organ = {o: float(np.nanmean([c[o]["dsc"] for c in metrics["cases"].values()])) for o in organs}
-    print(f"{args.backbone} {args.dataset} fold {args.fold}: {summary['steps']} steps, train {t1 - t0:.0f} s, "
-          f"mean DSC {metrics['mean']['dsc']:.3f} over {metrics['n_cases']} cases ({split})")
-    print("  " + "  ".join(f"{o} {v:.2f}" for o, v in per_organ.items()))
+    print(f"{args.backbone} {args.dataset} fold {args.fold}: {summary['steps']} steps, train {t1 - t0:.0f} s")
+    splits = ["test" if args.dataset == "flare22" else f"val:{args.fold}"]
+    if args.score_train:
+        splits.append(f"train:{args.fold}")
+    for split in splits:
+        metrics = evaluate(dataset=args.dataset, model_dir=out, data_dir=data,
+                           out_path=out / f"metrics_{split.split(':')[0]}.json",
+                           split=split, threads=args.threads, progress=False, save_predictions=False)
+        organs = list(next(iter(metrics["cases"].values())))
+        per_organ = {o: float(np.nanmean([c[o]["dsc"] for c in metrics["cases"].values()])) for o in organs}
+        print(f"  {split}: mean DSC {metrics['mean']['dsc']:.3f} over {metrics['n_cases']} cases")
+        print("  " + "  ".join(f"{o} {v:.2f}" for o, v in per_organ.items()))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def test_phantom_root_when_root_is_null(demo):
 
 def test_stage_settings(demo):
     config = cfg.validate_config(copy.deepcopy(demo))
-    assert cfg.dataset_settings(config, "flare22")["spacing"] == [6.0, 6.0, 6.0]
+    assert cfg.dataset_settings(config, "flare22")["spacing"] == [4.0, 4.0, 5.0]
     assert "root" not in cfg.dataset_settings(config, "btcv")
     assert cfg.folds_settings(config, "mosmed")["repeats"] == 10
     assert cfg.phantom_settings(config, "mosmed")["counts"]["per_category"][0] == 24

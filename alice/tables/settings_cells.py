@@ -29,7 +29,8 @@ def format_setting(value: Any, vocabulary: dict[str, str] | None = None) -> str:
     """A recorded setting as Table 8 prints it; ValueError for what is not a setting.
 
     `vocabulary` (the spec's) maps the config's words to the paper's ("cosine" -> "cosine
-    decay", "intensity_shift" -> "intensities shifting"); a word it lacks prints as it is.
+    decay", "intensity_shift" -> "intensities shifting"); a word it lacks prints as it is; an
+    empty list (no augmentation) prints "none".
     """
     words = vocabulary or {}
     if isinstance(value, bool):
@@ -38,7 +39,9 @@ def format_setting(value: Any, vocabulary: dict[str, str] | None = None) -> str:
         return _number(value)
     if isinstance(value, str):
         return words.get(value, value)
-    if isinstance(value, (list, tuple)) and value:
+    if isinstance(value, (list, tuple)) and not value:
+        return "none"  # e.g. no augmentation
+    if isinstance(value, (list, tuple)):
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             return "×".join(_number(v) for v in value)  # a crop or a spacing: 96×96×96
         if all(isinstance(v, str) for v in value):
