@@ -185,7 +185,7 @@ def test_classification_tables_dry_run_one_job_per_split(tmp_path):
 
 def test_pretraining_effect_dry_run_one_job_per_method_count_and_seed(tmp_path):
     """2 methods x 3 labeled counts x 3 seeds low-label jobs, one aggregation; Alice's runs read
-    its ViT checkpoint, Rand. init.'s none; every run matches fold 0's step count."""
+    its nnFormer checkpoint, Rand. init.'s none; every run matches fold 0's step count."""
     result = snakemake("-n", "-p", "results/pretraining_effect.csv", "--directory", str(tmp_path),
                        "--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile",
                        str(REPO_ROOT / "config" / "config.yaml"))
@@ -198,9 +198,9 @@ def test_pretraining_effect_dry_run_one_job_per_method_count_and_seed(tmp_path):
                                             for n in ("1", "2", "4") for s in ("0", "1", "2")}
     for c in commands:
         assert "--fold 0 " in c and "--evaluate" in c
-        init = "results/pretrain/alice/vit/checkpoint.pt" if "--method alice" in c else "scratch"
+        init = "results/pretrain/alice/nnformer/checkpoint.pt" if "--method alice" in c else "scratch"
         assert f"--init {init} " in c
-    assert "results/pretraining_effect/unetr/alice/labeled4/seed2/metrics.json" in out
+    assert "results/pretraining_effect/nnformer/alice/labeled4/seed2/metrics.json" in out
     aggregate = [line for line in out.splitlines() if "alice effect" in line]
     assert len(aggregate) == 1 and aggregate[0].count("--metrics ") == 18
     assert "--scale demo" in aggregate[0]
