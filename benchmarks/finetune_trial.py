@@ -5,15 +5,16 @@
         [--encoder-set embed_dim=48 heads=[2,4,8] --score-train]
 
 Trains Rand. init. on `--fold`'s training cases with `finetune.<backbone>` of the config plus the
-`--set` overrides (dotted keys, JSON values), through `alice.downstream.segmentation.finetune`
-exactly as the DAG does (`--encoder-set` changes the encoder's architecture, e.g. the width),
-then scores the offline test cases (FLARE22; BTCV: the fold's held-out cases; with
-`--score-train` also the fold's training cases, whose gap to the test cases is overfitting) with `alice.downstream.inference.evaluate` and prints the mean DSC and each organ's, the
-steps and the seconds. `--spacing` prepares the dataset's phantom at another cache spacing first
-(in `--work`, reused on the next call); without it the DAG's cache `results/data/<dataset>` is
-used (build it with `snakemake --cores all results/data/<dataset>/folds.json`). Nothing is
-written under results/. This is how the README's per-recipe numbers in "What bounds the demo's
-scores" were measured.
+`--set` overrides (dotted keys, JSON values; `--encoder-set` changes the encoder's architecture,
+e.g. its width), through `alice.downstream.segmentation.finetune` exactly as the DAG does, then
+scores the offline test cases (FLARE22; BTCV: the fold's held-out cases) with
+`alice.downstream.inference.evaluate` and prints the mean DSC and each organ's, the steps and the
+seconds; `--score-train` also scores the fold's training cases (the gap to the test cases is
+overfitting, a low score on both underfitting). `--spacing` prepares the dataset's phantom at
+another cache spacing first (in `--work`, reused on the next call); without it the DAG's cache
+`results/data/<dataset>` is used (build it with `snakemake --cores all
+results/data/<dataset>/folds.json`). Nothing is written under results/. This is how the
+README's per-recipe numbers in "What bounds the demo's scores" were measured.
 """
 
 from __future__ import annotations
