@@ -225,7 +225,7 @@ def _build_resnet_classifier(num_classes: int, settings: Mapping[str, Any],
     if isinstance(widen, bool) or not isinstance(widen, (int, float)) or not widen > 0:
         raise ConfigError("classification.resnet3d.widen_factor", f"must be a positive number, got {widen!r}")
     _input_size(settings)
-    return ResNetClassifier(int(depth), float(widen), num_classes, head_norm=_head_norm(settings, "vit"))
+    return ResNetClassifier(int(depth), float(widen), num_classes, head_norm=_head_norm(settings, "resnet3d"))
 
 
 # -------------------------------------------------------------------------------------- registry
