@@ -104,7 +104,7 @@ def test_stage_settings(demo):
     assert cfg.dataset_settings(config, "flare22")["spacing"] == [4.0, 4.0, 5.0]
     assert "root" not in cfg.dataset_settings(config, "btcv")
     assert cfg.folds_settings(config, "mosmed")["repeats"] == 10
-    assert cfg.phantom_settings(config, "mosmed")["counts"]["per_category"][0] == 24
+    assert cfg.phantom_settings(config, "mosmed")["counts"]["per_category"][0] == 68
     with pytest.raises(ConfigError, match="unknown dataset"):
         cfg.dataset_settings(config, "lits")
 

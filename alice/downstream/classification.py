@@ -19,7 +19,8 @@ supplementary B.3, Tables 4 and 9.
   follows (see `AUGMENTATIONS`).
 - Network (B.3, "we extract the pretrained online encoder and appended a FC layer"):
   `build_classification_network` (vit: ViT encoder + token mean + linear; resnet3d: MONAI 3-D
-  ResNet + linear). `init` is "scratch" (Rand. init.) or a pretraining checkpoint loaded strictly
+  ResNet + linear; `head_norm: batchnorm` puts an affine-free BatchNorm1d before the linear layer,
+  `alice.downstream.classifiers`). `init` is "scratch" (Rand. init.) or a pretraining checkpoint loaded strictly
   into the encoder (`load_encoder_checkpoint`, position embeddings interpolated to the MosMed
   token grid).
 - Optimisation (B.3): cross-entropy, AdamW, linear warm-up then cosine over `optim.iterations`
@@ -298,9 +299,13 @@ def _parse(settings: Mapping[str, Any]) -> dict[str, Any]:
     selection = settings.get("selection", "best_val")
     if selection not in SELECTIONS:
         raise ConfigError("classification.selection", f"must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    batch_size = positive_int(optim, "batch_size")
+    if "batchnorm" in (settings.get("head_norm") or {}).values() and batch_size < 2:
+        raise ConfigError("classification.optim.batch_size",
+                          "must be at least 2 with head_norm: batchnorm (batch statistics of one volume)")
     return {
         "optim": optim,
-        "batch_size": positive_int(optim, "batch_size"),
+        "batch_size": batch_size,
         "iterations": positive_int(optim, "iterations"),
         "warmup": positive_int(optim, "warmup_iterations", 0, minimum=0),
         "schedule": optim.get("schedule", "cosine"),

@@ -6,6 +6,14 @@ layer with the output channel as the number of classes").
   checkpoint loads strictly, as into UNETR) -> mean over all tokens -> `Linear(embed_dim, classes)`.
 - `ResNetClassifier`: MONAI's 3-D ResNet (`monai.networks.nets.resnet.ResNet`, without its own fc)
   -> its global average pooling -> `Linear(width, classes)`.
+- `classification.head_norm.<backbone>: batchnorm` puts a `BatchNorm1d` without affine parameters
+  between the pooled features and the linear layer (MAE's linear-probing head, He et al. 2022);
+  "none" is the paper's plain FC layer. Why the demo ViT needs it: its pooled features (a mean of
+  LayerNorm-ed tokens) differ between volumes by ~0.1 of their size, so from scratch a plain linear
+  head needs weights far larger than AdamW reaches in a short run; the network settles on the
+  class prior instead (logits equal for every volume, train AUC 0.5). Standardising the features
+  across the batch removes that scale problem; the encoder is untouched, so checkpoints load as
+  before.
 
 Both expose `encoder` (what a pretraining checkpoint fills) and `head`; the registry entries live
 in `alice.downstream.networks`.
@@ -24,13 +32,24 @@ from alice.models.vit import ViTEncoder
 RESNET_LAYERS = {10: ("basic", [1, 1, 1, 1]), 18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]),
                  50: ("bottleneck", [3, 4, 6, 3])}
 RESNET_WIDTHS = (64, 128, 256, 512)
+HEAD_NORMS = ("none", "batchnorm")
+
+
+def classification_head(features: int, num_classes: int, head_norm: str = "none") -> nn.Module:
+    """The FC layer on the pooled features, optionally behind an affine-free BatchNorm1d."""
+    if head_norm not in HEAD_NORMS:
+        raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {head_norm!r}")
+    linear = nn.Linear(features, num_classes)
+    if head_norm == "none":
+        return linear
+    return nn.Sequential(nn.BatchNorm1d(features, affine=False), linear)
 
 
 class ViTClassifier(nn.Module):
-    def __init__(self, encoder: ViTEncoder, num_classes: int):
+    def __init__(self, encoder: ViTEncoder, num_classes: int, head_norm: str = "none"):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        self.head = classification_head(encoder.embed_dim, num_classes, head_norm)
 
     @property
     def feat_size(self) -> tuple[int, int, int]:
@@ -43,7 +62,8 @@ class ViTClassifier(nn.Module):
 
 
 class ResNetClassifier(nn.Module):
-    def __init__(self, depth: int, widen_factor: float, num_classes: int, in_channels: int = 1):
+    def __init__(self, depth: int, widen_factor: float, num_classes: int, in_channels: int = 1,
+                 head_norm: str = "none"):
         super().__init__()
         from monai.networks.nets.resnet import ResNet
 
@@ -53,11 +73,14 @@ class ResNetClassifier(nn.Module):
         self.encoder = ResNet(block=block, layers=layers, block_inplanes=list(RESNET_WIDTHS), spatial_dims=3,
                               n_input_channels=in_channels, conv1_t_size=7, conv1_t_stride=2,
                               widen_factor=widen_factor, feed_forward=False)
-        self.head = nn.Linear(self.encoder.in_planes, num_classes)  # in_planes: the last stage's width
+        # in_planes: the last stage's width
+        self.head = classification_head(self.encoder.in_planes, num_classes, head_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))  # the encoder ends in global average pooling + flatten
 
 
-def vit_classifier(encoder_config, input_size: Sequence[int], num_classes: int) -> ViTClassifier:
-    return ViTClassifier(ViTEncoder.from_config(encoder_config, img_size=tuple(input_size)), num_classes)
+def vit_classifier(encoder_config, input_size: Sequence[int], num_classes: int,
+                   head_norm: str = "none") -> ViTClassifier:
+    return ViTClassifier(ViTEncoder.from_config(encoder_config, img_size=tuple(input_size)), num_classes,
+                         head_norm)

@@ -180,6 +180,20 @@ def _input_size(settings: Mapping[str, Any]) -> list[int]:
     return int3(settings["input_size"], "datasets.mosmed.size")
 
 
+def _head_norm(settings: Mapping[str, Any], backbone: str) -> str:
+    """`classification.head_norm.<backbone>` ("none" when absent: the paper's plain FC layer)."""
+    from alice.downstream.classifiers import HEAD_NORMS
+
+    section = settings.get("head_norm") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError("classification.head_norm", f"must map backbones to a norm, got {section!r}")
+    value = section.get(backbone, "none")
+    if value not in HEAD_NORMS:
+        raise ConfigError(f"classification.head_norm.{backbone}",
+                          f"must be one of {', '.join(HEAD_NORMS)}, got {value!r}")
+    return value
+
+
 def _build_vit_classifier(num_classes: int, settings: Mapping[str, Any],
                           encoder_config: Mapping[str, Any]) -> "torch.nn.Module":
     from alice.downstream.classifiers import vit_classifier
@@ -193,7 +207,7 @@ def _build_vit_classifier(num_classes: int, settings: Mapping[str, Any],
     if any(s % p for s, p in zip(size, enc["patch"])):
         raise ConfigError("datasets.mosmed.size",
                           f"{size} is not a multiple of the ViT patch {enc['patch']} (pretrain.encoders.vit.patch)")
-    return vit_classifier(enc, size, num_classes)
+    return vit_classifier(enc, size, num_classes, _head_norm(settings, "vit"))
 
 
 def _build_resnet_classifier(num_classes: int, settings: Mapping[str, Any],
@@ -211,7 +225,7 @@ def _build_resnet_classifier(num_classes: int, settings: Mapping[str, Any],
     if isinstance(widen, bool) or not isinstance(widen, (int, float)) or not widen > 0:
         raise ConfigError("classification.resnet3d.widen_factor", f"must be a positive number, got {widen!r}")
     _input_size(settings)
-    return ResNetClassifier(int(depth), float(widen), num_classes)
+    return ResNetClassifier(int(depth), float(widen), num_classes, head_norm=_head_norm(settings, "resnet3d"))
 
 
 # -------------------------------------------------------------------------------------- registry

@@ -119,6 +119,39 @@ def test_resnet_width_follows_widen_factor(cls_settings, cls_encoder):
     assert net.head.in_features == 128 and len(net.encoder.layer1) == 2
 
 
+@pytest.mark.parametrize("backbone", ["vit", "resnet3d"])
+def test_batchnorm_head_standardises_pooled_features(backbone, cls_settings, cls_encoder):
+    """head_norm: batchnorm = an affine-free BatchNorm1d before the FC layer: in training the
+    features reaching the FC layer have zero mean and unit variance over the batch, so volumes
+    whose pooled features differ by little still get logits that differ."""
+    torch.manual_seed(0)
+    net = build_classification_network(backbone, 2, {**cls_settings, "head_norm": {backbone: "batchnorm"}},
+                                       cls_encoder, SIZE)
+    norm, linear = net.head
+    assert isinstance(norm, torch.nn.BatchNorm1d) and not norm.affine and linear.out_features == 2
+    seen = {}
+    linear.register_forward_hook(lambda module, args, out: seen.setdefault("x", args[0].detach()))
+    net.train()
+    net(torch.rand(6, 1, *SIZE))
+    assert torch.allclose(seen["x"].mean(0), torch.zeros(1), atol=1e-5)
+    assert torch.allclose(seen["x"].var(0, unbiased=False), torch.ones(1), atol=1e-2)
+    other = "resnet3d" if backbone == "vit" else "vit"
+    for settings in (cls_settings, {**cls_settings, "head_norm": {other: "batchnorm"}}):
+        plain = build_classification_network(backbone, 2, settings, cls_encoder, SIZE)
+        assert isinstance(plain.head, torch.nn.Linear)  # the default: the paper's FC layer alone
+    with pytest.raises(ConfigError, match=f"classification.head_norm.{backbone}"):
+        build_classification_network(backbone, 2, {**cls_settings, "head_norm": {backbone: "layer"}}, cls_encoder,
+                                     SIZE)
+
+
+def test_batchnorm_head_needs_two_volumes_a_batch(tiny_mosmed, tmp_path, cls_settings, cls_encoder):
+    settings = {**cls_settings, "head_norm": {"vit": "batchnorm"}, "optim": {**cls_settings["optim"], "batch_size": 1}}
+    with pytest.raises(ConfigError, match="batch_size.*head_norm: batchnorm"):
+        finetune_classifier(backbone="vit", method="rand_init", init="scratch", fold=0, label_fraction=1.0,
+                            data_dir=tiny_mosmed, out_dir=tmp_path / "run", settings=settings,
+                            encoder_config=cls_encoder, seed=0, progress=False)
+
+
 def test_network_registry_keeps_tasks_apart(cls_settings, cls_encoder, settings, encoder_config):
     with pytest.raises(ConfigError, match="'vit' is a classification backbone"):
         build_segmentation_network("vit", 14, settings, encoder_config)
@@ -139,10 +172,11 @@ def _pretrained(path, encoder_config, crop, seed=1):
     return encoder.state_dict()
 
 
-def test_pretrained_vit_loads_strictly_into_the_classifier(tmp_path, cls_settings, cls_encoder, caplog):
+@pytest.mark.parametrize("head_norm", ["none", "batchnorm"])
+def test_pretrained_vit_loads_strictly_into_the_classifier(tmp_path, cls_settings, cls_encoder, caplog, head_norm):
     src = _pretrained(tmp_path / "ckpt.pt", cls_encoder, SIZE)
     torch.manual_seed(0)
-    net = build_classification_network("vit", 2, cls_settings, cls_encoder, SIZE)
+    net = build_classification_network("vit", 2, {**cls_settings, "head_norm": {"vit": head_norm}}, cls_encoder, SIZE)
     head = copy.deepcopy(net.head.state_dict())
     with caplog.at_level("INFO", logger="alice"):
         n = load_encoder_checkpoint(net, "vit", tmp_path / "ckpt.pt", cls_encoder)

@@ -22,9 +22,12 @@ LESION_RADIUS_MM = {"liver": (6.0, 24.0), "kidney_r": (5.0, 14.0), "kidney_l": (
 ORGAN_TISSUE = {"liver": "liver", "kidney_r": "kidney_cortex", "kidney_l": "kidney_cortex", "spleen": "spleen", "pancreas": "pancreas"}
 
 # MosMed categories: share of lung volume with GGO, [lo, hi) (CT-4 includes 1.0); targets are
-# drawn inside with a margin so the achieved fraction stays in band on any grid.
+# drawn inside with a margin so the achieved fraction stays in band on any grid. CT-1 starts at 8 %,
+# not 3 %: a 3 % GGO of -700 HU edges is a few voxels of the demo's 64x64x32 MosMed volumes, and
+# the scratch ViT classifier separated CT-0 from CT-1+ by no better than 0.62 AUC on such phantoms
+# (0.68 at CT-1 8-23 %; benchmarks/mosmed_trial.py, README "Classification").
 GGO_BANDS = {0: (0.0, 0.0), 1: (0.0, 0.25), 2: (0.25, 0.50), 3: (0.50, 0.75), 4: (0.75, 1.0)}
-GGO_TARGETS = {0: (0.0, 0.0), 1: (0.03, 0.20), 2: (0.28, 0.47), 3: (0.53, 0.72), 4: (0.78, 0.95)}
+GGO_TARGETS = {0: (0.0, 0.0), 1: (0.08, 0.23), 2: (0.28, 0.47), 3: (0.53, 0.72), 4: (0.78, 0.95)}
 GGO_BLOBS = {1: (2, 6), 2: (5, 10), 3: (8, 14), 4: (10, 18)}
 
 
