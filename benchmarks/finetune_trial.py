@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shutil
 import time
 from pathlib import Path
@@ -29,17 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from alice import config as cfg
-
-
-def _set(settings: dict, item: str) -> None:
-    key, sep, value = item.partition("=")
-    if not sep:
-        raise SystemExit(f"--set takes KEY=JSON, got {item!r}")
-    *parents, last = key.split(".")
-    node = settings
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = json.loads(value)
+from overrides import set_override  # benchmarks/overrides.py, beside this script
 
 
 def _data(args, config) -> Path:
@@ -82,10 +71,10 @@ def main() -> None:
     config = cfg.load_config(args.config)
     settings = copy.deepcopy(config["finetune"][args.backbone])
     for item in args.set:
-        _set(settings, item)
+        set_override(settings, item)
     encoder = copy.deepcopy(cfg.encoder_config(config, cfg.backbone_encoder(args.backbone)))
     for item in args.encoder_set:
-        _set(encoder, item)
+        set_override(encoder, item)
     data = _data(args, config)
     out = Path(args.work) / f"run_{args.backbone}_{args.dataset}_fold{args.fold}"
     shutil.rmtree(out, ignore_errors=True)

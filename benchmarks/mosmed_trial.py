@@ -29,17 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from alice import config as cfg
-
-
-def _set(settings: dict, item: str) -> None:
-    key, sep, value = item.partition("=")
-    if not sep:
-        raise SystemExit(f"--set takes KEY=JSON, got {item!r}")
-    *parents, last = key.split(".")
-    node = settings
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = json.loads(value)
+from overrides import set_override  # benchmarks/overrides.py, beside this script
 
 
 def _num(value) -> str:
@@ -69,7 +59,7 @@ def main() -> None:
         settings = cfg.classification_settings(config, backbone)
         section = copy.deepcopy(settings["classification"])
         for item in args.set:
-            _set(section, item)
+            set_override(section, item)
         for fold in args.folds:
             for fraction in fractions:
                 out = work / backbone / f"fold{fold}" / f"labels{round(fraction * 100)}"
