@@ -91,6 +91,21 @@ def _encoder_for(backbone: str, encoder_config: Mapping[str, Any]) -> dict[str, 
     return _normalized(encoder_config)
 
 
+DECODER_NORMS = ("instance", "batch")
+
+
+def decoder_norm(settings: Mapping[str, Any], backbone: str) -> str:
+    """`finetune.<backbone>.norm` of a MONAI conv decoder (instance when absent, as in MONAI).
+
+    Instance norm standardises each channel over one sample's map; on the decoder's lowest levels
+    at the demo's crop sizes (UNETR: a 3×3×2 token grid) that erases what the tokens carry
+    per channel, and UNETR learned only the liver and the stomach in 1,200 steps (README)."""
+    value = settings.get("norm", "instance")
+    if value not in DECODER_NORMS:
+        raise ConfigError(f"finetune.{backbone}.norm", f"must be one of {', '.join(DECODER_NORMS)}, got {value!r}")
+    return value
+
+
 def _same_width(settings: Mapping[str, Any], enc: Mapping[str, Any], backbone: str) -> None:
     """Swin UNETR's and nnFormer's decoder widths derive from the encoder's: feature_size must be it."""
     feature_size = _positive_int(settings, "feature_size", f"finetune.{backbone}.feature_size")
@@ -135,7 +150,7 @@ def _build_unetr(num_classes: int, settings: Mapping[str, Any], encoder_config: 
         mlp_dim=int(enc["embed_dim"] * enc["mlp_ratio"]),
         num_heads=enc["heads"],
         proj_type="conv",
-        norm_name="instance",
+        norm_name=decoder_norm(settings, "unetr"),
     )
 
 
@@ -155,7 +170,8 @@ def _build_swin_unetr(num_classes: int, settings: Mapping[str, Any],
     if math.prod(c // 32 for c in crop) == 1:
         raise ConfigError("finetune.swin_unetr.crop", f"gives a 1x1x1 bottleneck, which SwinUNETR's instance "
                                                       f"norm cannot train on; got {crop}")
-    return SwinUNETR(in_channels=1, out_channels=num_classes, norm_name="instance", **swin_kwargs(enc))
+    return SwinUNETR(in_channels=1, out_channels=num_classes, norm_name=decoder_norm(settings, "swin_unetr"),
+                     **swin_kwargs(enc))
 
 
 # -------------------------------------------------------------------------------------- nnFormer

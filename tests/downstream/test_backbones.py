@@ -116,6 +116,20 @@ def test_swin_unetr_config_errors():
         build_segmentation_network("swin_unetr", 14, _settings("swin_unetr"), CASES["nnformer"][0])
 
 
+@pytest.mark.parametrize("backbone", ["unetr", "swin_unetr"])
+def test_decoder_norm_setting_chooses_the_conv_decoders_norm(backbone):
+    enc = CASES[backbone][0]
+
+    def norms(settings):
+        net = build_segmentation_network(backbone, 14, settings, enc)
+        return {type(m).__name__ for m in net.modules() if "Norm" in type(m).__name__ and "Layer" not in type(m).__name__}
+
+    assert norms(_settings(backbone)) == {"InstanceNorm3d"}  # MONAI's default, the papers'
+    assert norms(dict(_settings(backbone), norm="batch")) == {"BatchNorm3d"}
+    with pytest.raises(ConfigError, match=rf"finetune\.{backbone}\.norm.*instance, batch.*'group'"):
+        build_segmentation_network(backbone, 14, dict(_settings(backbone), norm="group"), enc)
+
+
 def test_deep_supervision_loss_weights_scales():
     assert deep_supervision_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
     calls = []
