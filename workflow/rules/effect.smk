@@ -1,4 +1,4 @@
-# The pretraining effect at low label counts (not in the paper): UNETR (pretraining_effect.backbone)
+# The pretraining effect at low label counts (not in the paper): one backbone (pretraining_effect.backbone)
 # fine-tuned on FLARE22 from each method with 1, 2, 4 labeled training cases, one subset per seed,
 # scored on the offline test cases, then aggregated with paired tests and a figure (alice effect).
 # One job per (method, labeled, seed): training + evaluation in one process.
