@@ -91,7 +91,8 @@ def test_runs_with_different_settings_are_refused(tmp_path, fake_results):
                                          r"optim.lr = 0.1 but .* with 3e-3"):
         table8_row("base_lr", config, tmp_path)
     # other settings of the same runs still agree
-    assert table8_row("epochs", config, tmp_path).loc["flare22_unetr", "reproduced"] == "75"
+    epochs = str(config["finetune"]["unetr"]["optim"]["epochs"])
+    assert table8_row("epochs", config, tmp_path).loc["flare22_unetr", "reproduced"] == epochs
 
 
 def test_missing_or_foreign_model_is_an_error(tmp_path, fake_results):
