@@ -23,7 +23,8 @@ Outputs in `out_dir`:
   so its existence means "done" (the pipeline's output: Snakemake deletes the declared outputs of
   a failed or preempted job, and the resume state must survive that). Both files have the layout:
   the DESIGN.md keys {"encoder", "encoder_config", "method", "method_config", "preprocessing",
-  "step", "code_version"} plus "optim", "seed", "finished" and "resume" = {"method_state" (online +
+  "step", "code_version"} plus "optim", "seed", "finished", "identity" (the run identity, with its
+  hash: `alice.runstate.run_identity`) and "resume" = {"method_state" (online +
   target + heads), "optimizer", "scheduler", "scaler" (fp16 only), "rng", "world_size"}; all of it
   loads with `torch.load(weights_only=True)`. "step" counts the optimizer steps taken.
 - `log.csv`: one row per step: step (1-based, = steps taken), lr, loss, each term the method
@@ -34,8 +35,11 @@ Outputs in `out_dir`:
 Stops:
 - a non-finite loss (or gradient norm): `HarnessError` naming the step, the terms and the last
   good checkpoint, which is left untouched;
-- SIGUSR1 / SIGTERM: the current step finishes, a checkpoint is written, and `Preempted`
+- SIGUSR1 / SIGTERM / SIGINT: the current step finishes, a checkpoint is written, and `Preempted`
   (exit code 75, EX_TEMPFAIL) is raised; the CLI returns it and a resubmission resumes.
+- a resume whose run identity (method and encoder config, crop, optimizer, clip, seed, the data,
+  the pair settings: everything that determines the weights) differs from the state's: one
+  `InputError` naming the differing keys, before any weight is loaded.
 
 DDP: under torchrun (WORLD_SIZE > 1) the process group is initialised (nccl on CUDA, gloo on CPU),
 the method is wrapped in DistributedDataParallel and only rank 0 writes files.
@@ -50,7 +54,6 @@ import io
 import logging
 import os
 import random
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -61,6 +64,7 @@ import torch.distributed as dist
 
 from alice.errors import ConfigError, HarnessError, InputError
 from alice.io import write_text
+from alice.runstate import EX_TEMPFAIL, Preempted, StopFlag, check_identity, rng_state, run_identity, set_rng_state
 from alice.ssl.registry import SSLMethod
 from alice.ssl.schedules import build_lr_scheduler
 
@@ -68,29 +72,13 @@ __all__ = ["EX_TEMPFAIL", "NonFiniteLoss", "Preempted", "pretrain", "seed_everyt
 
 log = logging.getLogger("alice")
 
-EX_TEMPFAIL = 75
 CHECKPOINT = "checkpoint.pt"
 RESUME = "resume.pt"
 LOG = "log.csv"
-STOP_SIGNALS = ("SIGUSR1", "SIGTERM")
 OPTIM_DEFAULTS = {"weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_iterations": 0, "schedule": "cosine",
                   "min_lr_ratio": 0.0}
-RESUME_KEYS = ("lr", "weight_decay", "betas", "warmup_iterations", "iterations", "schedule", "min_lr_ratio")
 
 LoaderFactory = Callable[[int, int], Iterable[Any]]
-
-
-class Preempted(HarnessError):
-    """A stop signal arrived; a checkpoint was written; rerunning the same command resumes."""
-
-    exit_code = EX_TEMPFAIL
-
-    def __init__(self, step: int, checkpoint: str | Path, signal_name: str):
-        self.step = step
-        self.checkpoint = str(checkpoint)
-        self.signal_name = signal_name
-        super().__init__(f"{signal_name} received: stopped after step {step}, checkpoint {checkpoint}; "
-                         f"rerun the same command to resume (exit status {EX_TEMPFAIL})")
 
 
 class NonFiniteLoss(HarnessError):
@@ -151,33 +139,6 @@ def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
 
 # ----------------------------------------------------------------------------------------------
 # RNG
-def _rng_state() -> dict[str, Any]:
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss_next": py_gauss},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    npy = state["numpy"]
-    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(Exception):
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def seed_everything(seed: int) -> None:
     """Seed torch, numpy and python's RNGs (e.g. before building a method: its initial weights)."""
     torch.manual_seed(seed)
@@ -288,34 +249,6 @@ def _fmt(v: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# signals
-class _StopFlag:
-    """SIGUSR1/SIGTERM set a flag; the previous handlers are restored on exit."""
-
-    def __init__(self) -> None:
-        self.name: str | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return self  # signal handlers can only be installed from the main thread
-        for name in STOP_SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.name = signal.Signals(signum).name
-        log.warning("%s received: finishing the current step, then checkpointing", self.name)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 # ----------------------------------------------------------------------------------------------
 def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices/kernels only; biases, norms and other 1-d tensors get none."""
@@ -327,7 +260,8 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str
     return [g for g in groups if g["params"]]
 
 
-def _load_resume(path: Path, method_name: str, settings: Mapping[str, Any], seed: int, world_size: int) -> dict:
+def _load_resume(path: Path, method_name: str, identity: Mapping[str, Any]) -> dict:
+    """The running state in `path`, refused unless the run that wrote it had this `identity`."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -338,16 +272,7 @@ def _load_resume(path: Path, method_name: str, settings: Mapping[str, Any], seed
     if ckpt.get("method") != method_name:
         raise InputError(path, f"cannot resume: checkpoint is of method '{ckpt.get('method')}', "
                                f"this run is '{method_name}'; use a new output folder")
-    old = ckpt.get("optim", {})
-    diffs = [f"{k}: checkpoint {old.get(k)!r} vs run {settings.get(k)!r}" for k in RESUME_KEYS
-             if old.get(k) != settings.get(k)]
-    if ckpt.get("seed") != seed:
-        diffs.append(f"seed: checkpoint {ckpt.get('seed')!r} vs run {seed!r}")
-    if ckpt["resume"].get("world_size") != world_size:
-        diffs.append(f"world size: checkpoint {ckpt['resume'].get('world_size')} vs run {world_size}")
-    if diffs:
-        raise InputError(path, "cannot resume with different settings (" + "; ".join(diffs)
-                         + "); delete the checkpoint or use a new output folder")
+    check_identity(path, ckpt.get("identity"), identity)
     return ckpt
 
 
@@ -369,6 +294,7 @@ def pretrain(
     progress: bool = True,
     max_steps_this_run: int | None = None,
     step_callback: Callable[[int, Mapping[str, float]], None] | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pretrain `method` for `optim["iterations"]` optimizer steps; resume from `out_dir/resume.pt`.
 
@@ -376,6 +302,10 @@ def pretrain(
     warmup_iterations (0), schedule ("cosine" | "constant"), min_lr_ratio (0).
     `max_steps_this_run`: stop (with a checkpoint) after this many steps of this invocation.
     `step_callback(step, row)`: called after each step (1-based) with its log row (tests, hooks).
+    `identity`: what else determines the run besides the arguments (the data, how batches are
+    built); with the method, its config, the encoder config, `preprocessing`, `optim`,
+    `grad_clip`, `seed`, `amp` and the world size it forms the run identity that a resume must
+    match (`alice.runstate.check_identity`).
     Returns {"step", "iterations", "finished", "checkpoint", "log", "last_loss", "seconds"}.
     """
     from alice.downstream.transfer import save_encoder_checkpoint
@@ -415,17 +345,20 @@ def pretrain(
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     # -- resume
+    run_id = run_identity(method=method_name, method_config=method_config, encoder_config=encoder_config,
+                          preprocessing=preprocessing or {}, optim=settings, grad_clip=grad_clip, seed=seed,
+                          amp=amp, world_size=world_size, **dict(identity or {}))
     start = 0
     state_path = resume_path if resume_path.is_file() else ckpt_path
     if state_path.is_file():
-        ckpt = _load_resume(state_path, method_name, settings, seed, world_size)
+        ckpt = _load_resume(state_path, method_name, run_id)
         res = ckpt["resume"]
         method.load_state_dict(res["method_state"], strict=True)
         optimizer.load_state_dict(res["optimizer"])
         scheduler.load_state_dict(res["scheduler"])
         if scaler is not None and res.get("scaler"):
             scaler.load_state_dict(res["scaler"])
-        _set_rng_state(res["rng"])
+        set_rng_state(res["rng"])
         start = int(ckpt["step"])
         log.info("resuming %s from %s at step %d/%d", method_name, state_path, start, total)
     if is_main:
@@ -447,12 +380,13 @@ def pretrain(
             "optim": dict(settings),
             "seed": int(seed),
             "finished": step >= total,
+            "identity": run_id,
             "resume": {
                 "method_state": {k: v.detach().cpu() for k, v in method.state_dict().items()},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "world_size": world_size,
             },
         }
@@ -480,7 +414,7 @@ def pretrain(
 
             bar = tqdm(total=total, initial=start, desc=f"pretrain {method_name}", unit="step", dynamic_ncols=True)
         method.train()
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             while step < stop_after:
                 t0 = time.perf_counter()
                 batch = _to_device(batches.next(step), dev)

@@ -80,3 +80,63 @@ def test_unknown_method_is_a_config_error(pool, tmp_path, capsys):
     code = main(["pretrain", "--method", "nope", "--encoder", "vit", "--out", str(tmp_path),
                  "--data", str(pool), "--settings", json.dumps(settings())])
     assert code == 2 and "unknown SSL method 'nope'" in capsys.readouterr().err
+
+
+def _preempted_run(pool, out, monkeypatch, settings_json, stop_at=2):
+    """`alice pretrain` that gets SIGTERM after step `stop_at` (as under a preemption)."""
+    import os
+    import signal
+
+    import alice.ssl.trainer as trainer
+
+    original = trainer.pretrain
+
+    def stopped_at(*args, **kwargs):
+        def hook(step, row):
+            if step == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs, step_callback=hook)
+
+    monkeypatch.setattr(trainer, "pretrain", stopped_at)
+    code = main(["pretrain", "--method", "alice", "--encoder", "vit", "--out", str(out),
+                 "--data", str(pool), "--settings", settings_json, "--no-progress"])
+    monkeypatch.setattr(trainer, "pretrain", original)
+    return code
+
+
+def _changed(key):
+    s = settings(steps=4)
+    if key == "momentum":
+        s["method_config"]["momentum"] = 0.5
+    elif key == "mask_ratio":
+        s["method_config"]["mask_ratio"] = 0.25
+    elif key == "grad_clip":
+        s["grad_clip"] = 1.0
+    elif key == "min_score":
+        s["pairs"]["min_score"] = 0.6
+    elif key == "depth":
+        s["encoder"] = {**ENCODER, "depth": 6}
+    elif key == "crop":
+        s["crop"] = [48, 48, 16]
+    return s
+
+
+@pytest.mark.parametrize("key, named", [("momentum", "method_config.momentum"),
+                                        ("mask_ratio", "method_config.mask_ratio"),
+                                        ("grad_clip", "grad_clip"), ("min_score", "pairs.min_score"),
+                                        ("depth", "encoder_config.depth"), ("crop", "preprocessing.crop")])
+def test_resume_refuses_a_changed_run_naming_the_keys(pool, tmp_path, monkeypatch, capsys, key, named):
+    out = tmp_path / "run"
+    assert _preempted_run(pool, out, monkeypatch, json.dumps(settings(steps=4))) == 75
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 2
+    capsys.readouterr()
+    code = main(["pretrain", "--method", "alice", "--encoder", "vit", "--out", str(out),
+                 "--data", str(pool), "--settings", json.dumps(_changed(key)), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1, err
+    assert "cannot resume" in err and named in err and "delete resume.pt" in err
+    assert not (out / "checkpoint.pt").exists()  # nothing was trained with mixed settings
+    # the unchanged run resumes and finishes
+    assert main(["pretrain", "--method", "alice", "--encoder", "vit", "--out", str(out),
+                 "--data", str(pool), "--settings", json.dumps(settings(steps=4)), "--no-progress"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4

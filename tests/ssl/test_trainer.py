@@ -140,7 +140,7 @@ def test_interrupted_runs_resume_exactly(tmp_path, run, make_method):
 
 def test_resume_refuses_other_settings(tmp_path, run):
     run(tmp_path, max_steps_this_run=2)
-    with pytest.raises(InputError, match="lr: checkpoint 0.01 vs run 0.02"):
+    with pytest.raises(InputError, match=r"optim.lr: 0.01 then, 0.02 now\); delete resume.pt"):
         run(tmp_path, optim={"lr": 2e-2})
 
 
