@@ -20,13 +20,14 @@ import logging
 import random
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from alice.errors import HarnessError, InputError
+from alice.errors import ConfigError, HarnessError, InputError
 
 log = logging.getLogger("alice")
 
@@ -45,6 +46,31 @@ class Preempted(HarnessError):
         self.signal_name = signal_name
         super().__init__(f"{signal_name} received: stopped after step {step}, checkpoint {checkpoint}; "
                          f"rerun the same command to resume (exit status {EX_TEMPFAIL})")
+
+
+class NonFiniteLoss(HarnessError):
+    """The loss (or gradient norm) became NaN/inf; the last good state was kept."""
+
+
+class Checkpoints:
+    """When a loop writes its running state besides on a stop signal: every `every` steps (if
+    given) and once `minutes` of wall time have passed since the last write. Resume is exact, so
+    when it writes never changes the result."""
+
+    def __init__(self, every: int | None, minutes: float | None):
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ConfigError("checkpoint_every", f"must be an integer >= 1, got {every!r}")
+        self.every = every
+        self.seconds = None if minutes is None else float(minutes) * 60.0
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        now = time.monotonic()
+        if (self.every is not None and step % self.every == 0) or (
+                self.seconds is not None and now - self.last >= self.seconds):
+            self.last = now
+            return True
+        return False
 
 
 class StopFlag:
@@ -117,6 +143,46 @@ def set_numpy_state(rs: np.random.RandomState, state: Mapping[str, Any]) -> None
                   state["cached_gaussian"]))
 
 
+def random_states(transform: Any) -> list[np.random.RandomState]:
+    """Every numpy RandomState a (MONAI) transform draws from: its own `R` and those of the
+    transforms it holds (a Compose's list, a dictionary transform's array transform), each once,
+    in a fixed order. Saving and restoring these replays the transform's random draws."""
+    found: list[np.random.RandomState] = []
+    seen: set[int] = set()
+
+    def walk(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 8:
+            return
+        seen.add(id(obj))
+        rs = getattr(obj, "R", None)
+        if isinstance(rs, np.random.RandomState) and id(rs) not in seen:
+            seen.add(id(rs))
+            found.append(rs)
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                walk(item, depth + 1)
+            return
+        for value in getattr(obj, "__dict__", {}).values():
+            if isinstance(value, (list, tuple)) or hasattr(value, "R") or hasattr(value, "transforms"):
+                walk(value, depth + 1)
+
+    walk(transform, 0)
+    return found
+
+
+def transform_state(transform: Any) -> list[dict[str, Any]]:
+    return [numpy_state(rs) for rs in random_states(transform)]
+
+
+def set_transform_state(transform: Any, states: list[Mapping[str, Any]]) -> None:
+    targets = random_states(transform)
+    if len(targets) != len(states):
+        raise HarnessError(f"cannot resume: the augmentation draws from {len(targets)} random streams, "
+                           f"the saved state has {len(states)}")
+    for rs, state in zip(targets, states):
+        set_numpy_state(rs, state)
+
+
 # ---------------------------------------------------------------------------------------- identity
 def plain(obj: Any) -> Any:
     """A JSON-able copy: mappings with str keys, lists, numbers, strings, None."""
@@ -140,6 +206,21 @@ def run_identity(**parts: Any) -> dict[str, Any]:
     """The identity of a run (its parts, JSON-able) with its hash under "hash"."""
     body = plain(parts)
     return {"hash": identity_hash(body), "parts": body}
+
+
+def init_identity(init: str | Path) -> str | dict[str, Any]:
+    """How a fine-tuning's initial encoder enters its identity: "scratch", or the checkpoint's
+    content hash (a regenerated pretraining is another run; a moved file is the same one)."""
+    if str(init) == "scratch":
+        return "scratch"
+    path = Path(init)
+    if not path.is_file():
+        return {"missing": str(path)}
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest()}
 
 
 def identity_hash(parts: Mapping[str, Any]) -> str:

@@ -38,7 +38,15 @@ Outputs in `out_dir`: `log.csv` (epoch, step, loss, lr, val_dice; one row per st
 the last step of a validated epoch; rewritten atomically after every epoch), `model.pt`
 (`{"state_dict", "backbone", "num_classes", "settings", "encoder_config", "dataset", "method",
 "init", "fold", "seed", "code_version"}`, loads with weights_only=True) and `train_summary.json`,
-both written atomically at the end (stale ones are removed at the start).
+both written atomically at the end (stale ones are removed at the start), and while it runs
+`resume.pt`: the running state (network, optimizer, scheduler, log rows, the global RNGs and the
+data draws since the epoch began), written atomically every `checkpoint_every` steps / every
+`checkpoint_minutes` and on SIGTERM / SIGUSR1 / SIGINT (then `alice.runstate.Preempted`, exit
+status 75). A rerun resumes from it, after checking that it was written by the same run (dataset,
+fold, settings, encoder, seed, the initial checkpoint's content: `alice.runstate.run_identity`),
+and ends with the weights and log.csv of an uninterrupted run (on CPU with the same thread
+count). It is removed when the run is done; it is not a pipeline output, so Snakemake keeps it
+when a preempted job's outputs are deleted.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -62,12 +70,16 @@ from alice.downstream.schedules import build_optimizer, build_scheduler, positiv
 from alice.downstream.transfer import load_encoder_checkpoint
 from alice.errors import ConfigError
 from alice.io import atomic_path, write_json, write_text
+from alice.runstate import (Checkpoints, NonFiniteLoss, Preempted, StopFlag, init_identity, load_state,
+                            rng_state, run_identity, save_state, set_rng_state, set_transform_state,
+                            transform_state)
 from alice.labels import LABEL_NAMES
 
 log = logging.getLogger("alice")
 
 LOG_COLUMNS = ("epoch", "step", "loss", "lr", "val_dice")
 SUMMARY_FILE = "train_summary.json"
+STATE_FILE = "resume.pt"
 LOG_FILE = "log.csv"
 
 
@@ -212,11 +224,16 @@ def finetune(
     progress: bool = True,
     labeled: int | None = None,
     subset_seed: int | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_minutes: float = 10.0,
+    step_callback: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune one fold; write log.csv, model.pt and train_summary.json in `out_dir`; return the summary.
 
     With `labeled` and `subset_seed`: a low-label run on that subset, with fold `fold`'s number of
-    optimizer steps (module docstring)."""
+    optimizer steps (module docstring). The running state is written to `out_dir/resume.pt` every
+    `checkpoint_every` steps (if given), every `checkpoint_minutes` of training and on a stop
+    signal; `step_callback(step)` is called after each step (tests, hooks)."""
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
     from tqdm import tqdm
@@ -270,39 +287,97 @@ def finetune(
     scheduler = build_scheduler(optimizer, cfg["schedule"], warmup_steps, total)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=cfg["batch_dice"])
 
+    identity = run_identity(kind="segmentation", dataset=dataset, backbone=backbone, method=method,
+                            init=init_identity(init), fold=int(fold), labeled=labeled, subset_seed=subset_seed,
+                            settings=settings, encoder_config=encoder_config, seed=int(seed),
+                            data={"train": train_ids, "val": val_ids, "settings_hash": folds.get("settings_hash")})
+    state_path = out_dir / STATE_FILE
     rows: list[dict[str, Any]] = []
     val_history: dict[int, float] = {}
-    step = 0
+    step, first_epoch, skip = 0, 1, 0
     train_seconds = 0.0
-    bar = tqdm(total=total, desc=f"finetune {backbone} {name}", unit="step", disable=not progress)
+    resumed_from: list[int] = []
+    saved_data_rng = None
+    if state_path.is_file():
+        state = load_state(state_path, identity, "fine-tuning")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rows, train_seconds = list(state["rows"]), float(state["train_seconds"])
+        val_history = {int(e): float(v) for e, v in state["val_history"].items()}
+        step, first_epoch, skip = int(state["step"]), int(state["epoch"]), int(state["in_epoch"])
+        resumed_from = [*state["resumed_from"], step]
+        saved_data_rng, saved_rng = state["data_rng"], state["rng"]
+        _write_log(out_dir / LOG_FILE, rows)
+        log.info("%s: resuming from %s at step %d/%d", name, state_path, step, total)
+
+    def save(epoch: int, in_epoch: int, data_rng: Mapping[str, Any]) -> None:
+        save_state(state_path, {
+            "identity": identity, "step": step, "epoch": epoch, "in_epoch": in_epoch,
+            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rows": rows, "val_history": {str(e): v for e, v in val_history.items()},
+            "train_seconds": train_seconds, "resumed_from": resumed_from,
+            "data_rng": data_rng, "rng": rng_state()})
+
+    clock = Checkpoints(checkpoint_every, checkpoint_minutes)
+    bar = tqdm(total=total, initial=step, desc=f"finetune {backbone} {name}", unit="step", disable=not progress)
     try:
-        for epoch in range(1, cfg["epochs"] + 1):
-            net.train()
-            t_epoch = time.perf_counter()
-            for image, label in batches.epoch():
-                image, label = image.to(dev, non_blocking=True), label.to(dev, non_blocking=True)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(dev):
-                    logits = net(image)
-                loss = deep_supervision_loss(loss_fn, logits, label)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"loss is {value} at step {step} (epoch {epoch}); lower optim.lr?")
-                rows.append({"epoch": epoch, "step": step, "loss": value, "lr": lr, "val_dice": None})
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
-                bar.update(1)
-            train_seconds += time.perf_counter() - t_epoch
-            if val_ids and (epoch % cfg["val_every"] == 0 or epoch == cfg["epochs"]):
-                score = validate(net, data_dir, val_ids, settings, dev)
-                val_history[epoch] = score
-                rows[-1]["val_dice"] = score
-                log.info("%s epoch %d: val dice %.4f", name, epoch, score)
-            _write_log(out_dir / LOG_FILE, rows)
+        with StopFlag() as stop:
+            for epoch in range(first_epoch, cfg["epochs"] + 1):
+                net.train()
+                t_epoch = time.perf_counter()
+                if saved_data_rng is not None:  # replay this epoch's draws up to where the state was written
+                    generator.set_state(saved_data_rng["generator"])
+                    set_transform_state(transform, saved_data_rng["transform"])
+                data_rng = {"generator": generator.get_state(), "transform": transform_state(transform)}
+                epoch_batches = batches.epoch()
+                if saved_data_rng is not None:
+                    for _ in range(skip):
+                        next(epoch_batches)
+                    set_rng_state(saved_rng)
+                    saved_data_rng = None
+                in_epoch = skip
+                skip = 0
+                for image, label in epoch_batches:
+                    image, label = image.to(dev, non_blocking=True), label.to(dev, non_blocking=True)
+                    lr = optimizer.param_groups[0]["lr"]
+                    optimizer.zero_grad(set_to_none=True)
+                    with autocast(dev):
+                        logits = net(image)
+                    loss = deep_supervision_loss(loss_fn, logits, label)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise NonFiniteLoss(f"{out_dir}: loss is {value} at step {step + 1} (epoch {epoch}); "
+                                            "lower optim.lr?")
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    in_epoch += 1
+                    rows.append({"epoch": epoch, "step": step, "loss": value, "lr": lr, "val_dice": None})
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
+                    bar.update(1)
+                    if step_callback is not None:
+                        step_callback(step)
+                    if in_epoch < spe and (stop.name or clock.due(step)):
+                        train_seconds += time.perf_counter() - t_epoch
+                        t_epoch = time.perf_counter()
+                        save(epoch, in_epoch, data_rng)
+                        _write_log(out_dir / LOG_FILE, rows)
+                        if stop.name:
+                            raise Preempted(step, state_path, stop.name)
+                train_seconds += time.perf_counter() - t_epoch
+                if val_ids and (epoch % cfg["val_every"] == 0 or epoch == cfg["epochs"]):
+                    score = validate(net, data_dir, val_ids, settings, dev)
+                    val_history[epoch] = score
+                    rows[-1]["val_dice"] = score
+                    log.info("%s epoch %d: val dice %.4f", name, epoch, score)
+                _write_log(out_dir / LOG_FILE, rows)
+                if epoch < cfg["epochs"] and (stop.name or clock.due(step)):
+                    save(epoch + 1, 0, {"generator": generator.get_state(), "transform": transform_state(transform)})
+                    if stop.name:
+                        raise Preempted(step, state_path, stop.name)
     finally:
         bar.close()
 
@@ -352,12 +427,14 @@ def finetune(
         "final_val_dice": finite.get(cfg["epochs"]),
         "val_dice": {str(e): (None if math.isnan(s) else s) for e, s in val_history.items()},
         "n_loaded": n_loaded,
+        "resumed_from": resumed_from,
         "model": str(out_dir / MODEL_FILE),
         "code_version": code_version(),
     }
     if subset:
         summary["subset"] = subset
     write_json(out_dir / SUMMARY_FILE, summary)
+    state_path.unlink(missing_ok=True)  # done: model.pt and the summary are the result
     log.info("%s: %d steps in %.1f s, final loss %.4f", name, step, summary["seconds"], summary["final_loss"] or math.nan)
     return summary
 

@@ -64,7 +64,7 @@ import torch.distributed as dist
 
 from alice.errors import ConfigError, HarnessError, InputError
 from alice.io import write_text
-from alice.runstate import EX_TEMPFAIL, Preempted, StopFlag, check_identity, rng_state, run_identity, set_rng_state
+from alice.runstate import EX_TEMPFAIL, NonFiniteLoss, Preempted, StopFlag, check_identity, rng_state, run_identity, set_rng_state
 from alice.ssl.registry import SSLMethod
 from alice.ssl.schedules import build_lr_scheduler
 
@@ -79,10 +79,6 @@ OPTIM_DEFAULTS = {"weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_iterations
                   "min_lr_ratio": 0.0}
 
 LoaderFactory = Callable[[int, int], Iterable[Any]]
-
-
-class NonFiniteLoss(HarnessError):
-    """The loss (or gradient norm) became NaN/inf; the last good checkpoint was kept."""
 
 
 def step_seed(seed: int, *parts: int) -> int:
