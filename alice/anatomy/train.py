@@ -23,8 +23,12 @@ coordinates, re-normalised. Optimiser SGD (momentum) or AdamW, linear warm-up + 
 (on one machine and thread count; float reduction order may differ across them).
 
 Outputs in `out_dir`: `model.pt` (weights-only loadable dict {"model", "config", "settings",
-"step", "seed", "case_ids"}) and `log.csv` (step, loss, fine, coarse, lr, seconds), both written
-atomically. `embed_volume` / `save_embeddings` / `load_embeddings` / `embed_cases` build the
+"step", "seed", "case_ids"}), written once training is done, and `log.csv` (step, loss, fine,
+coarse, lr, seconds), both atomically. While it runs, `resume.pt` holds the running state (weights,
+optimizer, log rows, RNGs), written every `checkpoint_every` steps and on SIGTERM / SIGUSR1 /
+SIGINT (then `alice.runstate.Preempted`, exit status 75); a rerun with the same settings, seed and
+cases resumes from it exactly (the batches of step i depend only on (seed, i)), any other is
+refused (`alice.runstate.check_identity`); it is removed when done. `embed_volume` / `save_embeddings` / `load_embeddings` / `embed_cases` build the
 per-volume embedding cache ``<dir>/<case_id>.npz`` that `alice.anatomy.learned.LearnedMatcher`
 reads.
 """
@@ -35,10 +39,11 @@ import copy
 import csv
 import io
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,11 +54,14 @@ from alice.anatomy.model import AnatomyNet, AnatomyNetConfig
 from alice.anatomy.sampling import PairConfig, PairSample, cells_mm, hard_negatives, random_negatives, sample_batch
 from alice.errors import ConfigError, InputError
 from alice.io import atomic_path, load_torch_dict
+from alice.runstate import NonFiniteLoss, Preempted, StopFlag, load_state, rng_state, run_identity, save_state, set_rng_state
 
 __all__ = ["DEFAULT_SETTINGS", "embed_cases", "embed_volume", "load_embeddings", "load_model", "resolve_settings",
            "sam_loss", "save_checkpoint", "save_embeddings", "train_anatomy"]
 
 OPTIMIZERS = ("sgd", "adamw")
+STATE_FILE = "resume.pt"
+log = logging.getLogger("alice")
 
 # Demo-scale defaults, tuned on the 16-case phantom pool (4x4x5 mm) for ~2.5 min of training on
 # 2 CPU threads (benchmarks/anatomy_matcher.py). Departures from SAM's recipe (FACTS.md) and why:
@@ -256,10 +264,12 @@ def load_model(path: str | Path) -> AnatomyNet:
 
 
 def train_anatomy(data_dir: str | Path, case_ids: Sequence[str], out_dir: str | Path,
-                  settings: Mapping[str, Any] | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                  settings: Mapping[str, Any] | None = None, seed: int = 0, progress: bool = True,
+                  step_callback: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train an `AnatomyNet` on the pool cases `case_ids` of the cache `data_dir` (module doc).
 
-    Writes out_dir/model.pt and out_dir/log.csv; returns a summary (steps, seconds, last losses).
+    Writes out_dir/model.pt and out_dir/log.csv; returns a summary (steps, seconds, last losses,
+    resumed_from). `step_callback(step)` is called after each step (tests, hooks).
     """
     s = resolve_settings(settings)
     if not case_ids:
@@ -269,13 +279,13 @@ def train_anatomy(data_dir: str | Path, case_ids: Sequence[str], out_dir: str | 
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(data_dir, case_ids, Path(out_dir), s, int(seed), progress)
+        return _train(data_dir, case_ids, Path(out_dir), s, int(seed), progress, step_callback)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
 def _train(data_dir: str | Path, case_ids: Sequence[str], out_dir: Path, s: dict[str, Any], seed: int,
-           progress: bool) -> dict[str, Any]:
+           progress: bool, step_callback: Callable[[int], None] | None) -> dict[str, Any]:
     vols = _load_volumes(data_dir, case_ids)
     pair_cfg = PairConfig.from_dict(s["pairs"])
     torch.manual_seed(int(seed))
@@ -288,43 +298,75 @@ def _train(data_dir: str | Path, case_ids: Sequence[str], out_dir: Path, s: dict
     factor = lr_factor(s["schedule"], s["warmup_iterations"], s["iterations"])
     rows: list[dict[str, Any]] = []
     extra = {"seed": int(seed), "case_ids": list(case_ids)}
+    manifest = Path(data_dir) / "manifest.json"
+    identity = run_identity(kind="anatomy", settings=s, seed=int(seed), case_ids=list(case_ids),
+                            data=json.loads(manifest.read_text()).get("settings_hash") if manifest.is_file() else None)
+    state_path = out_dir / STATE_FILE
+    start, offset, resumed_from = 0, 0.0, []
+    if state_path.is_file():
+        state = load_state(state_path, identity, "anatomy training")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rows, start = list(state["rows"]), int(state["step"])
+        offset = float(rows[-1]["seconds"]) if rows else 0.0
+        resumed_from = [*state["resumed_from"], start]
+        set_rng_state(state["rng"])
+        _write_log(out_dir / "log.csv", rows)
+        log.info("anatomy: resuming from %s at step %d/%d", state_path, start, s["iterations"])
+
+    def save(step: int) -> None:
+        save_state(state_path, {"identity": identity, "step": step, "resumed_from": resumed_from,
+                                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                "optimizer": opt.state_dict(), "rows": rows, "rng": rng_state()})
+        _write_log(out_dir / "log.csv", rows)
+
     t0 = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=s["iterations"], desc="anatomy", unit="step")
-    for step in range(s["iterations"]):
-        rng = np.random.default_rng([int(seed), step])
-        batch = sample_batch(vols, s["batch_size"], pair_cfg, mc.fine_stride, mc.coarse_stride, rng)
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        x = torch.stack([p.view_a for p in batch] + [p.view_b for p in batch]
-                        + [p.view_c for p in batch if p.view_c is not None])
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        lr = s["lr"] * factor(step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        fine, coarse = model(x)
-        loss, terms = sam_loss(fine, coarse, batch, s, gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"anatomy training: non-finite loss at step {step}: {terms}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        rows.append({"step": step, **{k: round(v, 6) for k, v in terms.items()}, "lr": lr,
-                     "seconds": round(time.perf_counter() - t0, 3)})
+        bar = tqdm(total=s["iterations"], initial=start, desc="anatomy", unit="step")
+    every = s["checkpoint_every"]
+    try:
+        with StopFlag() as stop:
+            for step in range(start, s["iterations"]):
+                rng = np.random.default_rng([int(seed), step])
+                batch = sample_batch(vols, s["batch_size"], pair_cfg, mc.fine_stride, mc.coarse_stride, rng)
+                gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+                x = torch.stack([p.view_a for p in batch] + [p.view_b for p in batch]
+                                + [p.view_c for p in batch if p.view_c is not None])
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+                lr = s["lr"] * factor(step)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                fine, coarse = model(x)
+                loss, terms = sam_loss(fine, coarse, batch, s, gen)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(f"anatomy training: non-finite loss at step {step}: {terms}; "
+                                        "lower anatomy.train.lr?")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                rows.append({"step": step, **{k: round(v, 6) for k, v in terms.items()}, "lr": lr,
+                             "seconds": round(offset + time.perf_counter() - t0, 3)})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(fine=f"{terms['fine']:.3f}", coarse=f"{terms['coarse']:.3f}")
+                if step_callback is not None:
+                    step_callback(step + 1)
+                done = step + 1
+                if done < s["iterations"] and ((every > 0 and done % every == 0) or stop.name):
+                    save(done)
+                    if stop.name:
+                        raise Preempted(done, state_path, stop.name)
+    finally:
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(fine=f"{terms['fine']:.3f}", coarse=f"{terms['coarse']:.3f}")
-        every = s["checkpoint_every"]
-        if every > 0 and (step + 1) % every == 0 and step + 1 < s["iterations"]:
-            save_checkpoint(out_dir / "model.pt", model, s, step + 1, extra)
-            _write_log(out_dir / "log.csv", rows)
-    if bar is not None:
-        bar.close()
+            bar.close()
     save_checkpoint(out_dir / "model.pt", model, s, s["iterations"], extra)
     _write_log(out_dir / "log.csv", rows)
-    return {"steps": s["iterations"], "seconds": time.perf_counter() - t0, **(rows[-1] if rows else {})}
+    state_path.unlink(missing_ok=True)
+    return {"steps": s["iterations"], "seconds": time.perf_counter() - t0, "resumed_from": resumed_from,
+            **(rows[-1] if rows else {})}
 
 
 # ------------------------------------------------------------------------------------------ embeddings

@@ -40,18 +40,22 @@ model: `{"state_dict", "backbone", "num_classes", "settings", "encoder_config", 
 "dataset", "method", "init", "fold", "label_fraction", "seed", "iteration", "code_version"}`, loads
 with weights_only=True), `train_summary.json`; `evaluate_classifier` writes `metrics.json`
 (`mean.auc`, per-case label and score). Stale files are removed at the start; all are atomic.
+While it runs, `resume.pt` holds the running state (network, optimizer, scheduler, log rows, the
+best model so far, the augmentation's and the global RNGs), written every `checkpoint_every`
+iterations / `checkpoint_minutes` and on SIGTERM / SIGUSR1 / SIGINT (then
+`alice.runstate.Preempted`, exit status 75); a rerun of the same run resumes from it and ends with
+the files of an uninterrupted one, any other is refused (`alice.runstate.check_identity`).
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -61,6 +65,8 @@ from alice.data.folds import fraction_key
 from alice.downstream import MODEL_FILE
 from alice.errors import ConfigError, InputError
 from alice.io import atomic_path, load_torch_dict, read_json, write_json, write_text
+from alice.runstate import (Checkpoints, NonFiniteLoss, Preempted, StopFlag, init_identity, load_state, rng_state,
+                            run_identity, save_state, set_rng_state, set_transform_state, transform_state)
 from alice.version import code_version
 
 log = logging.getLogger("alice")
@@ -69,6 +75,7 @@ DATASET = "mosmed"
 NUM_CLASSES = 2
 SUMMARY_FILE = "train_summary.json"
 LOG_FILE = "log.csv"
+STATE_FILE = "resume.pt"
 METRICS_FILE = "metrics.json"
 LOG_COLUMNS = ("iteration", "loss", "lr", "val_auc", "val_loss")
 MODEL_KEYS = ("state_dict", "backbone", "num_classes", "settings", "encoder_config", "input_size", "fold",
@@ -350,8 +357,14 @@ def finetune_classifier(
     device: str = "cpu",
     threads: int = 1,
     progress: bool = True,
+    checkpoint_every: int | None = None,
+    checkpoint_minutes: float = 10.0,
+    step_callback: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one classifier; write log.csv, model.pt and train_summary.json in `out_dir`; return the summary."""
+    """Train one classifier; write log.csv, model.pt and train_summary.json in `out_dir`; return the summary.
+
+    The running state goes to `out_dir/resume.pt` every `checkpoint_every` iterations (if given),
+    every `checkpoint_minutes` and on a stop signal; a rerun resumes from it (module docstring)."""
     from monai.utils import set_determinism
     from tqdm import tqdm
 
@@ -398,40 +411,83 @@ def finetune_classifier(
     scheduler = build_scheduler(optimizer, cfg["schedule"], cfg["warmup"], total)
     loss_fn = torch.nn.CrossEntropyLoss()
 
+    identity = run_identity(kind="classification", backbone=backbone, method=method, init=init_identity(init),
+                            fold=int(fold), label_fraction=float(label_fraction), settings=settings,
+                            encoder_config=encoder_config, seed=int(seed),
+                            data={name: parts[name] for name in ("train", "val", "test")})
+    state_path = out_dir / STATE_FILE
     rows: list[dict[str, Any]] = []
     best: tuple[float, float] | None = None
     best_iteration, best_state = total, None
     train_seconds = 0.0
-    bar = tqdm(total=total, desc=f"classify {backbone} split{fold} {label_fraction:g}", unit="it",
+    start, resumed_from = 0, []
+    if state_path.is_file():
+        state = load_state(state_path, identity, "classification")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rows, start, train_seconds = list(state["rows"]), int(state["step"]), float(state["train_seconds"])
+        if state["best"]:
+            best, best_iteration = tuple(state["best"]), int(state["best_iteration"])
+            best_state = state["best_state"]
+        resumed_from = [*state["resumed_from"], start]
+        for _ in range(start):  # the index stream is cheap to replay; the augmentation's is restored
+            next(batches)
+        set_transform_state(transform, state["transform"])
+        set_rng_state(state["rng"])
+        _write_log(out_dir / LOG_FILE, rows)
+        log.info("split %d, %g labels: resuming from %s at iteration %d/%d", fold, label_fraction, state_path,
+                 start, total)
+
+    def save(it: int) -> None:
+        save_state(state_path, {
+            "identity": identity, "step": it, "resumed_from": resumed_from,
+            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rows": rows, "train_seconds": train_seconds, "best": list(best) if best else [],
+            "best_iteration": int(best_iteration), "best_state": best_state or {},
+            "transform": transform_state(transform), "rng": rng_state()})
+        _write_log(out_dir / LOG_FILE, rows)
+
+    clock = Checkpoints(checkpoint_every, checkpoint_minutes)
+    bar = tqdm(total=total, initial=start, desc=f"classify {backbone} split{fold} {label_fraction:g}", unit="it",
                disable=not progress)
     try:
-        for it in range(1, total + 1):
-            t_it = time.perf_counter()
-            x, y = volumes.batch([train_ids[i] for i in next(batches)], transform)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(dev):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"loss is {value} at iteration {it}; lower classification.optim.lr?")
-            train_seconds += time.perf_counter() - t_it
-            row = {"iteration": it, "loss": value, "lr": lr, "val_auc": None, "val_loss": None}
-            rows.append(row)
-            if cfg["selection"] == "best_val" and (it % cfg["val_every"] == 0 or it == total):
-                labels, scores, val_loss = predict(net, volumes, val_ids, dev)
-                row.update(val_auc=auc(labels, scores), val_loss=val_loss)
-                if _better(row["val_auc"], val_loss, best):
-                    best, best_iteration = (row["val_auc"], val_loss), it
-                    best_state = copy.deepcopy(net.state_dict())
-                _write_log(out_dir / LOG_FILE, rows)
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
-            bar.update(1)
+        with StopFlag() as stop:
+            for it in range(start + 1, total + 1):
+                t_it = time.perf_counter()
+                x, y = volumes.batch([train_ids[i] for i in next(batches)], transform)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(dev):
+                    logits = net(x)
+                loss = loss_fn(logits.float(), y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"{out_dir}: loss is {value} at iteration {it}; "
+                                        "lower classification.optim.lr?")
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                train_seconds += time.perf_counter() - t_it
+                row = {"iteration": it, "loss": value, "lr": lr, "val_auc": None, "val_loss": None}
+                rows.append(row)
+                if cfg["selection"] == "best_val" and (it % cfg["val_every"] == 0 or it == total):
+                    labels, scores, val_loss = predict(net, volumes, val_ids, dev)
+                    row.update(val_auc=auc(labels, scores), val_loss=val_loss)
+                    if _better(row["val_auc"], val_loss, best):
+                        best, best_iteration = (row["val_auc"], val_loss), it
+                        best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                    _write_log(out_dir / LOG_FILE, rows)
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update(1)
+                if step_callback is not None:
+                    step_callback(it)
+                if it < total and (stop.name or clock.due(it)):
+                    save(it)
+                    if stop.name:
+                        raise Preempted(it, state_path, stop.name)
     finally:
         bar.close()
     _write_log(out_dir / LOG_FILE, rows)
@@ -463,12 +519,13 @@ def finetune_classifier(
         "n_train_positive": int(sum(volumes.labels[c] for c in train_ids)), "input_size": list(volumes.shape),
         "iterations": total, "selection": cfg["selection"], "selected_iteration": int(best_iteration),
         "best_val_auc": best[0] if best else None, "best_val_loss": best[1] if best else None,
-        "final_loss": rows[-1]["loss"], "n_loaded": n_loaded,
+        "final_loss": rows[-1]["loss"], "n_loaded": n_loaded, "resumed_from": resumed_from,
         "seconds": round(time.perf_counter() - t_start, 3), "train_seconds": round(train_seconds, 3),
         "seconds_per_iteration": round(train_seconds / total, 4),
         "model": str(out_dir / MODEL_FILE), "code_version": code_version(),
     }
     write_json(out_dir / SUMMARY_FILE, summary)
+    state_path.unlink(missing_ok=True)  # done: model.pt and the summary are the result
     log.info("%s split %d, %g labels: %d iterations in %.1f s, model of iteration %d (val AUC %s)", backbone, fold,
              label_fraction, total, summary["seconds"], best_iteration,
              "n/a" if best is None else f"{best[0]:.4f}")

@@ -107,3 +107,46 @@ def test_settings_validation(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"nope")
     with pytest.raises(InputError, match="bad.pt"):
         load_model(tmp_path / "bad.pt")
+
+
+def _without_seconds(path):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(path.open())]
+
+
+@pytest.mark.parametrize("how", ["sigterm", "periodic state"])
+def test_interrupted_training_resumes_exactly(cache, tmp_path, how):
+    import os
+    import signal
+
+    from alice.runstate import Preempted
+
+    settings = {**TINY, "iterations": 5, "checkpoint_every": 2 if how == "periodic state" else 0}
+    cases = ["c0", "c1", "c2"]
+    train_anatomy(cache, cases, tmp_path / "straight", settings, seed=0, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def stop(step):
+        if step == 3:
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:  # dies without a word, like SIGKILL: only the periodic state of step 2 is left
+                raise Killed
+
+    out = tmp_path / "cut"
+    with pytest.raises(Preempted if how == "sigterm" else Killed):
+        train_anatomy(cache, cases, out, settings, seed=0, progress=False, step_callback=stop)
+    assert (out / "resume.pt").is_file() and not (out / "model.pt").exists()
+    summary = train_anatomy(cache, cases, out, settings, seed=0, progress=False)
+    assert summary["resumed_from"] == [3 if how == "sigterm" else 2]
+    assert not (out / "resume.pt").exists()
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["model"]
+    b = torch.load(out / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _without_seconds(tmp_path / "straight" / "log.csv") == _without_seconds(out / "log.csv")
+    with pytest.raises(Preempted):
+        train_anatomy(cache, cases, tmp_path / "other", settings, seed=0, progress=False,
+                      step_callback=lambda s: s == 1 and os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(InputError, match="cannot resume.*settings.lr"):
+        train_anatomy(cache, cases, tmp_path / "other", {**settings, "lr": 0.5}, seed=0, progress=False)

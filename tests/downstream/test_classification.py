@@ -325,3 +325,30 @@ def test_label_fraction_flag_is_mosmed_only(tmp_path):
     code = main(["finetune", "--dataset", "flare22", "--backbone", "unetr", "--method", "rand_init", "--init",
                  "scratch", "--fold", "0", "--out", str(tmp_path), "--label-fraction", "0.2", "--settings", "{}"])
     assert code == 2
+
+
+@pytest.mark.parametrize("stop_at", [3, 5])  # after a validation (val_every 2) with a best model, and between
+def test_interrupted_classifier_resumes_exactly(tiny_mosmed, tmp_path, cls_settings, cls_encoder, stop_at):
+    import os
+    import signal
+
+    from alice.runstate import Preempted
+
+    cls_settings["optim"]["iterations"] = 7
+
+    def run(out, **kwargs):
+        return finetune_classifier(backbone="vit", method="rand_init", init="scratch", fold=0, label_fraction=1.0,
+                                   data_dir=tiny_mosmed, out_dir=out, settings=cls_settings,
+                                   encoder_config=cls_encoder, seed=0, progress=False, **kwargs)
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(Preempted):
+        run(tmp_path / "b", step_callback=lambda it: it == stop_at and os.kill(os.getpid(), signal.SIGTERM))
+    assert (tmp_path / "b" / "resume.pt").is_file() and not (tmp_path / "b" / "model.pt").exists()
+    resumed = run(tmp_path / "b")
+    assert resumed["resumed_from"] == [stop_at] and not (tmp_path / "b" / "resume.pt").exists()
+    assert resumed["selected_iteration"] == straight["selected_iteration"]
+    wa = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()

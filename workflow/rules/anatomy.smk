@@ -41,7 +41,7 @@ rule anatomy_train:
     log:
         "results/logs/anatomy/train.log",
     shell:
-        "alice anatomy train --data results/anatomy/data --folds {input.folds} --out results/anatomy/model "
+        "exec alice anatomy train --data results/anatomy/data --folds {input.folds} --out results/anatomy/model "
         "--threads {threads} --settings {params.settings:q} --no-progress 2> {log}"
 
 

@@ -27,7 +27,7 @@ rule finetune_low_label:
     log:
         "results/logs/pretraining_effect/{backbone}/{method}/labeled{labeled}/seed{seed}.log",
     shell:
-        "alice finetune --dataset flare22 --backbone {wildcards.backbone} "
+        "exec alice finetune --dataset flare22 --backbone {wildcards.backbone} "
         "--method {wildcards.method} --init {params.init:q} --fold {params.fold} "
         "--labeled {wildcards.labeled} --subset-seed {wildcards.seed} --out {params.out} "
         "--threads {threads} --settings {params.settings:q} --evaluate --no-progress 2> {log}"

@@ -1,5 +1,8 @@
 # Downstream stage: fine-tune each (dataset, method, backbone, fold) and score it; MosMed
 # classification: each (run, backbone, split) for every label fraction, scored on the split's test part.
+# The training commands are `exec`ed, so a stop signal (preemption, the profile's warning before the
+# time limit) reaches the trainer, which writes resume.pt (not an output: it survives the failed
+# job) and exits 75; the resubmitted job resumes from it.
 
 
 rule finetune:
@@ -21,7 +24,7 @@ rule finetune:
     log:
         "results/logs/finetune/{dataset}/{method}/{backbone}/fold{fold}.log",
     shell:
-        "alice finetune --dataset {wildcards.dataset} --backbone {wildcards.backbone} "
+        "exec alice finetune --dataset {wildcards.dataset} --backbone {wildcards.backbone} "
         "--method {wildcards.method} --init {params.init:q} --fold {wildcards.fold} "
         "--out {params.out} --threads {threads} --settings {params.settings:q} "
         "--no-progress 2> {log}"
@@ -74,7 +77,7 @@ rule finetune_classifier:
     log:
         "results/logs/finetune/mosmed/{method}/{backbone}/fold{fold}.log",
     shell:
-        "alice finetune --dataset mosmed --backbone {wildcards.backbone} "
+        "exec alice finetune --dataset mosmed --backbone {wildcards.backbone} "
         "--method {wildcards.method} --init {params.init:q} --fold {wildcards.fold} "
         "{params.fractions} --out {params.out} --threads {threads} "
         "--settings {params.settings:q} --evaluate --no-progress 2> {log}"
