@@ -9,6 +9,7 @@ settings change.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -19,6 +20,11 @@ from alice import config as cfg
 from alice.errors import ConfigError, HarnessError
 
 log = logging.getLogger("alice")
+
+# sysexits.h codes of a failed file operation (pretraining's preemption exits 75, EX_TEMPFAIL)
+EX_IOERR = 74
+EX_NOPERM = 77
+EX_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 
 
 def _settings(args, from_config) -> dict:
@@ -123,6 +129,10 @@ def cmd_pretrain(args) -> None:
         return ({"Q": b["Q"], "K": b["K"]} for b in dataset.batches(start))
 
     manifest = read_json(data / "manifest.json")
+    # what besides the trainer's own arguments decides the batches (a resume must share it)
+    identity = {"pairs": {"matcher": matcher, "min_score": pairs.get("min_score", 0.7),
+                          "max_tries": pairs.get("max_tries", 100), "same_volume": same_volume},
+                "data": {"settings_hash": manifest.get("settings_hash"), "train_cases": train_ids}}
     summary = pretrain(method, loader_factory, Path(args.out), optim=optim,
                        encoder_config=encoder, method_name=method_name,
                        method_config=method_config,
@@ -132,7 +142,7 @@ def cmd_pretrain(args) -> None:
                        checkpoint_every=settings["checkpoint_every"],
                        grad_clip=settings["grad_clip"], seed=settings["seed"],
                        device=args.device or settings["device"], amp=settings["amp"],
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, identity=identity)
     log.info("pretrained %s/%s: step %d/%d in %.1f s -> %s", args.method, args.encoder,
              summary["step"], summary["iterations"], summary["seconds"], summary["checkpoint"])
 
@@ -198,6 +208,18 @@ def cmd_anatomy(args) -> None:
 
 
 def cmd_finetune(args) -> None:
+    """Check --init against --method (the checkpoint's own method is checked where it is loaded,
+    with --allow-unfinished deciding about a pretraining state under way), then fine-tune."""
+    scratch = args.init == "scratch"
+    if args.method == "rand_init" and not scratch:
+        raise ConfigError("--init", f"rand_init trains from scratch: pass --init scratch, not '{args.init}'")
+    if args.method != "rand_init" and scratch:
+        raise ConfigError("--init", f"scratch is rand_init's initialisation; run '{args.method}' "
+                                    "needs its pretraining checkpoint")
+    _finetune(args)
+
+
+def _finetune(args) -> None:
     if args.dataset == "mosmed":
         if args.labeled is not None or args.subset_seed is not None:
             raise ConfigError("--labeled", "applies to segmentation (flare22, btcv) only; mosmed "
@@ -218,7 +240,7 @@ def cmd_finetune(args) -> None:
                        settings=settings["finetune"], encoder_config=settings["encoder"],
                        seed=settings["seed"], device=device, threads=threads,
                        progress=not args.no_progress, labeled=args.labeled,
-                       subset_seed=args.subset_seed)
+                       subset_seed=args.subset_seed, allow_unfinished=args.allow_unfinished)
     run = (f"{args.labeled} labeled (subset {args.subset_seed})" if args.labeled is not None
            else f"fold {args.fold}")
     log.info("fine-tuned %s/%s/%s %s: %s", args.dataset, args.method, args.backbone, run,
@@ -244,7 +266,8 @@ def _finetune_classification(args) -> None:
                                       fold=args.fold, label_fraction=fraction, data_dir=data,
                                       out_dir=out, settings=settings["classification"],
                                       encoder_config=settings["encoder"], seed=settings["seed"],
-                                      device=device, threads=threads, progress=not args.no_progress)
+                                      device=device, threads=threads, progress=not args.no_progress,
+                                      allow_unfinished=args.allow_unfinished)
         log.info("fine-tuned mosmed/%s/%s split %d, %g labels: %d iterations in %.1f s",
                  args.method, args.backbone, args.fold, fraction, summary["iterations"],
                  summary["seconds"])
@@ -253,8 +276,9 @@ def _finetune_classification(args) -> None:
                                 split="test", device=device, threads=threads)
 
 
-def _evaluate(dataset, model_dir, data, out, split, device, threads, progress) -> None:
-    if dataset == "mosmed":
+def _evaluate(dataset, model_dir, data, out, split, device, threads, progress,
+              allow_fold_mismatch=False) -> None:
+    if dataset == "mosmed":  # its splits are the model's own: nothing to mismatch
         from alice.downstream.classification import evaluate_classifier
 
         evaluate_classifier(model_dir=model_dir, data_dir=data, out_path=out, split=split,
@@ -263,7 +287,8 @@ def _evaluate(dataset, model_dir, data, out, split, device, threads, progress) -
     from alice.downstream.inference import evaluate
 
     metrics = evaluate(dataset=dataset, model_dir=model_dir, data_dir=data, out_path=out,
-                       split=split, device=device, threads=threads, progress=progress)
+                       split=split, device=device, threads=threads, progress=progress,
+                       allow_fold_mismatch=allow_fold_mismatch)
     log.info("%s: mean DSC %.4f, NSD %.4f over %d cases -> %s", model_dir,
              metrics["mean"]["dsc"], metrics["mean"]["nsd"], len(metrics["cases"]), out)
 
@@ -272,7 +297,7 @@ def cmd_evaluate(args) -> None:
     data = Path(args.data) if args.data else Path("results/data") / args.dataset
     out = Path(args.out) if args.out else Path(args.model_dir) / "metrics.json"
     _evaluate(args.dataset, Path(args.model_dir), data, out, args.split, args.device or "auto",
-              args.threads or 1, not args.no_progress)
+              args.threads or 1, not args.no_progress, args.allow_fold_mismatch)
 
 
 def cmd_predict(args) -> None:
@@ -461,8 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True,
                    help="segmentation: unetr, swin_unetr or nnformer (its encoder: vit, swin, "
                    "nnformer; --init must be a checkpoint of that encoder); mosmed: vit, resnet3d")
-    p.add_argument("--method", required=True, help="pretraining method that made --init")
-    p.add_argument("--init", required=True, help="'scratch' or a pretraining checkpoint")
+    p.add_argument("--method", required=True, help="pretraining run that made --init (a method "
+                   "or a variant run id: the checkpoint must record its method); rand_init: none")
+    p.add_argument("--init", required=True, help="'scratch' (rand_init only) or a pretraining "
+                   "checkpoint (any other method)")
+    p.add_argument("--allow-unfinished", action="store_true", help="also take an unfinished "
+                   "pretraining state (resume.pt) as --init")
     p.add_argument("--fold", required=True, type=int, help="fold (mosmed: split) index; with "
                    "--labeled: the fold whose number of optimizer steps the run takes")
     p.add_argument("--labeled", type=int, default=None, help="segmentation: train on this many "
@@ -487,8 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, help="folder holding model.pt")
     p.add_argument("--out", default=None, help="default: MODEL_DIR/metrics.json")
     p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
-    p.add_argument("--split", default="test", help="'test' or 'val:K' (fold K's val cases); "
-                   "mosmed: 'test' or 'val' of the model's split")
+    p.add_argument("--split", default="test", help="'test' or 'val:K' (fold K's val cases; K "
+                   "must be the model's fold); mosmed: 'test' or 'val' of the model's split")
+    p.add_argument("--allow-fold-mismatch", action="store_true", help="score 'val:K' even when "
+                   "it holds cases the model trained on (another fold's, a low-label subset's)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
@@ -593,7 +624,28 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"alice {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno is None:  # not a failed system call: a bug, keep its traceback
+            raise
+        log.debug("alice %s: a file operation failed", args.command, exc_info=True)
+        print(f"alice {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return EX_NOPERM if exc.errno in (errno.EACCES, errno.EPERM) else EX_IOERR
+    except KeyboardInterrupt:
+        # outside a training loop (which checkpoints on the first Ctrl-C), or a second Ctrl-C
+        print(f"alice {args.command}: interrupted (Ctrl-C); outputs are written atomically, so none "
+              "is half-written", file=sys.stderr)
+        return EX_INTERRUPTED
     return 0
+
+
+def _os_error_line(exc: OSError) -> str:
+    """`<file>: permission denied` (or the system's other reason), with the second file of a
+    rename; the reason alone when the call named no file (e.g. a full disk while writing)."""
+    reason = (exc.strerror or errno.errorcode.get(exc.errno, str(exc.errno))).lower()
+    if exc.filename is None:
+        return reason
+    target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{exc.filename}{target}: {reason}"
 
 
 if __name__ == "__main__":

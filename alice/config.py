@@ -52,7 +52,31 @@ def validate_config(config: dict) -> dict:
         if not isinstance(cause, jsonschema.ValidationError):
             raise ConfigError("<config>", str(exc).splitlines()[0]) from None
         raise _config_error(cause) from None
+    _check_integers(config)
     return config
+
+
+def _strict_validator():
+    """A validator of the schema whose "integer" excludes floats. JSON Schema counts 5.0 as an
+    integer, but the harness feeds these keys to range() and tensor shapes, where 5.0 fails."""
+    from jsonschema import Draft202012Validator, validators
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    strict = validators.extend(Draft202012Validator, type_checker=checker)
+    return strict(yaml.safe_load(SCHEMA_PATH.read_text()))
+
+
+def _check_integers(config: dict) -> None:
+    """Refuse a float (`folds: 5.0`) where the schema asks for an integer, naming the key (the
+    config has passed the schema otherwise: a type error is the only kind expected here)."""
+    error = next(iter(_strict_validator().iter_errors(config)), None)
+    if error is None:
+        return
+    if error.validator != "type":
+        raise _config_error(error)
+    raise ConfigError(_dotted(list(error.absolute_path)),
+                      f"must be an integer (no decimal point), got {error.instance!r}")
 
 
 def _config_error(error) -> ConfigError:

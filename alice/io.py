@@ -3,13 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status);
+    elsewhere set and restored at once (racy only against a thread changing it meanwhile)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temporary_pattern(path: Path) -> re.Pattern[str]:
+    """Names `atomic_path` gives the temporaries of `path`: `.NAME.RANDOM.tmpSUFFIX`."""
+    return re.compile(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]+\.tmp.*", re.ASCII | re.DOTALL)
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Remove temporaries of `path` that an interrupted earlier write left beside it."""
+    path = Path(path)
+    pattern = temporary_pattern(path)
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if pattern.fullmatch(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -18,15 +49,20 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
     The temporary file lives in the same folder so the final rename is atomic on POSIX.
     `suffix` keeps an extension that writers key on (e.g. ".nii.gz", ".npy").
+    Temporaries of `path` left by an interrupted earlier write are removed first (one writer per
+    target at a time), and the final file gets the mode a plain `open(path, "w")` would give it
+    (0666 less the umask) rather than the 0600 of `mkstemp`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     suffix = suffix if suffix is not None else "".join(path.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

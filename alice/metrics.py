@@ -6,7 +6,7 @@ Sources of the rules (see also ../shared/FACTS.md, "FLARE 2022 / Official scorin
   a surfel counts as matched when its distance to the other surface is `<=` the tolerance.
   We call that package; we do not reimplement it.
 - `score_case` follows the FLARE 2022 organisers' DSC/NSD evaluation script: per-organ tolerances,
-  spacing from the NIfTI header zooms with arrays in nibabel (x, y, z) order, the empty-mask
+  spacing = the NIfTI voxel sizes with arrays in nibabel (x, y, z) order, the empty-mask
   rules, the z-range crop for aorta / IVC / esophagus, and rounding to 4 decimals.
 
 `surface-distance` 0.1 uses `np.Inf`, removed in NumPy 2: it raises AttributeError as soon as one
@@ -70,7 +70,7 @@ def dice(gt, pred) -> float:
 def normalized_surface_dice(gt, pred, spacing_mm: Sequence[float], tolerance_mm: float) -> float:
     """Normalized surface Dice (NSD) of two 2-D or 3-D masks, by DeepMind's `surface_distance`.
 
-    `spacing_mm` is in the arrays' axis order (for nibabel arrays: the header zooms, x y z).
+    `spacing_mm` is in the arrays' axis order (for nibabel arrays: the voxel sizes, x y z).
     Both empty -> 1.0, exactly one empty -> 0.0 (FLARE22 rules), decided here because the
     package fails on empty masks under NumPy 2.
     """
@@ -81,10 +81,8 @@ def normalized_surface_dice(gt, pred, spacing_mm: Sequence[float], tolerance_mm:
             f"NSD needs 2-D or 3-D masks and one spacing per axis; got masks of shape {gt.shape} "
             f"and spacing {spacing}"
         )
-    if min(spacing) <= 0:
-        raise ValueError(f"spacing must be positive, got {spacing}")
-    if tolerance_mm < 0:
-        raise ValueError(f"tolerance must be >= 0 mm, got {tolerance_mm}")
+    _check_spacing(spacing)
+    _check_tolerance(tolerance_mm)
     gt_empty, pred_empty = not gt.any(), not pred.any()
     if gt_empty and pred_empty:
         return 1.0
@@ -107,8 +105,8 @@ def score_case(
 ) -> dict[str, dict[str, float]]:
     """DSC and NSD per organ of one case, as the FLARE22 organisers' evaluation script scores it.
 
-    Arguments: two 3-D integer label maps in nibabel (x, y, z) order, `spacing_mm` = the header
-    zooms (x, y, z), `dataset` in `LABELS` ("flare22" or "btcv").
+    Arguments: two 3-D integer label maps in nibabel (x, y, z) order, `spacing_mm` = the NIfTI
+    voxel sizes (x, y, z), `dataset` in `LABELS` ("flare22" or "btcv").
 
     Per organ (ids and names from `LABELS[dataset]`, tolerance `NSD_TOLERANCE_MM[name]`):
     - GT and prediction both empty: DSC = NSD = 1; exactly one empty: DSC = NSD = 0
@@ -141,6 +139,7 @@ def score_case(
     spacing = tuple(float(s) for s in spacing_mm)
     if len(spacing) != 3:
         raise ValueError(f"spacing_mm must have 3 values (x, y, z), got {spacing_mm}")
+    _check_spacing(spacing)  # also when no organ needs an NSD: a bad spacing is a caller's bug
     for name, array in (("gt_labels", gt_labels), ("pred_labels", pred_labels)):
         _check_label_ids(name, array, labels, dataset)
 
@@ -193,6 +192,17 @@ def auc(y_true, y_score) -> float:
             f"{classes.tolist() if classes.size else 'missing'}"
         )
     return float(roc_auc_score(y_true, np.asarray(y_score).ravel()))
+
+
+def _check_spacing(spacing: Sequence[float]) -> None:
+    # NaN passes every comparison, so test for what is allowed, not for what is not
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must be finite and positive (mm), got {tuple(spacing)}")
+
+
+def _check_tolerance(tolerance_mm: float) -> None:
+    if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0 mm, got {tolerance_mm}")
 
 
 def _as_masks(gt, pred) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,6 @@
 """The CLI: every stage is reachable, and user errors are one line with a non-zero exit."""
 
+import os
 import subprocess
 import sys
 
@@ -41,3 +42,56 @@ def test_folds_without_manifest(tmp_path, capsys):
 def test_unknown_dataset_rejected():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["prepare", "--dataset", "lits", "--out", "x"])
+
+
+@pytest.fixture(params=["read-only folder", "file in the path"])
+def blocked_out(request, tmp_path):
+    """An --out that cannot be created, and the words its error line must hold."""
+    if request.param == "file in the path":
+        blocker = tmp_path / "a_file"
+        blocker.write_text("")
+        yield blocker / "release", "not a directory"
+        return
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        (folder / "probe").mkdir()
+    except PermissionError:
+        yield folder / "release", "permission denied"
+    else:
+        pytest.skip("root ignores file permissions (os.geteuid() == 0)")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_unwritable_out_is_one_line(blocked_out, capsys):
+    out, words = blocked_out
+    settings = '{"counts": {"labeled": 1, "test": 0}, "seed": 0, "geometry": {"inplane_voxels": 16}}'
+    code = main(["phantom", "--dataset", "btcv", "--out", str(out), "--settings", settings])
+    assert code != 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("alice phantom: error: ")
+    assert str(out.parent) in lines[0] and words in lines[0]
+
+
+@pytest.mark.parametrize("method, init, words", [
+    ("rand_init", "ckpt", "--init scratch"),
+    ("alice", "scratch", "rand_init"),
+])
+def test_finetune_init_must_fit_the_method(tmp_path, capsys, method, init, words):
+    """rand_init trains from scratch, every other run from a checkpoint (of its own method:
+    tests/downstream/test_finetune.py)."""
+    import torch
+
+    from alice.downstream.transfer import save_encoder_checkpoint
+
+    if init == "ckpt":
+        init = str(tmp_path / "checkpoint.pt")
+        save_encoder_checkpoint(init, {"w": torch.zeros(1)}, {"name": "vit"}, "mae")
+    code = main(["finetune", "--dataset", "flare22", "--backbone", "unetr", "--method", method,
+                 "--init", init, "--fold", "0", "--out", str(tmp_path / "out"),
+                 "--data", str(tmp_path / "data"), "--settings", "{}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and words in err[0]
+    assert "config key '--" in err[0] and not (tmp_path / "out").exists()

@@ -135,3 +135,33 @@ def test_anatomy_data_settings(demo):
     del config["anatomy"]["data"]
     with pytest.raises(ConfigError, match=r"anatomy\.data\.spacing"):
         cfg.anatomy_data_settings(config)
+
+
+@pytest.mark.parametrize("path", [
+    ("datasets", "flare22", "folds"),
+    ("datasets", "btcv", "folds"),
+    ("seed",),
+    ("phantom", "counts", "flare22", "labeled"),
+    ("finetune", "unetr", "optim", "epochs"),
+    ("finetune", "unetr", "optim", "batch_size"),
+    ("pretrain", "optim", "iterations"),
+    ("anatomy", "train", "iterations"),
+    ("pretraining_effect", "seeds"),
+    ("pretraining_effect", "labeled", 0),
+    ("reproduce", "substitute", "folds"),
+])
+def test_float_where_an_integer_is_needed_is_refused(demo, tmp_path, capsys, path):
+    """JSON Schema counts 5.0 as an integer; the harness refuses it (range(5.0) breaks the DAG)."""
+    from alice.cli import main
+
+    config = copy.deepcopy(demo)
+    parent = config
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = float(parent[path[-1]])
+    written = tmp_path / "c.yaml"
+    written.write_text(yaml.safe_dump(config))
+    assert main(["config", "--config", str(written)]) == 2
+    err = capsys.readouterr().err.strip()
+    key = ".".join(str(p) for p in path)
+    assert err.splitlines() == [err] and f"config key '{key}'" in err and "integer" in err

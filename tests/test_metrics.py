@@ -245,3 +245,29 @@ def test_auc_with_ties_equals_sklearn():
     y = rng.integers(0, 2, size=200)
     s = rng.integers(0, 4, size=200) / 4 + 0.1 * y  # heavily tied
     assert auc(y, s) == roc_auc_score(y, s)
+
+
+@pytest.mark.parametrize(
+    "spacing, tolerance, word",
+    [
+        ((math.nan, 1.0, 1.0), 2.0, "spacing"),
+        ((1.0, 1.0, math.nan), 2.0, "spacing"),
+        ((1.0, math.inf, 1.0), 2.0, "spacing"),
+        ((1.0, 1.0, 1.0), math.nan, "tolerance"),
+        ((1.0, 1.0, 1.0), -1.0, "tolerance"),
+        ((1.0, 1.0, 1.0), math.inf, "tolerance"),
+    ],
+    ids=["nan-first", "nan-last", "inf", "nan-tol", "negative-tol", "inf-tol"],
+)
+def test_nsd_rejects_non_finite_spacing_and_tolerance(spacing, tolerance, word):
+    gt, pred = _single_voxels((6, 6, 6), (2, 2, 2), (3, 3, 3))
+    with pytest.raises(ValueError, match=word):
+        normalized_surface_dice(gt, pred, spacing, tolerance)
+
+
+@pytest.mark.parametrize("spacing", [(math.nan, 1.0, 1.0), (1.0, 1.0, math.nan), (1.0, -1.0, 1.0)])
+def test_score_case_rejects_bad_spacing_even_when_no_organ_needs_it(spacing):
+    gt = np.zeros((6, 6, 6), np.uint8)
+    gt[2:4, 2:4, 2:4] = 1
+    with pytest.raises(ValueError, match="spacing"):
+        score_case(gt, np.zeros_like(gt), spacing, "flare22")  # one-sided: no NSD computed

@@ -10,6 +10,8 @@ Rules shared by all layouts:
   ".", e.g. macOS `._*` resource forks) are ignored, as are subfolders that are not part of the
   layout (e.g. `phantom_truth/` next to a phantom release);
 - a NIfTI file whose name does not match the naming pattern of its folder is an error naming it.
+- case numbers are ASCII digits (`[0-9]`: the regex digit class also matches e.g. fullwidth ones), so
+  a look-alike name is a misnamed file rather than a second case.
 """
 
 from __future__ import annotations
@@ -56,15 +58,15 @@ def _pat(role: str, regex: str, example: str) -> _Pattern:
     return _Pattern(role, re.compile(regex), example)
 
 
-FLARE_TR_IMAGE = _pat("image", r"(FLARE22_Tr_\d{4})_0000", "FLARE22_Tr_0001_0000.nii.gz")
-FLARE_TR_LABEL = _pat("label", r"(FLARE22_Tr_\d{4})", "FLARE22_Tr_0001.nii.gz")
-FLARE_TS_IMAGE = _pat("image", r"(FLARETs_\d{4})_0000", "FLARETs_0001_0000.nii.gz")
-FLARE_TS_LABEL = _pat("label", r"(FLARETs_\d{4})", "FLARETs_0001.nii.gz")
-FLARE_POOL_IMAGE = _pat("image", r"(Case_\d{5})_0000", "Case_00001_0000.nii.gz")
-BTCV_IMAGE = _pat("image", r"(img\d{4})", "img0001.nii.gz")
-BTCV_LABEL = _pat("label", r"label(\d{4})", "label0001.nii.gz")
-MOSMED_STUDY = _pat("image", r"(study_\d{4})", "study_0001.nii.gz")
-MOSMED_MASK = _pat("mask", r"(study_\d{4})_mask", "study_0001_mask.nii.gz")
+FLARE_TR_IMAGE = _pat("image", r"(FLARE22_Tr_[0-9]{4})_0000", "FLARE22_Tr_0001_0000.nii.gz")
+FLARE_TR_LABEL = _pat("label", r"(FLARE22_Tr_[0-9]{4})", "FLARE22_Tr_0001.nii.gz")
+FLARE_TS_IMAGE = _pat("image", r"(FLARETs_[0-9]{4})_0000", "FLARETs_0001_0000.nii.gz")
+FLARE_TS_LABEL = _pat("label", r"(FLARETs_[0-9]{4})", "FLARETs_0001.nii.gz")
+FLARE_POOL_IMAGE = _pat("image", r"(Case_[0-9]{5})_0000", "Case_00001_0000.nii.gz")
+BTCV_IMAGE = _pat("image", r"(img[0-9]{4})", "img0001.nii.gz")
+BTCV_LABEL = _pat("label", r"label([0-9]{4})", "label0001.nii.gz")
+MOSMED_STUDY = _pat("image", r"(study_[0-9]{4})", "study_0001.nii.gz")
+MOSMED_MASK = _pat("mask", r"(study_[0-9]{4})_mask", "study_0001_mask.nii.gz")
 
 FLARE_POOL_FOLDERS = ("FLARE22_UnlabeledCase1-1000", "FLARE22_UnlabeledCase1001-2000")
 
@@ -233,7 +235,7 @@ def _mosmed(root: Path, options: Mapping[str, Any]) -> list[Case]:
                 continue
             if entry.is_file() and nifti_stem(entry.name) is not None:
                 raise InputError(entry, "study lies outside the CT-0 … CT-4 category folders")
-            match = re.fullmatch(r"CT-(\d+)", entry.name)
+            match = re.fullmatch(r"CT-([0-9]+)", entry.name)
             if not entry.is_dir() or not match:
                 continue
             category = int(match.group(1))

@@ -1,7 +1,8 @@
 """Low-level NIfTI reading with every failure turned into a one-line `InputError`.
 
 Two levels, so that most bad input fails before anything is written:
-- `read_header(path)`: opens the file and reads the header only (cheap, even for .nii.gz);
+- `read_header(path)`: opens the file and reads the header only (cheap, even for .nii.gz); a
+  header whose pixdim disagrees with its affine's voxel sizes is rejected;
 - `read_image(path)` / `read_label(path)` / `read_mask(path)`: read the voxel data and check it.
 
 4-D volumes whose last axis has length 1 (a common export artefact: x, y, z, 1) are squeezed to
@@ -19,12 +20,15 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from alice.errors import InputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# How far the header's pixdim may differ from the affine's voxel sizes (float32 storage rounding).
+ZOOM_RTOL, ZOOM_ATOL = 1e-3, 1e-5
 
 # Everything nibabel, gzip and zlib raise for unreadable, damaged or truncated files.
 _READ_ERRORS = (
@@ -79,6 +83,21 @@ def _load(path: Path) -> nib.Nifti1Image:
     return img
 
 
+def _mm(values) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def _check_zooms(path: Path, zooms: tuple[float, ...], affine: np.ndarray) -> None:
+    """The header's pixdim must agree with the voxel sizes of the affine (its column norms):
+    resampling follows the affine and the metrics take their spacing from it, so a file whose
+    pixdim says otherwise is ambiguous."""
+    sizes = voxel_sizes(affine)
+    if not np.allclose(np.abs(zooms), sizes, rtol=ZOOM_RTOL, atol=ZOOM_ATOL):
+        raise InputError(
+            path, f"header pixdim {_mm(zooms)} mm disagrees with the voxel sizes of its affine {_mm(sizes)} mm"
+        )
+
+
 def _header_of(path: Path, img: nib.Nifti1Image) -> Header:
     shape = tuple(int(s) for s in img.shape)
     squeezed = False
@@ -98,6 +117,7 @@ def _header_of(path: Path, img: nib.Nifti1Image) -> Header:
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     except _READ_ERRORS as exc:
         raise InputError(path, f"unreadable voxel spacing in header ({_brief(exc)})") from None
+    _check_zooms(path, zooms, affine)
     return Header(
         path=path,
         shape=shape,  # type: ignore[arg-type]

@@ -5,6 +5,8 @@
   `{case_id}_label.npy` (uint8, labeled cases only),
   `{case_id}.json` (metadata; written last, it marks the case complete),
 and finally `manifest.json`, only when every case succeeded.
+A case whose image is constant (e.g. all air) is cached all the same, but logged as a warning on
+the "alice" logger and listed under "warnings" in its record and in the manifest.
 
 Segmentation datasets and the FLARE22 pool: reorient to RAS, resample to settings["spacing"] (image
 bilinear, label nearest), clip to settings["window"] = [lo, hi] HU and scale to [0, 1].
@@ -19,6 +21,7 @@ voxel indices to the same world (RAS+ mm) coordinates as the source file's affin
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,6 +40,8 @@ PREPROCESS_VERSION = 1
 MANIFEST = "manifest.json"
 CACHE_DTYPES = ("float32", "float16")
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's world convention (RAS+)
+
+log = logging.getLogger("alice")
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -225,6 +230,14 @@ def _grid(affine: np.ndarray, shape: tuple[int, ...]) -> dict[str, Any]:
     }
 
 
+def _data_warnings(image: np.ndarray) -> list[str]:
+    """Problems of a readable image that do not stop preparation but deserve a look."""
+    lo, hi = float(image.min()), float(image.max())
+    if lo == hi:  # e.g. an all-air or all-zero export: nothing to learn from
+        return [f"image is constant ({lo:g} everywhere)"]
+    return []
+
+
 def _process_case(
     dataset: str,
     case: Case,
@@ -233,9 +246,11 @@ def _process_case(
     digest: str,
     identity: Mapping[str, Any],
     options: Mapping[str, Any],
-) -> None:
+) -> list[str]:
+    """Cache one case; returns its data warnings (also stored in its JSON record)."""
     _remove_case(out_dir, case)  # a stale case must not survive a failed recompute
     loaded = read_case(dataset, case, options)
+    warnings = _data_warnings(loaded.image)
     if dataset == "mosmed":
         image, label, cached_affine = _transform_mosmed(loaded, params)
     else:
@@ -243,8 +258,7 @@ def _process_case(
     header = loaded.header
     del loaded
     files = _files(case.case_id, label is not None)
-    original = _grid(header.affine, header.shape)
-    original["spacing"] = [float(z) for z in header.zooms]  # the header's zooms, as the metrics use
+    original = _grid(header.affine, header.shape)  # spacing: the affine's voxel sizes, as the metrics use
     meta = {
         "case_id": case.case_id,
         "dataset": dataset,
@@ -265,6 +279,7 @@ def _process_case(
         "settings_hash": digest,
         "identity": identity,
         "code_version": __version__,
+        "warnings": warnings,
     }
     try:
         save_npy(out_dir / files["image"], image.astype(params["cache_dtype"], copy=False))
@@ -274,6 +289,12 @@ def _process_case(
     except BaseException:
         _remove_case(out_dir, case)
         raise
+    return warnings
+
+
+def _cached_warnings(out_dir: Path, case: Case) -> list[str]:
+    """The data warnings recorded for a case reused from the cache."""
+    return list(read_json(out_dir / _files(case.case_id, False)["meta"]).get("warnings") or [])
 
 
 def _clean_temp_files(out_dir: Path) -> None:
@@ -310,12 +331,19 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean_temp_files(out_dir)
 
+    warnings: dict[str, list[str]] = {}  # case id -> data warnings (e.g. a constant image)
     with tqdm(total=len(cases), desc=f"prepare {dataset}", unit="case", disable=not progress) as bar:
         for case in cases:
             bar.set_postfix_str(case.case_id, refresh=False)
             identity = _identity(case)
-            if not _is_current(out_dir, case, digest, identity):
-                _process_case(dataset, case, out_dir, params, digest, identity, settings)
+            if _is_current(out_dir, case, digest, identity):
+                found = _cached_warnings(out_dir, case)
+            else:
+                found = _process_case(dataset, case, out_dir, params, digest, identity, settings)
+            for message in found:
+                log.warning("%s: %s (%s)", case.case_id, message, case.image)
+            if found:
+                warnings[case.case_id] = found
             bar.update(1)
 
     manifest = {
@@ -327,6 +355,7 @@ def prepare(
         "code_version": __version__,
         "n_cases": len(cases),
         "splits": {split: sum(c.split == split for c in cases) for split in sorted({c.split for c in cases})},
+        "warnings": warnings,
         "cases": [
             {
                 "case_id": c.case_id,

@@ -359,6 +359,7 @@ def finetune_classifier(
     progress: bool = True,
     checkpoint_every: int | None = None,
     checkpoint_minutes: float = 10.0,
+    allow_unfinished: bool = False,
     step_callback: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train one classifier; write log.csv, model.pt and train_summary.json in `out_dir`; return the summary.
@@ -398,7 +399,8 @@ def finetune_classifier(
     rs = run_seed(seed, fold, label_fraction)
     set_determinism(seed=rs)  # random, numpy, torch; the network's initial weights follow from it
     net = build_classification_network(backbone, NUM_CLASSES, settings, encoder_config, volumes.shape)
-    n_loaded = 0 if init == "scratch" else load_encoder_checkpoint(net, backbone, init, encoder_config)
+    n_loaded = 0 if init == "scratch" else load_encoder_checkpoint(
+        net, backbone, init, encoder_config, allow_unfinished=allow_unfinished, run=method)
     net.to(dev)
     net.train()
 

@@ -6,7 +6,8 @@
 Per case: the cached image (padded with zeros to at least the crop) goes through MONAI's
 `sliding_window_inference` (roi = the training crop, overlap `sw_overlap`, gaussian blending),
 argmax over classes, `invert_to_original` (nearest neighbour) onto the source NIfTI's voxel grid,
-and `alice.metrics.score_case` against the source label file with its header zooms as spacing.
+and `alice.metrics.score_case` against the source label file, with the voxel sizes of its affine
+(the column norms, which the header's pixdim should repeat) as spacing.
 The predicted label maps are also written as NIfTI on the original grid (the label file's affine)
 under `model_dir/predictions/{case_id}.nii.gz`.
 
@@ -146,7 +147,9 @@ def _nanmean(values: list[float]) -> float:
 
 
 def _original_label(meta: Mapping[str, Any], case_id: str, data_dir: Path):
+    """The source label map of a cached case, its affine and its spacing (the affine's voxel sizes)."""
     import nibabel as nib
+    from nibabel.affines import voxel_sizes
 
     source = (meta.get("source") or {}).get("label")
     if not source:
@@ -162,7 +165,9 @@ def _original_label(meta: Mapping[str, Any], case_id: str, data_dir: Path):
     expected = tuple(int(s) for s in meta["original"]["shape"])
     if labels.shape != expected:
         raise InputError(path, f"label shape {labels.shape} differs from the cached record's original shape {expected}")
-    return labels, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
+    # the affine is what resampling and the cached grids follow; pixdim may disagree with it
+    spacing = tuple(float(z) for z in voxel_sizes(img.affine))
+    return labels, img.affine, spacing
 
 
 def _save_prediction(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
@@ -185,9 +190,13 @@ def evaluate(
     threads: int = 1,
     progress: bool = True,
     save_predictions: bool = True,
+    allow_fold_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Predict every case of `split` ("test", "val:<k>", "train:<k>"), score it on its original grid
-    against its source label, write `out_path` atomically and return the metrics dict."""
+    against its source label, write `out_path` atomically and return the metrics dict.
+
+    A "val:<k>" split holding cases the model trained on (k not the model's fold; a low-label run's
+    subset among them) is an InputError naming model.pt, unless `allow_fold_mismatch`."""
     from tqdm import tqdm
 
     from alice.data.preprocess import invert_to_original, load_case
@@ -206,6 +215,8 @@ def evaluate(
     overlap = float(settings.get("sw_overlap", 0.25))
     sw_batch = int(settings.get("sw_batch_size", 1))
     case_ids, _ = split_cases(data_dir, split)
+    if split.startswith("val:") and not allow_fold_mismatch:
+        check_val_split(model_dir / MODEL_FILE, ckpt, split, case_ids)
     if not case_ids:
         raise InputError(data_dir / "folds.json", f"split '{split}' has no cases")
 
@@ -243,6 +254,22 @@ def evaluate(
     write_json(out_path, _nan_to_none(metrics))
     log.info("%s %s: mean DSC %.4f NSD %.4f over %d cases", model_dir, split, mean["dsc"], mean["nsd"], len(case_ids))
     return metrics
+
+
+def check_val_split(path: Path, ckpt: Mapping[str, Any], split: str, case_ids: Sequence[str]) -> None:
+    """InputError if validation split `split` ("val:<k>") holds cases the model of `path` trained on:
+    another fold's val split (every fold trains on the others' val cases), or for a low-label run
+    (fold None) any case of its subset."""
+    fold = ckpt.get("fold")
+    k = int(split.partition(":")[2])
+    if fold is not None and int(fold) != k:
+        raise InputError(path, f"model of fold {fold} trained on the cases of split '{split}'; score "
+                               f"'val:{fold}' (or pass --allow-fold-mismatch)")
+    trained = set((ckpt.get("subset") or {}).get("cases") or ())
+    overlap = sorted(trained & set(case_ids))
+    if overlap:
+        raise InputError(path, f"low-label model trained on {len(overlap)} case(s) of split '{split}' "
+                               f"({', '.join(overlap[:3])}); score 'test' (or pass --allow-fold-mismatch)")
 
 
 def model_settings_hash(ckpt: Mapping[str, Any], data_dir: str | Path) -> str:

@@ -226,6 +226,7 @@ def finetune(
     subset_seed: int | None = None,
     checkpoint_every: int | None = None,
     checkpoint_minutes: float = 10.0,
+    allow_unfinished: bool = False,
     step_callback: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune one fold; write log.csv, model.pt and train_summary.json in `out_dir`; return the summary.
@@ -270,7 +271,8 @@ def finetune(
     set_determinism(seed=rs)  # random, numpy, torch (and cudnn flags)
     net = build_segmentation_network(backbone, num_classes, settings, encoder_config)
     init = str(init)
-    n_loaded = 0 if init == "scratch" else load_encoder_checkpoint(net, backbone, init, encoder_config)
+    n_loaded = 0 if init == "scratch" else load_encoder_checkpoint(
+        net, backbone, init, encoder_config, allow_unfinished=allow_unfinished, run=method)
     net.to(dev)
 
     name = f"{labeled} labeled, subset {subset_seed}" if subset else f"fold {fold}"

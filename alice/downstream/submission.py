@@ -61,7 +61,7 @@ MANIFEST = "manifest.json"
 # dataset -> (test case id pattern, submission file name, where the format comes from)
 FORMATS: dict[str, dict[str, str]] = {
     "btcv": {
-        "case_id": r"img(\d{4})",
+        "case_id": r"img([0-9]{4})",
         "file": "label{0}.nii.gz",
         "naming": "labelXXXX.nii.gz for the test image imgXXXX.nii.gz",
         "dtype": "uint8",

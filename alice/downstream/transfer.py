@@ -14,6 +14,11 @@ be that one (networks.Backbone.encoder).
 its architecture fields must equal the run's, and every tensor of the network's encoder must be
 matched by a tensor of the same shape and nothing else; otherwise `WeightTransferError` names what
 differs and the network is left untouched.
+
+A pretraining state still under way (`resume.pt`, whose "finished" is False; alice.ssl.trainer) is
+refused with an InputError unless `allow_unfinished` (`alice finetune --allow-unfinished`); a
+checkpoint without the key (older or external) loads. Given the fine-tuning `run` (a method or a
+variant run id such as alice__casa-false), the checkpoint must record that run's method.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from alice.io import atomic_path, load_torch_dict
 
 __all__ = [
     "WeightTransferError",
+    "check_finished",
     "encoder_of",
     "load_encoder_checkpoint",
     "read_encoder_checkpoint",
@@ -95,6 +101,24 @@ def read_encoder_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def check_finished(path: str | Path, ckpt: Mapping[str, Any], allow_unfinished: bool = False) -> None:
+    """InputError if `ckpt` is a pretraining state still under way ("finished": False), unless
+    allowed. No "finished" key counts as done."""
+    if ckpt.get("finished", True) is not False or allow_unfinished:
+        return
+    raise InputError(path, f"an unfinished pretraining state (step {ckpt.get('step', '?')}): the run "
+                           "is still under way or was stopped; wait for checkpoint.pt (or pass "
+                           "--allow-unfinished to fine-tune from it anyway)")
+
+
+def check_method(path: str | Path, ckpt: Mapping[str, Any], run: str) -> None:
+    """ConfigError unless the checkpoint was pretrained by the method of fine-tuning run `run`."""
+    method = run.split("__")[0]  # the registered method of a variant run id
+    if ckpt.get("method") != method:
+        of_run = f" (the method of run '{run}')" if method != run else ""
+        raise ConfigError("--method", f"{path} was pretrained by '{ckpt.get('method')}', not '{method}'{of_run}")
+
+
 def _keys_line(keys: list[str]) -> str:
     shown = ", ".join(keys[:SHOW_KEYS])
     more = f" (+{len(keys) - SHOW_KEYS} more)" if len(keys) > SHOW_KEYS else ""
@@ -131,11 +155,14 @@ def check_encoder_config(
 
 
 def load_encoder_checkpoint(
-    net: torch.nn.Module, backbone: str, checkpoint_path: str | Path, encoder_config: Mapping[str, Any]
+    net: torch.nn.Module, backbone: str, checkpoint_path: str | Path, encoder_config: Mapping[str, Any],
+    *, allow_unfinished: bool = False, run: str | None = None,
 ) -> int:
     """Copy a pretraining checkpoint's encoder into `net`'s encoder; return the number of tensors.
 
-    Raises InputError (file missing, unreadable, not weights-only, wrong structure) or
+    Raises InputError (file missing, unreadable, not weights-only, wrong structure, an unfinished
+    pretraining state unless `allow_unfinished`: see `check_finished`), ConfigError (pretrained
+    by another method than run `run`'s, if given) or
     WeightTransferError (encoder kind or architecture fields differ from `encoder_config`; a key
     missing, unexpected, or of another shape) before touching the network.
     The one shape change allowed: when only the (ViT's) position embeddings differ because the
@@ -146,6 +173,9 @@ def load_encoder_checkpoint(
     """
     path = Path(checkpoint_path)
     ckpt = read_encoder_checkpoint(path)
+    check_finished(path, ckpt, allow_unfinished)
+    if run is not None:
+        check_method(path, ckpt, run)
     check_encoder_config(path, backbone, ckpt["encoder_config"], encoder_config)
     state = {str(k): v for k, v in ckpt["encoder"].items()}
     encoder = encoder_of(net, backbone)

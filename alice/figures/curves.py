@@ -104,7 +104,7 @@ def draw_loss_curves(log_csv: Path, out_png: Path, title: str | None = None,
 
 def _fold_name(path: Path, index: int) -> str:
     """'fold3' from .../fold3/log.csv, else the log's position."""
-    match = re.fullmatch(r"fold(\d+)", path.parent.name)
+    match = re.fullmatch(r"fold([0-9]+)", path.parent.name)
     return f"fold{match.group(1)}" if match else f"log {index}"
 
 

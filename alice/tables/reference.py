@@ -23,7 +23,7 @@ REFERENCE_DIR = Path(__file__).parent / "reference"
 TABLES: tuple[str, ...] = tuple(f"table{i}" for i in range(1, 12))
 
 MISSING = "-"
-_CELL = re.compile(r"^(\d+(?:\.\d+)?)(?:\s*±\s*(\d+(?:\.\d+)?))?$")
+_CELL = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(?:\s*±\s*([0-9]+(?:\.[0-9]+)?))?$")
 
 
 def table_id(table: str | int) -> str:

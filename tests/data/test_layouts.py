@@ -235,3 +235,21 @@ def test_mosmed_study_outside_category_folder(mosmed_root, fx):
     with pytest.raises(InputError) as err:
         discover("mosmed", mosmed_root)
     assert "study_0100.nii.gz" in str(err.value) and "outside the CT-0" in str(err.value)
+
+
+def test_non_ascii_digits_are_not_case_ids(flare22_root):
+    """A fullwidth-digit twin of FLARE22_Tr_0001 is a misnamed file, not a fourth case."""
+    folder = flare22_root / "Training" / "FLARE22_LabeledCase50"
+    twin = folder / "images" / "FLARE22_Tr_\uff10\uff10\uff101_0000.nii.gz"
+    shutil.copy(folder / "images" / "FLARE22_Tr_0001_0000.nii.gz", twin)
+    shutil.copy(folder / "labels" / "FLARE22_Tr_0001.nii.gz", folder / "labels" / "FLARE22_Tr_\uff10\uff10\uff101.nii.gz")
+    with pytest.raises(InputError) as err:
+        discover("flare22", flare22_root)
+    assert str(err.value).startswith(f"{twin}: file name does not match the naming pattern")
+
+
+def test_non_ascii_digits_in_a_mosmed_category_folder_are_ignored(mosmed_root):
+    """`CT-\uff11` is not the CT-1 folder (folders outside the layout are ignored)."""
+    shutil.copytree(mosmed_root / "studies" / "CT-1", mosmed_root / "studies" / "CT-\uff11")
+    cases = discover("mosmed", mosmed_root)
+    assert sorted(c.case_id for c in cases) == [f"study_{n:04d}" for n in range(1, 8)]

@@ -13,6 +13,7 @@ import pytest
 
 from alice.data.phantom import DEFAULT_GEOMETRY, TRUTH_DIR, write_dataset
 from alice.data.phantom.layouts import plan_jobs
+from alice.data.phantom.outdir import MARKER
 from alice.data.phantom.pathology import GGO_BANDS
 from alice.data.phantom.scanner import ORIENTATIONS, make_grid
 from alice.data.phantom.warp import SubjectWarp
@@ -66,6 +67,7 @@ def test_flare22_layout(roots):
             "Validation/labels/FLARETs_0001.nii.gz",
         ]
         + [f"{TRUTH_DIR}/{c}.json" for c in cases]
+        + [MARKER]
     )
     summary = roots["summaries"]["flare22"]
     assert summary["case_ids"] == cases and summary["counts"] == FLARE_COUNTS and summary["seconds"] >= 0
@@ -81,13 +83,14 @@ def test_btcv_layout(roots):
             "RawData/Testing/img/img0061.nii.gz",
         ]
         + [f"{TRUTH_DIR}/{c}.json" for c in ("img0001", "img0002", "img0061")]
+        + [MARKER]
     )
 
 
 def test_mosmed_layout(roots):
     studies = [f"studies/CT-{c}/study_{n:04d}.nii.gz" for c, n in ((0, 1), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6))]
     truths = [f"{TRUTH_DIR}/study_{n:04d}.json" for n in range(1, 7)]
-    assert _files(roots["mosmed"]) == sorted(studies + ["masks/study_0002_mask.nii.gz"] + truths)
+    assert _files(roots["mosmed"]) == sorted(studies + ["masks/study_0002_mask.nii.gz"] + truths + [MARKER])
 
 
 def test_btcv_ids_follow_the_official_lists():
@@ -346,3 +349,45 @@ def test_bad_arguments_fail_clearly_and_write_nothing(tmp_path, dataset, counts,
 def test_default_geometry_is_the_demo():
     assert DEFAULT_GEOMETRY["inplane_voxels"] == 96
     assert set(DEFAULT_GEOMETRY) == {"inplane_voxels", "fov_mm", "slice_mm", "truncate_prob"}
+
+
+# ---- the output folder ---------------------------------------------------------------------------
+SMALL = {**GEO, "inplane_voxels": 24}
+
+
+def test_refuses_a_folder_holding_other_files(tmp_path):
+    """A real release in the output folder is neither overwritten nor added to."""
+    root = tmp_path / "FLARE22"
+    real = root / "Training/FLARE22_LabeledCase50/images/FLARE22_Tr_0001_0000.nii.gz"
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"a real scan")
+    (root / "README.txt").write_text("release notes")
+    before = _files(root)
+    with pytest.raises(HarnessError) as err:
+        write_dataset("flare22", root, {"labeled": 1, "unlabeled": 1, "validation": 0}, seed=0, geometry=SMALL, workers=1)
+    message = str(err.value)
+    assert str(root) in message and "\n" not in message
+    assert "empty" in message and "another folder" in message
+    assert _files(root) == before and real.read_bytes() == b"a real scan"
+
+
+def test_rewrites_its_own_earlier_output_only(tmp_path):
+    """A phantom folder may be rewritten (cases of the earlier run do not linger); once it holds
+    anything else it is refused."""
+    root = tmp_path / "pool"
+    write_dataset("flare22", root, {"labeled": 0, "unlabeled": 3, "validation": 0}, seed=1, geometry=SMALL, workers=1)
+    assert MARKER in _files(root)
+    killed = root / "Training/FLARE22_UnlabeledCase1-1000/.Case_00002_0000.nii.gz.ab12cd34.tmp.nii.gz"
+    killed.write_bytes(b"partial")  # a temporary of an interrupted write is the phantom's own too
+    (root / ".snakemake_timestamp").touch()  # as is the stamp of the `phantom` rule's output
+    write_dataset("flare22", root, {"labeled": 0, "unlabeled": 1, "validation": 0}, seed=2, geometry=SMALL, workers=1)
+    assert _files(root) == sorted(
+        [MARKER, ".snakemake_timestamp", "Training/FLARE22_UnlabeledCase1-1000/Case_00001_0000.nii.gz",
+         f"{TRUTH_DIR}/Case_00001.json"]
+    )
+    marker = json.loads((root / MARKER).read_text())
+    assert marker["dataset"] == "flare22" and marker["seed"] == 2 and marker["geometry"]["inplane_voxels"] == 24
+    (root / "Training" / "notes.txt").write_text("mine")
+    with pytest.raises(HarnessError, match="notes.txt"):
+        write_dataset("flare22", root, {"labeled": 0, "unlabeled": 1, "validation": 0}, seed=2, geometry=SMALL, workers=1)
+    assert (root / "Training" / "notes.txt").read_text() == "mine"

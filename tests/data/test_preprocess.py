@@ -264,3 +264,17 @@ def test_load_case_of_an_unknown_case(btcv_root, out_dir, fx):
     prepare("btcv", btcv_root, out_dir, fx.seg_settings(), progress=False)
     with pytest.raises(InputError, match="img0099.json: case 'img0099' is not in this preprocessing cache"):
         load_case(out_dir, "img0099")
+
+
+def test_constant_volume_is_warned_about_and_recorded(btcv_root, out_dir, fx, caplog):
+    fx.write_nifti(btcv_root / "RawData/Training/img/img0002.nii.gz", np.full(fx.SHAPE, -1024, np.int16))
+    with caplog.at_level("WARNING", logger="alice"):
+        manifest = prepare("btcv", btcv_root, out_dir, fx.seg_settings(), progress=False)
+    warned = [r for r in caplog.records if r.name == "alice" and r.levelname == "WARNING"]
+    assert len(warned) == 1 and "img0002" in warned[0].getMessage() and "-1024" in warned[0].getMessage()
+    assert set(manifest["warnings"]) == {"img0002"}
+    assert load_case(out_dir, "img0002")[2]["warnings"] == manifest["warnings"]["img0002"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="alice"):  # a re-run that reuses the cache says it again
+        again = prepare("btcv", btcv_root, out_dir, fx.seg_settings(), progress=False)
+    assert again["warnings"] == manifest["warnings"] and "img0002" in caplog.text

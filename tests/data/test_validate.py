@@ -242,3 +242,23 @@ def test_read_case_returns_checked_arrays(btcv_root):
     loaded = read_case("btcv", case)
     assert loaded.image.dtype == np.float32 and loaded.label.dtype == np.uint8
     assert loaded.image.shape == loaded.label.shape == (12, 10, 6)
+
+
+def _pixdim_disagrees(path, data, affine, zooms):
+    """A NIfTI whose pixdim says `zooms` while its sform (the affine readers use) says otherwise."""
+    img = nib.Nifti1Image(np.asarray(data), affine)
+    img.header.set_zooms(zooms)
+    nib.save(img, str(path))
+    loaded = nib.load(str(path))
+    assert np.allclose(loaded.header.get_zooms(), zooms)  # nibabel kept both as written
+    assert not np.allclose(nib.affines.voxel_sizes(loaded.affine), zooms)
+
+
+def test_header_zooms_disagreeing_with_the_affine_are_rejected(btcv_root, out_dir, fx):
+    _pixdim_disagrees(btcv_root / IMG, fx.ct_volume(), fx.ras_affine(), (2.0, 2.0, 2.0))
+    with pytest.raises(InputError) as err:
+        prepare("btcv", btcv_root, out_dir, fx.seg_settings(), progress=False)
+    msg = str(err.value)
+    assert msg.startswith(str(btcv_root / IMG) + ": ") and "\n" not in msg
+    assert "pixdim" in msg and "(2, 2, 2)" in msg and "(1.6, 1.5, 2.5)" in msg, msg
+    assert not out_dir.exists() or not any(out_dir.iterdir())  # caught by the header pass

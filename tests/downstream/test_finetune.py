@@ -26,7 +26,8 @@ MODEL_KEYS = {"state_dict", "backbone", "num_classes", "settings", "encoder_conf
 def _run(data, out, dx, init="scratch", **overrides):
     settings = copy.deepcopy(dx.SETTINGS)
     settings.update(overrides)
-    return finetune(dataset="flare22", backbone="unetr", method="rand_init", init=str(init), fold=0, data_dir=data,
+    method = "rand_init" if str(init) == "scratch" else "alice"
+    return finetune(dataset="flare22", backbone="unetr", method=method, init=str(init), fold=0, data_dir=data,
                     out_dir=out, settings=settings, encoder_config=dx.ENCODER, seed=3, threads=1, progress=False)
 
 
@@ -120,6 +121,18 @@ def test_init_from_checkpoint_and_refused_checkpoint(tiny_data, tmp_path, dx):
     with pytest.raises(WeightTransferError, match="embed_dim"):
         _run(tiny_data, tmp_path / "refused", dx, init=bad, optim=optim)
     assert not (tmp_path / "refused" / "model.pt").exists()
+
+
+def test_init_must_be_pretrained_by_the_runs_method(tiny_data, tmp_path, dx):
+    """A variant run id (alice__casa-false) fine-tunes checkpoints its method (alice) pretrained."""
+    source = build_segmentation_network("unetr", 14, dx.SETTINGS, dx.ENCODER)
+    mae = tmp_path / "mae.pt"
+    save_encoder_checkpoint(mae, encoder_of(source, "unetr").state_dict(), dx.ENCODER, "mae")
+    with pytest.raises(ConfigError, match="pretrained by 'mae', not 'alice' \\(the method of run 'alice__casa-false'\\)"):
+        finetune(dataset="flare22", backbone="unetr", method="alice__casa-false", init=str(mae), fold=0,
+                 data_dir=tiny_data, out_dir=tmp_path / "out", settings=dx.SETTINGS, encoder_config=dx.ENCODER,
+                 seed=3, progress=False)
+    assert not (tmp_path / "out" / "model.pt").exists()
 
 
 def test_evaluate_refuses_missing_or_incomplete_model(tiny_data, tmp_path):

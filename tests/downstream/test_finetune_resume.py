@@ -114,3 +114,34 @@ def test_a_changed_run_is_refused_naming_the_key(tiny_data, tmp_path, dx):
     with pytest.raises(InputError, match=r"cannot resume.*settings\.optim\.lr: 0\.001 then, 0\.002 now.*delete resume\.pt"):
         _run(tiny_data, tmp_path, dx, settings=other)
     assert (tmp_path / "resume.pt").is_file() and not (tmp_path / "model.pt").exists()
+
+
+def test_ctrl_c_checkpoints_like_sigterm_and_a_second_one_stops_in_one_line(tiny_data, tmp_path, dx, reference,
+                                                                            monkeypatch, capsys):
+    import alice.downstream.segmentation as segmentation
+    from alice.cli import main
+
+    original = segmentation.finetune
+    presses = {"at": (5,)}
+
+    def pressed(**kwargs):
+        def hook(step):
+            for _ in range(presses["at"].count(step)):
+                signal.raise_signal(signal.SIGINT)
+        return original(**kwargs, step_callback=hook)
+
+    monkeypatch.setattr(segmentation, "finetune", pressed)
+    argv = ["finetune", "--dataset", "flare22", "--backbone", "unetr", "--method", "rand_init", "--init", "scratch",
+            "--fold", "0", "--data", str(tiny_data), "--out", str(tmp_path), "--threads", "1", "--no-progress",
+            "--settings", json.dumps({"finetune": _settings(dx), "encoder": dx.ENCODER, "seed": 3})]
+    assert main(argv) == 75
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SIGINT received: stopped after step 5" in err[0]
+    presses["at"] = (7, 7)  # a second Ctrl-C before the first is honoured: stop at once
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]
+    assert torch.load(tmp_path / "resume.pt", weights_only=True)["step"] == 5  # the interrupted steps are lost
+    presses["at"] = ()
+    assert main(argv) == 0
+    _assert_same_run(reference, tmp_path)

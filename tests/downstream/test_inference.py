@@ -70,3 +70,59 @@ def test_cached_label_maps_back_closely_at_another_spacing(tmp_path, dx):
     scores = score_case(gt, pred, zooms, "flare22")
     for organ in ("liver", "right_kidney", "spleen", "pancreas"):
         assert scores[organ]["dsc"] > 0.8, (organ, scores[organ])
+
+
+def test_nsd_spacing_comes_from_the_affine(tmp_path):
+    """The source label is scored at the voxel sizes of its affine, not at its header's pixdim."""
+    from alice.downstream.inference import _original_label
+
+    path = tmp_path / "label.nii.gz"
+    img = nib.Nifti1Image(np.ones((4, 5, 6), np.uint8), np.diag([0.8, 0.8, 0.8, 1.0]))
+    img.header.set_zooms((2.0, 2.0, 2.0))
+    nib.save(img, str(path))
+    assert nib.load(str(path)).header.get_zooms() == (2.0, 2.0, 2.0)
+    meta = {"source": {"label": str(path)}, "original": {"shape": [4, 5, 6]}}
+    labels, affine, spacing = _original_label(meta, "case", tmp_path)
+    assert labels.shape == (4, 5, 6)
+    np.testing.assert_allclose(spacing, (0.8, 0.8, 0.8), rtol=1e-6)
+
+
+def _save_model(model_dir, dx, *, fold, subset=None):
+    """An untrained tiny UNETR in `alice finetune`'s model.pt format."""
+    import copy
+
+    from alice.downstream import MODEL_FILE
+
+    torch.manual_seed(0)
+    net = build_segmentation_network("unetr", 14, dx.SETTINGS, dx.ENCODER)
+    model_dir.mkdir(parents=True)
+    model = {"state_dict": net.state_dict(), "backbone": "unetr", "num_classes": 14,
+             "settings": copy.deepcopy(dx.SETTINGS), "encoder_config": copy.deepcopy(dx.ENCODER),
+             "dataset": "flare22", "method": "rand_init", "init": "scratch", "fold": fold,
+             "seed": 0, "code_version": "test"}
+    if subset is not None:
+        model["subset"] = {"labeled": len(subset), "subset_seed": 0, "cases": subset}
+    torch.save(model, model_dir / MODEL_FILE)
+    return model_dir / MODEL_FILE
+
+
+@pytest.mark.parametrize("fold, subset", [(0, None), (None, ["FLARE22_Tr_0001"])])
+def test_val_split_of_training_cases_is_refused(tiny_data, tmp_path, dx, capsys, fold, subset):
+    """`alice evaluate --split val:1` on a fold-0 model (or on a low-label model trained on one of
+    val:1's cases) would score cases the model trained on: refused naming model.pt, unless
+    --allow-fold-mismatch. The fold's own val split (and a disjoint one) is scored."""
+    from alice.cli import main
+
+    path = _save_model(tmp_path / "model", dx, fold=fold, subset=subset)
+
+    def evaluate(split, *extra):
+        return main(["evaluate", "--dataset", "flare22", "--model-dir", str(path.parent),
+                     "--data", str(tiny_data), "--split", split, "--out",
+                     str(tmp_path / f"{split.replace(':', '')}.json"), "--no-progress", *extra])
+
+    assert evaluate("val:1") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and str(path) in err[0] and "val:1" in err[0]
+    assert not (tmp_path / "val1.json").exists()
+    assert evaluate("val:0") == 0
+    assert evaluate("val:1", "--allow-fold-mismatch") == 0

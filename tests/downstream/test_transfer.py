@@ -187,3 +187,33 @@ def test_network_config_errors(settings, encoder_config):
     net = build_segmentation_network("unetr", 14, settings, encoder_config)
     assert net.vit.patch_embedding.position_embeddings.shape == (1, 1, 24)
     assert net.vit.blocks[0].mlp.linear1.out_features == 48  # embed_dim * mlp_ratio
+
+
+def test_unfinished_pretraining_state_is_refused_unless_allowed(tmp_path, tiny_data, dx, capsys):
+    """resume.pt ("finished": False) is a pretraining run still under way: `alice finetune --init`
+    refuses it with one line naming the file; --allow-unfinished takes it anyway."""
+    import json
+
+    from alice.cli import main
+
+    source = _net(dx.SETTINGS, dx.ENCODER, 1)
+    resume = tmp_path / "resume.pt"
+    save_encoder_checkpoint(resume, encoder_of(source, "unetr").state_dict(), dx.ENCODER, "alice",
+                            step=3, extra={"finished": False})
+    payload = json.dumps({"finetune": dict(dx.SETTINGS, optim=dict(dx.SETTINGS["optim"], epochs=1)),
+                          "encoder": dx.ENCODER, "seed": 0, "device": "cpu", "threads": 1})
+
+    def finetune(out, *extra):
+        return main(["finetune", "--dataset", "flare22", "--backbone", "unetr", "--method", "alice",
+                     "--init", str(resume), "--fold", "0", "--out", str(out), "--data",
+                     str(tiny_data), "--settings", payload, "--no-progress", *extra])
+
+    assert finetune(tmp_path / "refused") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and str(resume) in err[0] and "unfinished pretraining state" in err[0]
+    assert not (tmp_path / "refused" / "model.pt").exists()
+    with pytest.raises(InputError, match="checkpoint.pt"):
+        load_encoder_checkpoint(_net(dx.SETTINGS, dx.ENCODER, 0), "unetr", resume, dx.ENCODER)
+
+    assert finetune(tmp_path / "allowed", "--allow-unfinished") == 0
+    assert (tmp_path / "allowed" / "model.pt").is_file()

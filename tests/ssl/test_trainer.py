@@ -185,3 +185,24 @@ def test_settings_are_validated(tmp_path, run, caplog):
     _, s = run(tmp_path / "amp", amp="bf16", optim={"iterations": 1})
     assert s["finished"] and "ignored on cpu" in caplog.text
     assert issubclass(Preempted, HarnessError)  # the CLI returns HarnessError.exit_code (75 here)
+
+
+def test_outputs_honour_the_umask_also_after_a_resume(tmp_path, run):
+    import os
+
+    class Killed(Exception):
+        pass
+
+    def die_at_3(step, row):
+        if step == 3:
+            raise Killed  # like SIGKILL after step 3: log.csv has a row past the state of step 2
+
+    old = os.umask(0o002)
+    try:
+        with pytest.raises(Killed):
+            run(tmp_path, step_callback=die_at_3)
+        run(tmp_path)  # resumes at step 2, rewriting log.csv without the row of step 3
+    finally:
+        os.umask(old)
+    for name in ("checkpoint.pt", "log.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o664, name

@@ -14,6 +14,8 @@ MosMed (`out/` is the COVID19_1110 folder):
     studies/CT-0/study_0001.nii.gz ... (numbered consecutively across CT-0, CT-1, ...)
     masks/study_XXXX_mask.nii.gz for the first `masks` CT-1 studies
 Ground truth of every case, outside the release folders: `out/phantom_truth/{case_id}.json`.
+The marker `out/.alice-phantom.json` (`outdir.py`) lists the files, seed, counts and geometry;
+only a folder holding such an earlier output (or nothing) is written to.
 
 Each case is drawn from its own generator seeded with
 `SeedSequence([seed, dataset index, split index, case index])`, so changing one count never
@@ -34,6 +36,7 @@ import numpy as np
 
 from alice.data.phantom.anatomy import LABEL_MAPS, label_lut
 from alice.data.phantom.niftiio import save_nifti_gz
+from alice.data.phantom.outdir import claim
 from alice.data.phantom.render import render_case
 from alice.errors import ConfigError, HarnessError
 from alice.io import write_json
@@ -173,6 +176,15 @@ def plan_jobs(dataset: str, counts: dict, seed: int) -> list[Job]:
     return jobs
 
 
+def job_files(jobs: list[Job]) -> list[str]:
+    """Every file the jobs write, relative to the dataset root."""
+    files = []
+    for job in jobs:
+        files += [f for f in (job.image, job.label, job.mask) if f is not None]
+        files.append(f"{TRUTH_DIR}/{job.case_id}.json")
+    return files
+
+
 def run_job(root: str, job: Job, geometry: dict) -> tuple[str, float]:
     """Render and write one case (image, label or mask, truth JSON). Runs in worker processes."""
     t0 = time.perf_counter()
@@ -196,6 +208,8 @@ def run_job(root: str, job: Job, geometry: dict) -> tuple[str, float]:
 def write_dataset(dataset: str, out, counts: dict, seed: int = 0, geometry: dict | None = None, *, workers: int | None = None) -> dict:
     """Generate one phantom dataset under `out` in its release layout; returns a summary.
 
+    `out` must be missing, empty or an earlier phantom (recognised by its `MARKER` file, which this
+    writes first): anything else is refused before any write (`outdir.claim`).
     `workers`: processes to use (default: min(2, CPU count)); the output does not depend on it.
     """
     counts = check_counts(dataset, counts)
@@ -204,6 +218,7 @@ def write_dataset(dataset: str, out, counts: dict, seed: int = 0, geometry: dict
         raise ConfigError("seed", f"must be a non-negative integer, got {seed!r}")
     root = Path(out)
     jobs = plan_jobs(dataset, counts, int(seed))
+    claim(root, job_files(jobs), {"dataset": dataset, "seed": int(seed), "counts": counts, "geometry": geo})
     t0 = time.perf_counter()
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     if workers > 1 and len(jobs) > 1:
