@@ -1,6 +1,6 @@
 """The CLI: every stage is reachable, and user errors are one line with a non-zero exit."""
 
-import os
+import shutil
 import subprocess
 import sys
 
@@ -44,34 +44,49 @@ def test_unknown_dataset_rejected():
         build_parser().parse_args(["prepare", "--dataset", "lits", "--out", "x"])
 
 
+# root ignores file permissions: it runs the command with its file-access capabilities dropped
+NO_DAC = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+
+
 @pytest.fixture(params=["read-only folder", "file in the path"])
 def blocked_out(request, tmp_path):
-    """An --out that cannot be created, and the words its error line must hold."""
+    """An --out that cannot be created, the words its error line must hold, and whether the
+    command must run without root's file-access capabilities."""
     if request.param == "file in the path":
         blocker = tmp_path / "a_file"
         blocker.write_text("")
-        yield blocker / "release", "not a directory"
+        yield blocker / "release", "not a directory", False
         return
     folder = tmp_path / "locked"
     folder.mkdir()
     folder.chmod(0o500)
     try:
         (folder / "probe").mkdir()
+        as_root = True
     except PermissionError:
-        yield folder / "release", "permission denied"
-    else:
-        pytest.skip("root ignores file permissions (os.geteuid() == 0)")
+        as_root = False
+    try:
+        if as_root and shutil.which("setpriv") is None:
+            pytest.fail("running as root without setpriv: cannot drop the capability to write anywhere")
+        yield folder / "release", "permission denied", as_root
     finally:
         folder.chmod(0o700)
 
 
 def test_unwritable_out_is_one_line(blocked_out, capsys):
-    out, words = blocked_out
+    out, words, as_root = blocked_out
     settings = '{"counts": {"labeled": 1, "test": 0}, "seed": 0, "geometry": {"inplane_voxels": 16}}'
-    code = main(["phantom", "--dataset", "btcv", "--out", str(out), "--settings", settings])
+    argv = ["phantom", "--dataset", "btcv", "--out", str(out), "--settings", settings]
+    if as_root:
+        run = subprocess.run(NO_DAC + [sys.executable, "-m", "alice.cli", *argv], capture_output=True, text=True,
+                             timeout=120)
+        code, err = run.returncode, run.stderr
+    else:
+        code = main(argv)
+        err = capsys.readouterr().err
     assert code != 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("alice phantom: error: ")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("alice phantom: error: "), err
     assert str(out.parent) in lines[0] and words in lines[0]
 
 
