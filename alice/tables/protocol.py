@@ -83,9 +83,11 @@ def _counts(values: set[int], unit: str) -> str:
 
 
 def cell_protocol(run_dirs: list[str], folds: list[int], root: Path = Path("."),
-                  classification: bool = False) -> str:
+                  classification: bool = False, of: int | None = None, kind: str = "") -> str:
     """The protocol of one reproduced cell whose fold results lie in `run_dirs` (relative to
-    `root`; one per fold, or per model of a settings cell) over `folds`."""
+    `root`; one per fold, or per model of a settings cell) over `folds`; `of`: the dataset's
+    number of folds, stated with the row `kind` of the fold policy when the cell ran fewer
+    ("folds 0 of 5 (fold policy: baseline rows)")."""
     if not run_dirs:
         raise InputError(root, "a reproduced cell without a fine-tuning run has no protocol")
     steps: set[int] = set()
@@ -105,8 +107,10 @@ def cell_protocol(run_dirs: list[str], folds: list[int], root: Path = Path("."),
             scratch = True
         else:
             pretrain.add(pretraining_steps(root / Path(init).parent / PRETRAIN_LOG))
-    parts = [f"{'splits' if classification else 'folds'} {_span(folds)}",
-             f"fine-tuning {_counts(steps, unit)}"]
+    ran = f"{'splits' if classification else 'folds'} {_span(folds)}"
+    if of is not None and len(set(folds)) < of:
+        ran += f" of {of} (fold policy: {kind} rows)" if kind else f" of {of}"
+    parts = [ran, f"fine-tuning {_counts(steps, unit)}"]
     if pretrain:
         parts.append(f"pretraining {_counts(pretrain, 'steps')}")
     if scratch:

@@ -37,7 +37,7 @@ from alice.io import atomic_path
 from alice.tables.protocol import cell_protocol, check_scale, scale_note
 from alice.tables.reference import load_reference, parse_cell
 from alice.tables.settings_cells import recorded_setting
-from alice.tables.spec import cell_experiment, cell_runs, find_row, in_paper, load_spec
+from alice.tables.spec import cell_experiment, cell_runs, find_row, in_paper, load_spec, row_kind
 
 NOT_REPRODUCED = "not reproduced yet"
 NOT_APPLICABLE = "n/a"
@@ -135,7 +135,9 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
                           folds=";".join(str(k) for k in runs[col]["folds"]),
                           protocol=cell_protocol([p.rsplit("/", 1)[0] for p in runs[col]["paths"]],
                                                  runs[col]["folds"], root,
-                                                 classification=spec.get("task") == "classification"),
+                                                 classification=spec.get("task") == "classification",
+                                                 of=settings["folds"][runs[col]["dataset"]],
+                                                 kind=row_kind(spec, row, settings)),
                           settings_hash=";".join(sorted(hashes - {""})),
                           code_version=";".join(sorted(versions - {""})),
                           sources=";".join(runs[col]["paths"]))

@@ -9,8 +9,15 @@ own pretraining run (`alice__casa-false`, alice.ssl.variants). A row's `column_v
 ({column: variant}) gives one of its cells a variant of its own, in place of the row's and the
 column's: a cell the paper defines as another table's run reads that run (Table 6's Alice
 without CASA is Table 11's MIM + ℓdv run; the spec's notes say why). A table may run on a substitute
-backbone and fewer folds than the paper's (`reproduce.substitute`, where the spec's `substitute`
-lists which of the two it accepts: the ablation tables both, Table 3 the backbone only).
+backbone (`reproduce.substitute.backbone`, where the spec's `substitute` lists `backbone`: Table 3
+and the ablation tables).
+
+The fold policy (`reproduce.folds`) says how much of the cross-validation each kind of row runs
+at the config's scale: `headline` rows (the methods of `reproduce.headline`, Rand. init. and
+Alice: the comparison the paper is about), `baseline` rows (every other method) and `ablation`
+rows (every row of an ablation table) run the first N folds (MosMed: splits), or every fold when
+N is null; at paper scale every kind runs every fold (`alice.config.validate_config`). What ran
+is read back from the runs' records, so every cell states its folds and steps.
 
 A settings table (Table 8: one row per fine-tuning setting, one column per (dataset, backbone))
 is reproduced from what the runs recorded: a column's cells read every fine-tuned model behind a
@@ -155,16 +162,16 @@ def _fraction_configured(experiment: dict, settings: dict) -> bool:
     return any(abs(float(fraction) - float(f)) < 1e-9 for f in configured)
 
 
-SUBSTITUTABLE = ("backbone", "folds")
+SUBSTITUTABLE = ("backbone",)
+ROW_KINDS = ("headline", "baseline", "ablation")
 
 
-def substitute_overrides(spec: dict, settings: dict) -> tuple[str | None, int | None]:
-    """(backbone, number of folds) that replace the paper's for this table, if configured.
+def substitute_backbone(spec: dict, settings: dict) -> str | None:
+    """The backbone that replaces the paper's for this table, if configured.
 
-    `reproduce.substitute` lets a small budget run tables on another backbone than the paper's
-    (the demo: UNETR until nnFormer exists) and on the first folds only; a spec takes the parts it
-    lists in `substitute` (ablation tables: [backbone, folds]; Table 3: [backbone], so its offline
-    cross-validation keeps every fold). The rendered table states any substitution.
+    `reproduce.substitute.backbone` lets a small budget run a table on another backbone than the
+    paper's (Table 3 and the ablation tables: nnFormer); a spec takes it when its `substitute`
+    lists `backbone`. The rendered table states any substitution.
     """
     accepted = spec.get("substitute") or []
     unknown = sorted(set(accepted) - set(SUBSTITUTABLE))
@@ -172,8 +179,26 @@ def substitute_overrides(spec: dict, settings: dict) -> tuple[str | None, int | 
         raise ConfigError(f"{spec['id']}.yaml:substitute",
                           f"unknown entries {unknown} (known: {', '.join(SUBSTITUTABLE)})")
     substitute = settings["reproduce"].get("substitute") or {}
-    return (substitute.get("backbone") if "backbone" in accepted else None,
-            substitute.get("folds") if "folds" in accepted else None)
+    return substitute.get("backbone") if "backbone" in accepted else None
+
+
+def row_kind(spec: dict, row: dict, settings: dict) -> str:
+    """Which part of the fold policy (`reproduce.folds`) a row falls under: `ablation` for every
+    row of an ablation table (Tables 5-7, 10, 11), `headline` for the methods listed in
+    `reproduce.headline` (the comparison the paper is about: Rand. init. and Alice), `baseline`
+    for every other method's row."""
+    if spec.get("ablation"):
+        return "ablation"
+    if row.get("method") in (settings["reproduce"].get("headline") or []):
+        return "headline"
+    return "baseline"
+
+
+def policy_folds(spec: dict, row: dict, settings: dict, n_folds: int) -> list[int]:
+    """The folds (MosMed: splits) a row's cells run: the first `reproduce.folds[kind]` of the
+    dataset's `n_folds`, or all of them when that is null (the paper's protocol)."""
+    limit = (settings["reproduce"].get("folds") or {}).get(row_kind(spec, row, settings))
+    return list(range(n_folds if limit is None else min(n_folds, int(limit))))
 
 
 def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
@@ -188,7 +213,7 @@ def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
 
     if spec.get("task") == "settings":
         return settings_cell_runs(spec, row, settings)
-    backbone_override, folds_override = substitute_overrides(spec, settings)
+    backbone_override = substitute_backbone(spec, settings)
     method_configs = settings.get("method_configs", {})
     runs: dict[str, dict] = {}
     for column in spec["columns"]:
@@ -203,10 +228,7 @@ def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
             continue
         experiment["run"] = run_id(experiment["method"], experiment["variant"],
                                    method_configs.get(experiment["method"]))
-        n_folds = settings["folds"][experiment["dataset"]]
-        if folds_override:
-            n_folds = min(n_folds, int(folds_override))
-        folds = list(range(n_folds))
+        folds = policy_folds(spec, row, settings, settings["folds"][experiment["dataset"]])
         runs[column["column"]] = {
             "run": experiment["run"], "backbone": experiment["backbone"],
             "dataset": experiment["dataset"], "folds": folds,

@@ -136,7 +136,8 @@ def test_check_latex_catches_broken_markup():
 
 
 ABLATION_SETTINGS = {"scale": "demo", "reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
-                                   "substitute": {"backbone": "unetr", "folds": 1}},
+                                   "headline": ["rand_init", "alice"], "folds": {"ablation": 1},
+                          "substitute": {"backbone": "unetr"}},
                      "folds": {"flare22": 5, "btcv": 5},
                      "method_configs": {"alice": {"target_mask_ratio": 0.0}}}
 
@@ -195,7 +196,8 @@ def test_rendered_column_names_are_unique(table):
 # Table 3: BTCV offline 5-fold CV for Rand. init. (the harness's extra row) and Alice; the online
 # column is the leaderboard's and never computed.
 TABLE3_SETTINGS = {"scale": "demo", "reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
-                                 "substitute": {"backbone": "unetr", "folds": 1}},
+                                 "headline": ["rand_init", "alice"], "folds": {"ablation": 1},
+                          "substitute": {"backbone": "unetr"}},
                    "folds": {"flare22": 5, "btcv": 5}}
 BTCV_DSC = {"rand_init": [0.60, 0.62, 0.64, 0.66, 0.68], "alice": [0.70, 0.71, 0.72, 0.73, 0.74]}
 
@@ -271,14 +273,16 @@ def test_table3_online_column_is_never_computed():
 
 def test_substitute_entries_are_checked():
     from alice.errors import ConfigError
-    from alice.tables.spec import substitute_overrides
+    from alice.tables.spec import substitute_backbone
 
-    settings = {"reproduce": {"substitute": {"backbone": "unetr", "folds": 1}}}
-    assert substitute_overrides(load_spec("table3"), settings) == ("unetr", None)
-    assert substitute_overrides(load_spec("table7"), settings) == ("unetr", 1)
-    assert substitute_overrides(load_spec("table1"), settings) == (None, None)
-    with pytest.raises(ConfigError, match=r"table3.yaml:substitute.*unknown entries \['epochs'\]"):
-        substitute_overrides({"id": "table3", "substitute": ["epochs"]}, settings)
+    settings = {"reproduce": {"substitute": {"backbone": "unetr"}}}
+    assert substitute_backbone(load_spec("table3"), settings) == "unetr"
+    assert substitute_backbone(load_spec("table7"), settings) == "unetr"
+    assert substitute_backbone(load_spec("table1"), settings) is None
+    with pytest.raises(ConfigError, match=r"table3.yaml:substitute.*unknown entries \['folds'\]"):
+        substitute_backbone({"id": "table3", "substitute": ["backbone", "folds"]}, settings)
+
+
 # ------------------------------------------------------------------------------ classification (MosMed)
 CLS_SETTINGS = {"scale": "demo", "reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr", "vit", "resnet3d"]},
                 "folds": {"flare22": 5, "btcv": 5, "mosmed": 10},

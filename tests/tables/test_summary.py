@@ -18,7 +18,8 @@ from fakes import write_training_record
 CONFIG = cfg.load_config()
 SETTINGS = {**table_settings(CONFIG),
             "reproduce": {"methods": ["rand_init", "alice"], "backbones": ["unetr"],
-                          "substitute": {"backbone": "unetr", "folds": 1}}}
+                          "headline": ["rand_init", "alice"], "folds": {"ablation": 1},
+                          "substitute": {"backbone": "unetr"}}}
 CASES = [f"FLARETs_{i:04d}" for i in range(1, 5)]
 NOT_COMPARABLE = "demo scale: not comparable with the paper's value, no difference"
 # Table 1, UNETR DSC per fold: Alice − Rand. init. = +1, −2, +3, +4, +5 points
@@ -78,7 +79,8 @@ def test_one_line_per_reproduced_cell(results):
     t6 = cells.set_index(["table", "row", "column"]).loc[("table6", "alice", "dsc_without")]
     assert t6["run"] == "alice__objectives-mim-dv" and t6["n_folds"] == 1
     assert t6["note"] == f"ran on unetr (paper: nnformer); {NOT_COMPARABLE}"
-    assert t6["protocol"] == "folds 0, fine-tuning 80 steps, pretraining 300 steps"
+    assert t6["protocol"] == ("folds 0 of 5 (fold policy: ablation rows), fine-tuning 80 steps, "
+                              "pretraining 300 steps")
     assert set(cells["kind"]) == {"value"} and set(cells["scale"]) == {"demo"}
     assert written["difference"].eq("").all() and set(written["scale"]) == {"demo"}
 
@@ -265,3 +267,58 @@ def test_figure_states_the_scale_and_at_demo_compares_reproduced_cells(results, 
     fig = seen[-1]
     assert fig._suptitle.get_text().startswith("Paper scale: the paper's data and protocol")
     assert fig.axes[0].get_xlabel() == "reported (paper)"
+
+
+def footnote_of(fig) -> str:
+    """The figure's protocol footnote (its one text starting so; the suptitle is another)."""
+    [text] = [t.get_text() for t in fig.texts if t.get_text().startswith("Protocol of the plotted cells")]
+    return text
+
+
+def test_figure_states_each_plotted_cells_protocol(results, tmp_path, fake_results, monkeypatch):
+    """A footnote groups the plotted cells by the protocol their runs recorded (the `protocol`
+    of summary.csv), with the tables and cell counts; each bar names its cells' protocol keys."""
+    seen = drawn_figure(monkeypatch)
+    cells, tests = run_summary(results)
+    fig = seen[-1]
+    footnote = footnote_of(fig)
+    rand = "folds 0-4, fine-tuning 80 steps, no pretraining"
+    alice = "folds 0-4, fine-tuning 80 steps, pretraining 300 steps"
+    plotted = summary.plotted_cells(cells, tests, "demo")
+    groups = dict(summary.protocol_groups(plotted))
+    # Table 1: Alice (cell a) against Rand. init. (cell b), UNETR DSC and NSD
+    assert groups[alice]["table1"] == 2 and groups[rand] == {"table1": 2}
+    assert set(groups) == set(plotted["protocol"]) and len(groups) >= 3  # + the one-fold ablations
+    assert sum(n for tables in groups.values() for n in tables.values()) == len(
+        plotted.drop_duplicates(["table", "row", "column"]))
+    for i, protocol in enumerate(groups, 1):  # one keyed line per protocol, in order
+        assert f"P{i}  {protocol}: " in footnote
+    assert "T1 (2 cells)" in footnote
+    ticks = [t.get_text() for t in fig.axes[1].get_xticklabels()]
+    t1 = next(t for t in ticks if t.startswith("T1\n"))
+    keys = {f"P{i}": p for i, p in enumerate(groups, 1)}
+    assert {keys[k] for k in " ".join(t1.split("\n")[2:]).split()} == {alice, rand}
+    # the paper scale: the cells against the paper's values, grouped the same way
+    paper = {**SETTINGS, "scale": "paper"}
+    root = tmp_path / "paper"
+    fake_results(root, paper, CONFIG, tables=["table1"])
+    write_rows(root, ["table1"], paper)
+    cells, _ = run_summary(root, ["table1"])
+    footnote = footnote_of(seen[-1])
+    for protocol, n in cells[cells["difference"].notna()].groupby("protocol").size().items():
+        assert f"{protocol}: T1 ({n} cells)" in footnote
+
+
+def test_protocol_footnote_is_compact():
+    cells = pd.DataFrame({"table": ["table1"] * 3 + ["table6"] * 2, "row": list("abcde"),
+                          "column": ["x"] * 5, "protocol": ["p"] * 4 + [""], "bar": ["table1"] * 5})
+    cells["protocol"] = cells["protocol"].replace("", "protocol not recorded")
+    groups = summary.protocol_groups(cells)
+    assert groups == [("p", {"table1": 3, "table6": 1}), ("protocol not recorded", {"table6": 1})]
+    text = summary.protocol_footnote(groups)
+    assert text.splitlines()[1:] == ["P1  p: T1 (3 cells), T6 (1 cell)",
+                                     "P2  protocol not recorded: T6 (1 cell)"]
+    many = [(f"folds 0-4, fine-tuning {k} steps", {"table1": 1}) for k in range(14)]
+    lines = summary.protocol_footnote(many, limit=10).splitlines()
+    assert len(lines) == 12 and lines[-1].startswith("... and 4 more protocols")
+    assert summary.protocol_footnote([]) == ""
