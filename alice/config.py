@@ -37,7 +37,10 @@ def validate_config(config: dict) -> dict:
     """Validate `config` in place (filling schema defaults) and return it.
 
     Raises ConfigError naming the offending key, e.g. "config key 'datasets.flare22': Additional
-    properties are not allowed ('spacingg' was unexpected)".
+    properties are not allowed ('spacingg' was unexpected)". Beyond the schema it refuses a float
+    where an integer is asked for, and a `scale` the data or the fold policy contradicts
+    (`_check_scale`): `scale: paper` with a null root (the embedded phantom) for any release, or
+    with a `reproduce.folds` entry that cuts the folds.
     """
     import jsonschema
     from snakemake.exceptions import WorkflowError
@@ -53,7 +56,37 @@ def validate_config(config: dict) -> dict:
             raise ConfigError("<config>", str(exc).splitlines()[0]) from None
         raise _config_error(cause) from None
     _check_integers(config)
+    _check_scale(config)
     return config
+
+
+def _check_scale(config: dict) -> None:
+    """Refuse `scale: paper` where the fold policy cuts a row's folds or a release's root is
+    null, naming the first such key.
+
+    The scale is stamped on every table row, and paper-scale rows are differenced against the
+    paper's numbers: that comparison means something only on the real datasets. The mismatch is
+    paper scale with a null `datasets.<release>.root` (the embedded phantom stands in for it) for
+    any release, flare22 (which also holds the pretraining pool), btcv or mosmed: each feeds some
+    table of the default target, so a paper-scale config would use each. A release left out of a
+    paper-scale run keeps a `/path/to/` placeholder root, which stops a job only when it reads
+    that release (`dataset_root`); a dry run accepts any other path. The reverse, demo scale on
+    real roots, is allowed: demo rows are never compared with the paper.
+    """
+    if config.get("scale") != "paper":
+        return
+    policy = (config.get("reproduce") or {}).get("folds") or {}
+    for kind, limit in policy.items():
+        if limit is not None:
+            raise ConfigError(f"reproduce.folds.{kind}",
+                              f"is {limit}, but paper scale runs every fold of every row: set null")
+    for release in dict.fromkeys(RELEASE_OF.values()):
+        if config["datasets"][release].get("root") is None:
+            raise ConfigError(
+                f"datasets.{release}.root",
+                "scale: 'paper' needs the real datasets, but this root is null (the phantom); "
+                "set the roots or use scale: demo",
+            )
 
 
 def _strict_validator():
