@@ -184,8 +184,13 @@ def test_classification_tables_dry_run_one_job_per_split(tmp_path):
 
 
 def test_pretraining_effect_dry_run_one_job_per_method_count_and_seed(tmp_path):
-    """2 methods x 3 labeled counts x 3 seeds low-label jobs, one aggregation; Alice's runs read
-    its nnFormer checkpoint, Rand. init.'s none; every run matches fold 0's step count."""
+    """One low-label job per method, labeled count and seed of the config (2 x 3 x `seeds`), one
+    aggregation; Alice's runs read its nnFormer checkpoint, Rand. init.'s none; every run matches
+    fold 0's step count."""
+    effect = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())["pretraining_effect"]
+    seeds = [str(s) for s in range(effect["seeds"])]
+    labeled = [str(n) for n in effect["labeled"]]
+    expected = {(m, n, s) for m in effect["methods"] for n in labeled for s in seeds}
     result = snakemake("-n", "-p", "results/pretraining_effect.csv", "--directory", str(tmp_path),
                        "--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile",
                        str(REPO_ROOT / "config" / "config.yaml"))
@@ -194,15 +199,16 @@ def test_pretraining_effect_dry_run_one_job_per_method_count_and_seed(tmp_path):
     commands = [line.split("Shell command: ")[-1] for line in out.splitlines() if "alice finetune" in line]
     runs = {(c.split("--method ")[1].split()[0], c.split("--labeled ")[1].split()[0],
              c.split("--subset-seed ")[1].split()[0]) for c in commands}
-    assert len(commands) == 18 and runs == {(m, n, s) for m in ("rand_init", "alice")
-                                            for n in ("1", "2", "4") for s in ("0", "1", "2")}
+    assert effect["methods"] == ["rand_init", "alice"] and len(seeds) >= 3
+    assert len(commands) == len(expected) and runs == expected
     for c in commands:
         assert "--fold 0 " in c and "--evaluate" in c
         init = "results/pretrain/alice/nnformer/checkpoint.pt" if "--method alice" in c else "scratch"
         assert f"--init {init} " in c
-    assert "results/pretraining_effect/nnformer/alice/labeled4/seed2/metrics.json" in out
+    assert (f"results/pretraining_effect/nnformer/alice/labeled{labeled[-1]}/seed{seeds[-1]}/"
+            "metrics.json") in out
     aggregate = [line for line in out.splitlines() if "alice effect" in line]
-    assert len(aggregate) == 1 and aggregate[0].count("--metrics ") == 18
+    assert len(aggregate) == 1 and aggregate[0].count("--metrics ") == len(expected)
     assert "--scale demo" in aggregate[0]
 
 

@@ -1,10 +1,15 @@
 """The pretraining-effect figure: test DSC (and NSD) against the number of labeled training cases.
 
-One panel per metric; per method, each subset seed's value (the mean over test cases of the case
-means, faint dots) and their mean ± standard deviation over seeds (line and error bars). Above
-each labeled count: the two-sided Wilcoxon p of each method against Rand. init.
-(`alice.tables.effect.paired_tests`). The title states the scale; at demo scale it says the numbers
-are not comparable with the paper.
+One panel per metric; per method, each subset seed's value (the run's mean over its test cases of
+the case means, faint dots: one model per dot) and their mean ± standard deviation over seeds
+(line and error bars). Above each labeled count: the p-values of each method against the
+reference (Rand. init.), paired over seeds (`alice.tables.effect.paired_tests`): W, the two-sided
+Wilcoxon signed-rank p, and t, the paired t-test's; the subtitle states the unit and the smallest
+p the Wilcoxon test can give with that many seeds. The title states the scale; at demo scale it
+says the numbers are not comparable with the paper.
+
+This module imports nothing of alice.tables.effect (which calls it): the reference, the method
+labels and the per-seed values come in as arguments.
 """
 
 from __future__ import annotations
@@ -32,14 +37,32 @@ def title_of(scale: str, dataset: str, backbone: str) -> str:
     return f"Pretraining effect at low label counts ({dataset}, {backbone})\n{stamp}"
 
 
-def draw_effect(means: pd.DataFrame, tests: pd.DataFrame, out_png: Path, scale: str) -> Path:
-    """`means`: one line per (method, labeled, seed, case) with dsc and nsd (read_runs)."""
-    from alice.tables.effect import REFERENCE, label
+def _p(value) -> str:
+    return f"{value:.3g}" if pd.notna(value) else "–"
 
-    per_seed = (means.groupby(["method", "labeled", "seed"])[["dsc", "nsd"]].mean().reset_index())
+
+def unit_line(tests: pd.DataFrame) -> str:
+    """The subtitle, two lines: the unit of the tests, and the tests with the floor of the exact
+    Wilcoxon p at the numbers of seeds present."""
+    floors = sorted({(int(n), float(p)) for n, p in zip(tests.get("n_nonzero", []),
+                                                        tests.get("min_attainable_p", []))
+                     if pd.notna(p) and float(p) > 0.05})
+    floor = "".join(f"; with {n} seeds W ≥ {p:.3g}" for n, p in floors)
+    return ("p over seeds (the unit: one model per method and seed, its test cases averaged first)\n"
+            f"W: two-sided Wilcoxon signed-rank{floor}; t: paired t-test")
+
+
+def draw_effect(per_seed: pd.DataFrame, tests: pd.DataFrame, out_png: Path, scale: str,
+                reference: str, labels: dict[str, str]) -> Path:
+    """`per_seed`: one line per run (method, labeled, seed) with dsc, nsd, dataset and backbone
+    (alice.tables.effect.seed_means); `tests`: paired_tests; `reference`: the method the tests
+    compare against; `labels`: display names of methods (default: the method's name)."""
+    def label(method: str) -> str:
+        return labels.get(method, method)
+
     labeled = sorted(per_seed["labeled"].unique())
-    methods = [REFERENCE] + sorted(set(per_seed["method"]) - {REFERENCE})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), squeeze=False)
+    methods = [reference] + sorted(set(per_seed["method"]) - {reference})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), squeeze=False)
     for ax, metric in zip(axes[0], ("dsc", "nsd")):
         for k, method in enumerate(methods):
             rows = per_seed[per_seed["method"] == method]
@@ -56,13 +79,13 @@ def draw_effect(means: pd.DataFrame, tests: pd.DataFrame, out_png: Path, scale: 
         top = float(np.nanmax([per_seed[metric].max(), (spread["mean"] + spread["std"].fillna(0)).max()]))
         at = tests[tests["metric"] == metric] if len(tests) else tests
         for n in labeled:
-            named = len(methods) > 2  # several methods against Rand. init.: say which p is whose
+            named = len(methods) > 2  # several methods against the reference: say which p is whose
             lines = [(f"{label(row.method)} " if named else "")
-                     + (f"p={row.p_value:.3g}" if pd.notna(row.p_value) else "no test")
+                     + (f"W {_p(row.p_value)}, t {_p(row.p_ttest)}" if pd.notna(row.p_value) else "no test")
                      for row in at[at["labeled"] == n].itertuples()]
             if lines:
                 ax.annotate("\n".join(lines), (n, top), xytext=(0, 8), textcoords="offset points",
-                            ha="center", va="bottom", fontsize=8)
+                            ha="center", va="bottom", fontsize=7)
         ax.set_xscale("log", base=2)
         ax.set_xlim(labeled[0] / 1.5, labeled[-1] * 1.5)
         ax.set_xticks(labeled, [str(n) for n in labeled])
@@ -72,9 +95,8 @@ def draw_effect(means: pd.DataFrame, tests: pd.DataFrame, out_png: Path, scale: 
         ax.set_ylim(bottom=0, top=max(1e-3, top) * 1.25)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    first = means.iloc[0]
-    fig.suptitle(title_of(scale, first["dataset"], first["backbone"]) +
-                 "\n(p: two-sided Wilcoxon signed-rank vs Rand. init., pairs = seed × test case)",
+    first = per_seed.iloc[0]
+    fig.suptitle(title_of(scale, first["dataset"], first["backbone"]) + f"\n{unit_line(tests)}",
                  fontsize=9)
     fig.tight_layout()
     with atomic_path(out_png, suffix=".png") as tmp:

@@ -11,10 +11,18 @@
 - `results/pretraining_effect_tests.csv`: per labeled count, metric (dsc, nsd) and method other
   than the reference (Rand. init.), a paired comparison of that method against the reference,
   with the scale and the runs' optimizer steps.
-  A pair is one (subset seed, test case): the case's mean over organs (`case_mean` of
-  metrics.json) after training on the same subset. The test is `alice.tables.summary.paired_test`
-  (Wilcoxon signed-rank, two-sided, exact for up to 50 pairs without tied |differences|) plus the
-  one-sided p of the alternative "method higher" and the observed direction in words.
+  The unit is the **seed** (`unit` = "seed", `n_pairs` = the number of seeds): one subset seed
+  trains one model per method, and the test cases of that model are not independent
+  observations, so each run's test cases are averaged first (a case's value is its mean over
+  organs, `case_mean` of metrics.json; a seed's value is the mean over the test cases scored in
+  both runs of the pair, `cases_per_seed` of them) and the methods are then paired over seeds.
+  The test is `alice.tables.summary.paired_test`: the Wilcoxon signed-rank test, two-sided (zero
+  differences dropped, exact for up to 50 pairs without tied |differences|), with a paired
+  t-test's p beside it (`p_ttest`), plus the one-sided Wilcoxon p of the alternative "method
+  higher" and the observed direction in words. With few seeds the exact Wilcoxon p has a floor,
+  2 / 2^n for n seeds with a non-zero difference (`min_attainable_p`): 0.25 for 3 seeds, 0.125
+  for 4, 0.0625 for 5, 0.03125 for 6; below 6 seeds it cannot reach 0.05, which the note and
+  the direction say (the t-test has no such floor but assumes normal differences).
 - `results/figures/pretraining_effect.png` (`alice.figures.effect`).
 
 Nothing is filtered or tuned: every run listed is used, and a missing or malformed one stops the
@@ -42,7 +50,7 @@ CASE_COLUMNS = ["scale", "dataset", "backbone", "method", "labeled", "seed", "ca
                 "dsc", "nsd", "train_cases", "steps", "reference_steps", "steps_of_fold",
                 "pretraining_steps", "split"]
 TEST_COLUMNS = ["scale", "dataset", "backbone", "labeled", "steps", "metric", "method", "reference",
-                "n_seeds", "n_pairs", "n_nonzero", "mean_method", "mean_reference",
+                "unit", "n_pairs", "cases_per_seed", "n_nonzero", "mean_method", "mean_reference",
                 "mean_difference", "test", "statistic", "p_value", "p_one_sided_higher",
                 "min_attainable_p", "p_ttest", "direction", "note"]
 
@@ -132,18 +140,89 @@ def one_sided_p(a: np.ndarray, b: np.ndarray) -> float | None:
     return round(float(stats.wilcoxon(nonzero, alternative="greater", method=method).pvalue), 6)
 
 
-def direction(name: str, mean_difference: float | None, p_value: float | None) -> str:
+def direction(name: str, mean_difference: float | None, p_value: float | None,
+              min_attainable_p: float | None = None, n_seeds: int | None = None) -> str:
+    """The observed direction in words, with the two-sided p's verdict at 0.05, or why there is
+    none: "Alice higher than Rand. init. (3 seeds: p cannot fall below 0.25, no verdict at 0.05)"."""
     if mean_difference is None or p_value is None:
         return "no test"
     if mean_difference == 0:
         return f"{label(name)} equal to {label(REFERENCE)} on average"
     word = "higher" if mean_difference > 0 else "lower"
-    verdict = "p < 0.05" if p_value < 0.05 else "not significant at 0.05"
+    if min_attainable_p is not None and min_attainable_p > 0.05:
+        verdict = (f"{n_seeds} seeds: p cannot fall below {min_attainable_p:.4g}, "
+                   "no verdict at 0.05")
+    else:
+        verdict = "p < 0.05" if p_value < 0.05 else "not significant at 0.05"
     return f"{label(name)} {word} than {label(REFERENCE)} ({verdict}, two-sided)"
 
 
+def seed_means(means: pd.DataFrame) -> pd.DataFrame:
+    """One line per run (method, labeled, seed): dsc and nsd averaged over the run's test cases
+    with a value (`n_cases` of them), plus the dataset, backbone and scale: the unit of the
+    tests and of the figure's dots."""
+    keys = ["scale", "dataset", "backbone", "method", "labeled", "seed"]
+    out = means.groupby(keys, sort=True)[list(METRICS)].mean().reset_index()
+    counts = means.groupby(keys, sort=True)["dsc"].count().reset_index(name="n_cases")
+    return out.merge(counts, on=keys)
+
+
+def _span(values: Iterable[int]) -> str:
+    """{4} -> "4"; {3, 4} -> "3-4"."""
+    values = sorted(set(values))
+    return "" if not values else str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
+def _paired_seeds(run: pd.DataFrame, ref: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
+    """Per seed with a run of both methods (`run`, `ref`: indexed by (seed, case)), the mean of
+    `metric` over the test cases with a value in both runs: columns a (run), b (ref), n (cases);
+    and notes on what was left out."""
+    seeds_a = set(run.index.get_level_values("seed"))
+    seeds_b = set(ref.index.get_level_values("seed"))
+    both = seeds_a & seeds_b
+    notes = []
+    if seeds_a ^ seeds_b:
+        notes.append(f"{len(seeds_a ^ seeds_b)} seed(s) without a partner run left out")
+    run = run[run.index.get_level_values("seed").isin(both)]
+    ref = ref[ref.index.get_level_values("seed").isin(both)]
+    unmatched = len(set(run.index) ^ set(ref.index))
+    if unmatched:
+        notes.append(f"{unmatched} test case(s) scored by one run of their seed only, left out "
+                     "of its seed's means")
+    joined = run[[metric]].rename(columns={metric: "a"}).join(
+        ref[[metric]].rename(columns={metric: "b"}), how="inner")
+    finite = joined.dropna()
+    if len(finite) < len(joined):
+        nan_seeds = sorted(set(joined.index[joined.isna().any(axis=1)].get_level_values("seed")))
+        notes.append(f"{len(joined) - len(finite)} test case(s) with a NaN value left out of "
+                     f"their seed's means (seed {', '.join(str(s) for s in nan_seeds)})")
+    per_seed = pd.DataFrame({"a": finite["a"].groupby(level="seed").mean(),
+                             "b": finite["b"].groupby(level="seed").mean(),
+                             "n": finite["a"].groupby(level="seed").size()})
+    lost = sorted(both - set(per_seed.index))
+    if lost:
+        notes.append(f"seed {', '.join(str(s) for s in lost)}: no test case with a value in both "
+                     "runs, left out")
+    return per_seed, notes
+
+
+def _seed_note(result: dict) -> str:
+    """paired_test's note, in seeds."""
+    n, nonzero, min_p = result["n_pairs"], result["n_nonzero"], result["min_attainable_p"]
+    if n < 2:
+        return f"{n} seed(s): no test"
+    if nonzero == 0:
+        return "every seed's difference is zero"
+    if min_p is not None and min_p > 0.05:
+        return (f"{nonzero} seeds with a non-zero difference: an exact two-sided Wilcoxon p cannot "
+                f"fall below {min_p:.4g} (p < 0.05 needs 6 or more seeds; the paired t-test's p has no "
+                "such floor)")
+    return ""
+
+
 def paired_tests(means: pd.DataFrame) -> pd.DataFrame:
-    """Each method against Rand. init., per labeled count and metric, paired over (seed, case)."""
+    """Each method against Rand. init., per labeled count and metric, paired over seeds (the
+    unit: one model per method and seed), each seed's value the mean over its test cases."""
     if REFERENCE not in set(means["method"]):
         raise ConfigError("pretraining_effect.methods", f"needs '{REFERENCE}', the reference of the tests")
     out = []
@@ -154,32 +233,25 @@ def paired_tests(means: pd.DataFrame) -> pd.DataFrame:
         for name in sorted(set(at["method"]) - {REFERENCE}):
             run = at[at["method"] == name].set_index(["seed", "case"])
             for metric in METRICS:
-                paired = run[[metric]].rename(columns={metric: "a"}).join(
-                    ref[[metric]].rename(columns={metric: "b"}), how="inner")
-                joined = paired.dropna()
-                a, b = joined["a"].to_numpy(), joined["b"].to_numpy()
+                per_seed, notes = _paired_seeds(run, ref, metric)
+                a, b = per_seed["a"].to_numpy(), per_seed["b"].to_numpy()
                 result = paired_test(list(a), list(b))
-                notes = [result.pop("note")] if result.get("note") else []
-                unpaired = len(set(run.index) ^ set(ref.index))
-                if unpaired:
-                    notes.append(f"{unpaired} (seed, case) without a partner left out")
-                dropped = len(paired) - len(joined)
-                if dropped > 0:
-                    notes.append(f"{dropped} pair(s) with a NaN value left out")
+                notes = [n for n in [_seed_note(result)] if n] + notes
                 out.append({
                     "scale": scale, "dataset": dataset, "backbone": backbone,
                     "labeled": int(labeled),
                     "steps": ";".join(str(v) for v in sorted(set(at["steps"].dropna().astype(int)))),
                     "metric": metric, "method": name,
-                    "reference": REFERENCE,
-                    "n_seeds": int(joined.index.get_level_values("seed").nunique()),
-                    "n_pairs": result["n_pairs"], "n_nonzero": result["n_nonzero"],
+                    "reference": REFERENCE, "unit": "seed",
+                    "n_pairs": result["n_pairs"], "cases_per_seed": _span(per_seed["n"]),
+                    "n_nonzero": result["n_nonzero"],
                     "mean_method": result["mean_a"], "mean_reference": result["mean_b"],
                     "mean_difference": result["mean_difference"], "test": result["test"],
                     "statistic": result["statistic"], "p_value": result["p_value"],
                     "p_one_sided_higher": one_sided_p(a, b),
                     "min_attainable_p": result["min_attainable_p"], "p_ttest": result["p_ttest"],
-                    "direction": direction(name, result["mean_difference"], result["p_value"]),
+                    "direction": direction(name, result["mean_difference"], result["p_value"],
+                                           result["min_attainable_p"], result["n_nonzero"]),
                     "note": "; ".join(notes),
                 })
     return pd.DataFrame(out, columns=TEST_COLUMNS)
@@ -187,7 +259,8 @@ def paired_tests(means: pd.DataFrame) -> pd.DataFrame:
 
 def write_effect(metrics: list[Path], out_csv: Path, out_tests: Path, out_png: Path,
                  scale: str, root: Path = Path(".")) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read the runs, write the three outputs (each atomically); return (cases, tests)."""
+    """Read the runs, write the three outputs (each atomically); return (cases, tests). The
+    figure module gets everything it draws from here (it imports nothing of this module)."""
     from alice.figures.effect import draw_effect
 
     cases, means = read_runs(metrics, scale, root)
@@ -195,5 +268,5 @@ def write_effect(metrics: list[Path], out_csv: Path, out_tests: Path, out_png: P
     with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tests, suffix=".csv") as tmp_tests:
         cases.to_csv(tmp_csv, index=False)
         tests.to_csv(tmp_tests, index=False)
-        draw_effect(means, tests, out_png, scale)
+        draw_effect(seed_means(means), tests, out_png, scale, reference=REFERENCE, labels=LABELS)
     return cases, tests

@@ -35,7 +35,11 @@ against Alice's default); at `paper` scale the difference and the reproduced-vs-
   reported per cell (one colour per table, the diagonal = the paper's value) and the mean
   difference per table; at `demo` scale each comparison's two reproduced means (cell b, e.g.
   Rand. init., against cell a, e.g. Alice; the diagonal = no difference) and the mean difference
-  a − b per table and comparison.
+  a − b per table and comparison. Under the panels, at both scales, a footnote states the
+  protocol of every plotted cell (the `protocol` of summary.csv), grouped: one line per
+  distinct protocol, keyed P1, P2, ..., with the tables and numbers of cells that ran it, e.g.
+  "P1  folds 0-4, fine-tuning 1200 steps, pretraining 200 steps: T1 (2 cells), T3 (4 cells)";
+  each bar's label names the keys of its cells.
 
 Per-fold and per-case values come from each cell's `sources` (the metrics files, in fold
 order, that the row file's mean ± std was computed from; see render.compute_row); a row file
@@ -305,28 +309,101 @@ def draw_summary(summary: pd.DataFrame, tests: pd.DataFrame, out_png: Path,
     over the table's cells. demo: the reproduced cells against each other, never against the
     paper: left, per comparison (per fold / split) the mean of cell b (Rand. init., or Alice's
     default for an ablation) against the mean of cell a (Alice, or the variant); right, the
-    mean difference a − b per table and comparison, ± its std over the table's comparisons."""
+    mean difference a − b per table and comparison, ± its std over the table's comparisons.
+
+    Below the panels, a footnote states the protocol of every plotted cell (folds or splits,
+    fine-tuning and pretraining steps, as the runs recorded them; the `protocol` of
+    summary.csv), grouped: one line per distinct protocol, keyed P1, P2, ..., with the tables
+    and the number of cells that ran it; each bar's label names the keys of its cells."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     scale = scale or summary_scale(summary, tests)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.6))
+    cells = plotted_cells(summary, tests, scale)
+    groups = protocol_groups(cells)
+    keys = {protocol: f"P{i}" for i, (protocol, _) in enumerate(groups, 1)}
+    bar_keys = {bar: " ".join(sorted({keys[p] for p in part["protocol"]}, key=lambda k: int(k[1:])))
+                for bar, part in cells.groupby("bar", sort=False)}
+    footnote = protocol_footnote(groups)
+    lines = footnote.count("\n") + 1 if footnote else 0
+    height = 4.6 + 0.13 * lines
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, height))
     if scale == "demo":
-        title = _draw_comparisons(tests, left, right, plt)
+        title = _draw_comparisons(tests, left, right, plt, bar_keys)
     else:
-        title = _draw_against_paper(summary, left, right, plt)
+        title = _draw_against_paper(summary, left, right, plt, bar_keys)
     stamp = scale_note(scale) if scale else "nothing reproduced"
     fig.suptitle(f"{stamp[0].upper()}{stamp[1:]}\n{title}", fontsize=9)
-    fig.tight_layout()
+    bottom = 0.0
+    if footnote:
+        fig.text(0.01, 0.01, footnote, ha="left", va="bottom", fontsize=7, family="monospace")
+        bottom = (0.13 * lines + 0.05) / height
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return Path(out_png)
 
 
-def _draw_against_paper(summary: pd.DataFrame, left, right, plt) -> str:
+def plotted_cells(summary: pd.DataFrame, tests: pd.DataFrame, scale: str | None) -> pd.DataFrame:
+    """The reproduced cells the figure at `scale` plots, each once: table, row, column,
+    protocol, and `bar` (the right panel's bar it falls in: the table at paper scale, the
+    (table, comparison) at demo scale; a demo comparison plots both of its cells)."""
+    columns = ["table", "row", "column", "protocol", "bar"]
+    if scale == "demo":
+        per_fold = tests[tests["unit"].isin(["fold", "split"]) & tests["mean_a"].notna()]
+        sides = [pd.DataFrame({"table": per_fold["table"], "row": per_fold[f"row_{s}"],
+                               "column": per_fold[f"column_{s}"],
+                               "protocol": per_fold[f"protocol_{s}"],
+                               "bar": list(zip(per_fold["table"], per_fold["comparison"]))})
+                 for s in ("a", "b")]
+        cells = pd.concat(sides, ignore_index=True) if len(per_fold) else pd.DataFrame(columns=columns)
+    else:
+        values = summary[(summary["kind"] == "value") & summary["difference"].notna()]
+        cells = pd.DataFrame({"table": values["table"], "row": values["row"],
+                              "column": values["column"], "protocol": values["protocol"],
+                              "bar": values["table"]})
+    cells = cells[columns].copy()
+    cells["protocol"] = cells["protocol"].fillna("").astype(str).replace("", "protocol not recorded")
+    # a cell in two bars (a demo cell b of two comparisons) is listed in each
+    return cells.drop_duplicates(["table", "row", "column", "bar"]).reset_index(drop=True)
+
+
+def protocol_groups(cells: pd.DataFrame) -> list[tuple[str, dict[str, int]]]:
+    """[(protocol, {table: number of its cells that ran it})], the protocols in order of first
+    appearance (tables in spec order); a cell counts once however many bars it is in."""
+    once = cells.drop_duplicates(["table", "row", "column"])
+    groups: dict[str, dict[str, int]] = {}
+    for table, protocol in zip(once["table"], once["protocol"]):
+        groups.setdefault(protocol, {}).setdefault(table, 0)
+        groups[protocol][table] += 1
+    return list(groups.items())
+
+
+def protocol_footnote(groups: list[tuple[str, dict[str, int]]], limit: int = 10,
+                      width: int = 150) -> str:
+    """"Protocol of the plotted cells (as the runs recorded it):" then one line per protocol:
+    "P1  folds 0-4, fine-tuning 80 steps, no pretraining: T1 (2 cells)"; past `limit`
+    protocols, a line pointing to summary.csv. Empty without cells."""
+    import textwrap
+
+    if not groups:
+        return ""
+    lines = ["Protocol of the plotted cells (as the runs recorded it; summary.csv: protocol):"]
+    for i, (protocol, tables) in enumerate(groups[:limit], 1):
+        where = ", ".join(f"{t.replace('table', 'T')} ({n} cell{'s' if n != 1 else ''})"
+                          for t, n in tables.items())
+        lines.extend(textwrap.wrap(f"P{i}  {protocol}: {where}", width=width,
+                                   subsequent_indent=" " * (len(str(i)) + 3)))
+    if len(groups) > limit:
+        lines.append(f"... and {len(groups) - limit} more protocols: see summary.csv, column protocol")
+    return "\n".join(lines)
+
+
+def _draw_against_paper(summary: pd.DataFrame, left, right, plt,
+                        bar_keys: dict | None = None) -> str:
     values = summary[(summary["kind"] == "value") & summary["difference"].notna()]
     settings = summary[summary["kind"] == "setting"]
     tables = list(dict.fromkeys(values["table"]))
@@ -345,7 +422,7 @@ def _draw_against_paper(summary: pd.DataFrame, left, right, plt) -> str:
         x = np.arange(len(stats_))
         right.bar(x, stats_["mean"], yerr=stats_["std"].fillna(0), color=[colours[t] for t in stats_.index],
                   capsize=3)
-        right.set_xticks(x, [f"{t.replace('table', 'T')}\nn={n}"
+        right.set_xticks(x, [_bar_label(t, n, (bar_keys or {}).get(t))
                              for t, n in zip(stats_.index, stats_["count"])], fontsize=8)
     else:
         for ax in (left, right):
@@ -365,7 +442,15 @@ COMPARISON_LABELS = {"alice_vs_best_baseline": "Alice − best reproduced baseli
                      "ablation": "ablation variant − Alice's default"}
 
 
-def _draw_comparisons(tests: pd.DataFrame, left, right, plt) -> str:
+def _bar_label(table: str, n: int, keys: str | None) -> str:
+    """A bar's tick label, three lines: the table ("T1"), the number of values averaged
+    ("n=4") and the protocol keys of its cells ("P1 P2", protocol_footnote), three a line."""
+    words = (keys or "").split()
+    rows = [" ".join(words[i:i + 3]) for i in range(0, len(words), 3)]  # narrow bars: 3 keys a line
+    return "\n".join([table.replace("table", "T"), f"n={n}", *rows])
+
+
+def _draw_comparisons(tests: pd.DataFrame, left, right, plt, bar_keys: dict | None = None) -> str:
     per_fold = tests[tests["unit"].isin(["fold", "split"]) & tests["mean_a"].notna()]
     kinds = [k for k in COMPARISON_LABELS if k in set(per_fold["comparison"])]
     colours = {k: plt.get_cmap("tab10")(i) for i, k in enumerate(COMPARISON_LABELS)}
@@ -384,8 +469,8 @@ def _draw_comparisons(tests: pd.DataFrame, left, right, plt) -> str:
         x = np.arange(len(stats_))
         right.bar(x, stats_["mean"], yerr=stats_["std"].fillna(0),
                   color=[colours[k] for _, k in stats_.index], capsize=3)
-        right.set_xticks(x, [f"{t.replace('table', 'T')}\nn={n}"
-                             for (t, _), n in zip(stats_.index, stats_["count"])], fontsize=8)
+        right.set_xticks(x, [_bar_label(t, n, (bar_keys or {}).get((t, k)))
+                             for (t, k), n in zip(stats_.index, stats_["count"])], fontsize=8)
     else:
         for ax in (left, right):
             ax.text(0.5, 0.5, "no comparison of reproduced cells", ha="center", va="center",
