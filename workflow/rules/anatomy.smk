@@ -18,6 +18,8 @@ rule anatomy_prepare:
         "../../environment.yml"
     log:
         "results/logs/anatomy/prepare.log",
+    benchmark:
+        "results/benchmarks/anatomy_prepare.tsv",
     shell:
         "alice prepare --dataset flare22_pool --root {params.root:q} --out results/anatomy/data "
         "--settings {params.settings:q} --no-progress 2> {log}"
@@ -40,6 +42,8 @@ rule anatomy_train:
         "../../environment.yml"
     log:
         "results/logs/anatomy/train.log",
+    benchmark:
+        "results/benchmarks/anatomy_train.tsv",
     shell:
         "exec alice anatomy train --data results/anatomy/data --folds {input.folds} --out results/anatomy/model "
         "--threads {threads} --settings {params.settings:q} --no-progress 2> {log}"
@@ -58,6 +62,8 @@ rule anatomy_embed:
         "../../environment.yml"
     log:
         "results/logs/anatomy/embed/{case}.log",
+    benchmark:
+        "results/benchmarks/anatomy_embed/{case}.tsv",
     shell:
         "alice anatomy embed --data results/anatomy/data --folds {input.folds} --model {input.model} "
         "--case {wildcards.case} --out-dir results/anatomy/embeddings --threads 1 2> {log}"
@@ -77,6 +83,8 @@ rule anatomy_evaluate:
         "../../environment.yml"
     log:
         "results/logs/anatomy/evaluate.log",
+    benchmark:
+        "results/benchmarks/anatomy_evaluate.tsv",
     shell:
         "alice anatomy evaluate --data results/data/flare22_pool --embeddings results/anatomy/embeddings "
         "--truth {input.truth}/phantom_truth --out {output.csv} --settings {params.settings:q} "
@@ -95,6 +103,8 @@ rule matching_figure:
         "../../environment.yml"
     log:
         "results/logs/figures/matching.log",
+    benchmark:
+        "results/benchmarks/matching_figure.tsv",
     shell:
         "alice figure matching --points {input.points} --data results/data/flare22_pool "
         "--truth {input.truth}/phantom_truth --embeddings results/anatomy/embeddings "

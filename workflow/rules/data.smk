@@ -13,6 +13,8 @@ rule phantom:
         "../../environment.yml"
     log:
         "results/logs/phantom/{release}.log",
+    benchmark:
+        "results/benchmarks/phantom/{release}.tsv",
     shell:
         "alice phantom --dataset {wildcards.release} --out {output} "
         "--settings {params.settings:q} 2> {log}"
@@ -34,6 +36,8 @@ rule prepare:
         "../../environment.yml"
     log:
         "results/logs/prepare/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare/{dataset}.tsv",
     shell:
         "alice prepare --dataset {wildcards.dataset} --root {params.root:q} "
         "--out {params.out} --settings {params.settings:q} --no-progress 2> {log}"
@@ -54,6 +58,8 @@ checkpoint folds:  # a checkpoint: the pool's case ids name the per-volume anato
         "../../environment.yml"
     log:
         "results/logs/folds/{dataset}.log",
+    benchmark:
+        "results/benchmarks/folds/{dataset}.tsv",
     shell:
         "alice folds --dataset {wildcards.dataset} --data {params.data} --out {output} "
         "--settings {params.settings:q} 2> {log}"
@@ -70,6 +76,8 @@ rule phantom_figure:
         "../../environment.yml"
     log:
         "results/logs/figures/phantom.log",
+    benchmark:
+        "results/benchmarks/phantom_figure.tsv",
     shell:
         "alice figure phantom --flare {input.flare} --mosmed {input.mosmed} --out {output} "
         "2> {log}"

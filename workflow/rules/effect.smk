@@ -26,6 +26,8 @@ rule finetune_low_label:
         "../../environment.yml"
     log:
         "results/logs/pretraining_effect/{backbone}/{method}/labeled{labeled}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/finetune_low_label/{backbone}/{method}/labeled{labeled}/seed{seed}.tsv",
     shell:
         "exec alice finetune --dataset flare22 --backbone {wildcards.backbone} "
         "--method {wildcards.method} --init {params.init:q} --fold {params.fold} "
@@ -52,6 +54,8 @@ rule pretraining_effect:
         "../../environment.yml"
     log:
         "results/logs/pretraining_effect.log",
+    benchmark:
+        "results/benchmarks/pretraining_effect.tsv",
     shell:
         "alice effect {params.metrics} --scale {params.scale} --csv {output.csv} "
         "--tests {output.tests} --figure {output.figure} 2> {log}"

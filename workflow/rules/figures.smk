@@ -33,6 +33,8 @@ rule overlays:
         "../../environment.yml"
     log:
         "results/logs/figures/overlays_{dataset}_{backbone}.log",
+    benchmark:
+        "results/benchmarks/overlays/{dataset}/{backbone}.tsv",
     shell:
         "alice figure overlays {params.runs} --data results/data/{wildcards.dataset} "
         "--out {output} --title {params.title:q} 2> {log}"
@@ -59,5 +61,7 @@ rule finetune_curves:
         "../../environment.yml"
     log:
         "results/logs/figures/finetune_{dataset}_{backbone}.log",
+    benchmark:
+        "results/benchmarks/finetune_curves/{dataset}/{backbone}.tsv",
     shell:
         "alice figure finetune {params.logs} --out {output} --title {params.title:q} 2> {log}"

@@ -23,6 +23,8 @@ rule finetune:
         "../../environment.yml"
     log:
         "results/logs/finetune/{dataset}/{method}/{backbone}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/finetune/{dataset}/{method}/{backbone}/fold{fold}.tsv",
     shell:
         "exec alice finetune --dataset {wildcards.dataset} --backbone {wildcards.backbone} "
         "--method {wildcards.method} --init {params.init:q} --fold {wildcards.fold} "
@@ -48,6 +50,8 @@ rule evaluate:
         "../../environment.yml"
     log:
         "results/logs/evaluate/{dataset}/{method}/{backbone}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{dataset}/{method}/{backbone}/fold{fold}.tsv",
     shell:
         "alice evaluate --dataset {wildcards.dataset} --model-dir {params.model_dir} "
         "--out {output} --split {params.split} --device {params.device} --threads {threads} "
@@ -76,6 +80,8 @@ rule finetune_classifier:
         "../../environment.yml"
     log:
         "results/logs/finetune/mosmed/{method}/{backbone}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/finetune_classifier/{method}/{backbone}/fold{fold}.tsv",
     shell:
         "exec alice finetune --dataset mosmed --backbone {wildcards.backbone} "
         "--method {wildcards.method} --init {params.init:q} --fold {wildcards.fold} "

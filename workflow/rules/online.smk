@@ -19,6 +19,8 @@ rule btcv_online:
         "../../environment.yml"
     log:
         "results/logs/btcv_online/{method}.log",
+    benchmark:
+        "results/benchmarks/btcv_online/{method}.tsv",
     shell:
         "alice predict --dataset btcv --split online_test {params.model_dirs} --out {output} "
         "--device {params.device} --threads {threads} --no-progress 2> {log}"

@@ -46,6 +46,8 @@ rule pretrain:
         "../../environment.yml"
     log:
         "results/logs/pretrain/{method}/{encoder}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{method}/{encoder}.tsv",
     shell:
         "{params.launch} pretrain --method {wildcards.method} --encoder {wildcards.encoder} "
         "--out {params.out} --embeddings results/anatomy/embeddings --threads {params.threads} "
@@ -69,6 +71,8 @@ rule pretrain_curves:
         "../../environment.yml"
     log:
         "results/logs/figures/pretrain_{method}_{encoder}.log",
+    benchmark:
+        "results/benchmarks/pretrain_curves/{method}/{encoder}.tsv",
     shell:
         "alice figure curves --log results/pretrain/{wildcards.method}/{wildcards.encoder}/log.csv "
         "--out {output} "

@@ -20,6 +20,8 @@ rule summary:
         "../../environment.yml"
     log:
         "results/logs/summary.log",
+    benchmark:
+        "results/benchmarks/summary.tsv",
     shell:
         "alice summary --rows-dir results/rows --csv {output.csv} --tests {output.tests} "
         "--figure {output.figure} 2> {log}"

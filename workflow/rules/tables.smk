@@ -17,6 +17,8 @@ rule table_row:
         "../../environment.yml"
     log:
         "results/logs/rows/{table}/{row}.log",
+    benchmark:
+        "results/benchmarks/table_row/{table}/{row}.tsv",
     shell:
         "alice table --settings {params.settings:q} row --table {wildcards.table} "
         "--row {wildcards.row} --out {output} 2> {log}"
@@ -37,6 +39,8 @@ rule table:
         "../../environment.yml"
     log:
         "results/logs/tables/{table}.log",
+    benchmark:
+        "results/benchmarks/table/{table}.tsv",
     shell:
         "alice table render --table {wildcards.table} --rows-dir results/rows/{wildcards.table} "
         "--csv {output.csv} --tex {output.tex} --sources {output.sources} 2> {log}"
