@@ -354,7 +354,7 @@ def cmd_effect(args) -> None:
     cases, tests = write_effect([Path(m) for m in args.metrics], Path(args.csv), Path(args.tests),
                                 Path(args.figure), scale=args.scale)
     for row in tests[tests["metric"] == "dsc"].itertuples():
-        log.info("%d labeled: %s vs %s DSC %.4f vs %.4f, p %s (%d pairs): %s", row.labeled,
+        log.info("%d labeled: %s vs %s DSC %.4f vs %.4f, p %s (%d seeds): %s", row.labeled,
                  row.method, row.reference, row.mean_method, row.mean_reference, row.p_value,
                  row.n_pairs, row.direction)
     log.info("%d lines -> %s; %d tests -> %s; figure %s", len(cases), args.csv, len(tests),
@@ -566,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("effect", cmd_effect, "the pretraining effect at low label counts: per-organ "
               "scores of every low-label run, paired Wilcoxon tests of each method against "
-              "rand_init per labeled count (pairs: subset seed x test case), and a figure",
+              "rand_init per labeled count (paired over subset seeds, one model each, its test "
+              "cases averaged first), and a figure",
               settings=False)
     p.add_argument("--metrics", action="append", required=True, metavar="METRICS_JSON",
                    help="a low-label run's metrics.json (alice finetune --labeled N --subset-seed "

@@ -55,3 +55,56 @@ def no_slurm_probe(request, tmp_path_factory, monkeypatch):
         (shim / "scontrol").write_text("#!/bin/sh\nexit 1\n")
         (shim / "scontrol").chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+# Run in a fresh interpreter by `light_stages`: every stage in turn, one JSON line each.
+_LIGHT_PROBE = r'''
+import importlib, json, sys, traceback
+HEAVY = ("torch", "monai")
+where = {}
+
+class Watch:  # where a heavy package was first imported from: the frames of this checkout
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in HEAVY and top not in where:
+            where[top] = "".join(f for f in traceback.format_stack()[:-1] if "importlib" not in f)
+        return None
+
+sys.meta_path.insert(0, Watch())
+from alice.cli import main
+stages = [["import:alice.cli"]] + json.load(sys.stdin)
+for stage in stages:
+    if stage[0].startswith("import:"):
+        importlib.import_module(stage[0][len("import:"):])
+        rc = 0
+    else:
+        rc = main(stage)
+    heavy = [m for m in HEAVY if m in sys.modules]
+    print(json.dumps({"stage": stage, "rc": rc, "heavy": heavy, "where": [where.get(m) for m in heavy]}))
+    if rc or heavy:
+        break
+'''
+
+
+@pytest.fixture(scope="session")
+def light_stages():
+    """Run `alice` stages that neither train nor predict (argv lists; ["import:<module>"] imports
+    a module instead) one after another in one fresh interpreter, in `cwd`, and fail naming the
+    first that exits non-zero or imports torch or MONAI (~2-4 s a job: README "Start-up cost"),
+    with where the import came from."""
+    import json
+    import subprocess
+    import sys
+
+    def run(stages: list[list[str]], cwd: Path) -> None:
+        proc = subprocess.run([sys.executable, "-c", _LIGHT_PROBE], input=json.dumps(stages),
+                              cwd=cwd, capture_output=True, text=True, timeout=300)
+        results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert proc.returncode == 0 and results, proc.stderr[-3000:]
+        last = results[-1]
+        assert last["rc"] == 0, f"alice {' '.join(last['stage'])} failed:\n{proc.stderr[-3000:]}"
+        assert not last["heavy"], (f"`alice {' '.join(last['stage'])}` imports {last['heavy']}:\n"
+                                   + "\n".join(w or "" for w in last["where"]))
+        assert len(results) == len(stages) + 1  # import alice.cli, then every stage
+
+    return run

@@ -20,7 +20,7 @@
   `warmup_epochs` epochs, stepped every step (`alice.downstream.schedules`); loss
   `DiceCELoss(to_onehot_y=True, softmax=True)`, its Dice term per crop or, with `batch_dice`,
   over the whole batch (nnU-Net's batch Dice: an organ absent from one crop does not weigh as a
-  miss of that crop); bf16 autocast on CUDA only. A network with deep
+  miss of that crop); bf16 autocast per `amp` (auto: on CUDA only). A network with deep
   supervision (nnFormer) returns logits at full, 1/2, 1/4, ... resolution in training mode; the
   loss is then nnU-Net's (Isensee et al. 2021, which nnFormer trains with): DiceCE of each scale
   against the label map downsampled by nearest neighbour, weighted 1, 1/2, 1/4, ... and
@@ -65,7 +65,7 @@ import torch
 from alice.version import code_version
 from alice.downstream.data import CropBatches, fold_entry, read_folds, train_transform
 from alice.downstream.inference import MODEL_FILE, autocast, predict_labels, resolve_device
-from alice.downstream.networks import build_segmentation_network, crop_of
+from alice.downstream.networks import build_segmentation_network, crop_of, memory_format
 from alice.downstream.schedules import build_optimizer, build_scheduler, positive_int
 from alice.downstream.transfer import load_encoder_checkpoint
 from alice.errors import ConfigError
@@ -179,6 +179,9 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
+AMP_MODES = ("auto", "bf16", "off")
+
+
 def _parse(settings: Mapping[str, Any]) -> dict[str, Any]:
     optim = settings.get("optim")
     if not isinstance(optim, Mapping):
@@ -193,8 +196,16 @@ def _parse(settings: Mapping[str, Any]) -> dict[str, Any]:
     batch_dice = settings.get("batch_dice", False)
     if not isinstance(batch_dice, bool):
         raise ConfigError("batch_dice", f"must be true or false, got {batch_dice!r}")
+    channels_last = settings.get("channels_last", False)
+    if not isinstance(channels_last, bool):
+        raise ConfigError("channels_last", f"must be true or false, got {channels_last!r}")
+    amp = settings.get("amp", "auto")
+    if amp not in AMP_MODES:
+        raise ConfigError("amp", f"must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     return {
         "optim": optim,
+        "amp": amp,
+        "channels_last": channels_last,
         "batch_size": positive_int(optim, "batch_size"),
         "epochs": positive_int(optim, "epochs"),
         "warmup_epochs": positive_int(optim, "warmup_epochs", 0, minimum=0),
@@ -273,7 +284,7 @@ def finetune(
     init = str(init)
     n_loaded = 0 if init == "scratch" else load_encoder_checkpoint(
         net, backbone, init, encoder_config, allow_unfinished=allow_unfinished, run=method)
-    net.to(dev)
+    net.to(dev, memory_format=memory_format(settings))
 
     name = f"{labeled} labeled, subset {subset_seed}" if subset else f"fold {fold}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -342,10 +353,11 @@ def finetune(
                 in_epoch = skip
                 skip = 0
                 for image, label in epoch_batches:
-                    image, label = image.to(dev, non_blocking=True), label.to(dev, non_blocking=True)
+                    image = image.to(dev, non_blocking=True, memory_format=memory_format(settings))
+                    label = label.to(dev, non_blocking=True)
                     lr = optimizer.param_groups[0]["lr"]
                     optimizer.zero_grad(set_to_none=True)
-                    with autocast(dev):
+                    with autocast(dev, cfg["amp"]):
                         logits = net(image)
                     loss = deep_supervision_loss(loss_fn, logits, label)
                     value = float(loss.detach())
