@@ -101,7 +101,7 @@ def test_phantom_root_when_root_is_null(demo):
 
 def test_stage_settings(demo):
     config = cfg.validate_config(copy.deepcopy(demo))
-    assert cfg.dataset_settings(config, "flare22")["spacing"] == [4.0, 4.0, 5.0]
+    assert cfg.dataset_settings(config, "flare22")["spacing"] == demo["datasets"]["flare22"]["spacing"]
     assert "root" not in cfg.dataset_settings(config, "btcv")
     assert cfg.folds_settings(config, "mosmed")["repeats"] == 10
     assert cfg.phantom_settings(config, "mosmed")["counts"]["per_category"][0] == 68
@@ -148,7 +148,7 @@ def test_anatomy_data_settings(demo):
     ("anatomy", "train", "iterations"),
     ("pretraining_effect", "seeds"),
     ("pretraining_effect", "labeled", 0),
-    ("reproduce", "substitute", "folds"),
+    ("reproduce", "folds", "baseline"),
 ])
 def test_float_where_an_integer_is_needed_is_refused(demo, tmp_path, capsys, path):
     """JSON Schema counts 5.0 as an integer; the harness refuses it (range(5.0) breaks the DAG)."""
@@ -165,3 +165,18 @@ def test_float_where_an_integer_is_needed_is_refused(demo, tmp_path, capsys, pat
     err = capsys.readouterr().err.strip()
     key = ".".join(str(p) for p in path)
     assert err.splitlines() == [err] and f"config key '{key}'" in err and "integer" in err
+
+
+def test_workstation_overlay_validates_and_keeps_the_protocol(demo):
+    """config/workstation.yaml, merged over the demo as `snakemake --configfile` merges it, is a
+    valid config that changes recipes (grid, crops, steps), never what the tables compute."""
+    from snakemake.utils import update_config
+
+    config = copy.deepcopy(demo)
+    update_config(config, yaml.safe_load((cfg.REPO_ROOT / "config" / "workstation.yaml").read_text()))
+    cfg.validate_config(config)
+    assert config["datasets"]["flare22"]["spacing"] == [4.0, 4.0, 5.0]
+    assert config["finetune"]["unetr"]["optim"]["epochs"] == 150
+    assert config["finetune"]["unetr"]["optim"]["optimizer"] == demo["finetune"]["unetr"]["optim"]["optimizer"]
+    assert config["reproduce"] == cfg.validate_config(copy.deepcopy(demo))["reproduce"]
+    assert config["scale"] == "demo"
