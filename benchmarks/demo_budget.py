@@ -134,7 +134,10 @@ def run_dry_run(targets: list[str], configfile: Path, directory: Path, cores: in
     """Snakemake's dry-run listing (stdout + stderr) of `targets` (none: the default target)."""
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     # targets first: --configfile takes several values
-    command = [sys.executable, "-m", "snakemake", *targets, "-n", "--nolock", "--cores", str(cores),
+    # --rerun-incomplete: a run stopped half-way leaves files marked incomplete, which a dry run
+    # would otherwise refuse to plan over
+    command = [sys.executable, "-m", "snakemake", *targets, "-n", "--nolock", "--rerun-incomplete",
+               "--cores", str(cores),
                "--snakefile", str(REPO / "Snakefile"), "--directory", str(directory),
                "--configfile", str(configfile)] + (["-F"] if forceall else [])
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)

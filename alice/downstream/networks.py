@@ -96,8 +96,8 @@ DECODER_NORMS = ("instance", "batch")
 
 def memory_format(settings: Mapping[str, Any]) -> "torch.memory_format":
     """`finetune.<backbone>.channels_last`: the network's and its input's layout. Channels-last
-    (NDHWC) lets oneDNN's 3-D convolutions run without reordering on CPU: a UNETR step at 32³ ~1.3x,
-    a bf16 Swin UNETR step at 64×32×32 ~1.4x faster; nnFormer's (mostly attention) ~1.2x slower."""
+    (NDHWC) lets oneDNN's 3-D convolutions run without reordering on CPU: a UNETR step at 32³ ~1.3x
+    faster; Swin UNETR's no faster, nnFormer's (mostly attention) ~1.2x slower."""
     import torch
 
     return torch.channels_last_3d if settings.get("channels_last", False) else torch.contiguous_format
