@@ -29,7 +29,7 @@ import numpy as np
 ORGANS_SHOWN = ("liver", "right_kidney", "left_kidney", "spleen", "aorta", "pancreas", "stomach")
 
 
-def _fold_scores(fold_dir: Path, dataset: str, data_dir: Path) -> tuple[dict, float | None]:
+def _fold_scores(fold_dir: Path, dataset: str, data_dir: Path, root: Path) -> tuple[dict, float | None]:
     """{case: {organ: {"dsc", "nsd"}}} recomputed from the fold's predictions, and its recorded mean DSC."""
     import nibabel as nib
     from nibabel.affines import voxel_sizes
@@ -40,7 +40,8 @@ def _fold_scores(fold_dir: Path, dataset: str, data_dir: Path) -> tuple[dict, fl
     for pred_path in sorted((fold_dir / "predictions").glob("*.nii.gz")):
         case_id = pred_path.name[: -len(".nii.gz")]
         meta = json.loads((data_dir / f"{case_id}.json").read_text())
-        gt_img = nib.load(meta["source"]["label"])
+        source = Path(meta["source"]["label"])
+        gt_img = nib.load(source if source.is_absolute() else root / source)  # relative to the run's folder
         gt = np.rint(np.asanyarray(gt_img.dataobj)).astype(np.int16)
         pred = np.asanyarray(nib.load(pred_path).dataobj).astype(np.int16)
         cases[case_id] = score_case(gt, pred, tuple(float(v) for v in voxel_sizes(gt_img.affine)), dataset)
@@ -62,7 +63,7 @@ def segmentation(results: Path) -> list[dict]:
             folds = sorted(run_dir.glob("fold*"), key=lambda p: int(p.name[4:]))
             per_fold, organs, mismatched = [], defaultdict(list), []
             for fold_dir in folds:
-                cases, recorded = _fold_scores(fold_dir, dataset, data_dir)
+                cases, recorded = _fold_scores(fold_dir, dataset, data_dir, results.parent)
                 if not cases:
                     continue
                 dsc = float(np.mean([_case_mean(s, "dsc") for s in cases.values()]))
