@@ -3,7 +3,7 @@
 organs; MosMed AUC per label fraction from each split's saved test scores; Alice's embedding
 spreads at the end of every pretraining run.
 
-    python benchmarks/demo_scores.py [--results results] [--markdown]
+    python benchmarks/demo_scores.py [--results results]
 
 Segmentation: every `results/finetune/{flare22,btcv}/{method}/{backbone}/fold{k}/predictions/*.nii.gz`
 (what `alice evaluate` wrote) is scored again against the source label its cached case records
@@ -117,32 +117,30 @@ def pretraining(results: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results", type=Path)
-    parser.add_argument("--markdown", action="store_true", help="markdown tables (else plain lines)")
     args = parser.parse_args()
 
     seg = segmentation(args.results)
-    print("| dataset | method | backbone | folds | DSC (mean ± sd over folds) | NSD | "
-          + " | ".join(ORGANS_SHOWN) + " |")
-    print("| --- " * (6 + len(ORGANS_SHOWN)) + "|")
-    for r in seg:
-        organs = " | ".join(f"{r['organs'].get(o, float('nan')):.2f}" for o in ORGANS_SHOWN)
-        print(f"| {r['dataset']} | {r['method']} | {r['backbone']} | {r['folds']} | "
-              f"{r['dsc']:.3f} ± {r['dsc_sd']:.3f} | {r['nsd']:.3f} | {organs} |")
+    _table(["dataset", "method", "backbone", "folds", "DSC (mean ± sd over folds)", "NSD", *ORGANS_SHOWN],
+           [[r["dataset"], r["method"], r["backbone"], r["folds"], f"{r['dsc']:.3f} ± {r['dsc_sd']:.3f}",
+             f"{r['nsd']:.3f}", *(f"{r['organs'].get(o, float('nan')):.2f}" for o in ORGANS_SHOWN)] for r in seg])
     for r in seg:
         for line in r["mismatched"]:
             print(f"MISMATCH {r['dataset']}/{r['method']}/{r['backbone']} {line}")
-    cls = classification(args.results)
-    if cls:
-        print("\n| method | backbone | labels | splits | AUC (mean ± sd) | lowest split |\n| --- | --- | --- | --- | --- | --- |")
-        for r in cls:
-            print(f"| {r['method']} | {r['backbone']} | {r['labels']} | {r['splits']} | "
-                  f"{r['auc']:.3f} ± {r['auc_sd']:.3f} | {r['min']:.3f} |")
-    pre = pretraining(args.results)
-    if pre:
-        print("\n| pretraining run | encoder | steps | loss | dv_spread | st_spread |\n| --- | --- | --- | --- | --- | --- |")
-        for r in pre:
-            print(f"| {r['run']} | {r['encoder']} | {r['step']} | {r['loss']:.3f} | {r['dv_spread']:.2f} | "
-                  f"{r['st_spread']:.2f} |")
+    _table(["method", "backbone", "labels", "splits", "AUC (mean ± sd)", "lowest split"],
+           [[r["method"], r["backbone"], r["labels"], r["splits"], f"{r['auc']:.3f} ± {r['auc_sd']:.3f}",
+             f"{r['min']:.3f}"] for r in classification(args.results)])
+    _table(["pretraining run", "encoder", "steps", "loss", "dv_spread", "st_spread"],
+           [[r["run"], r["encoder"], r["step"], f"{r['loss']:.3f}", f"{r['dv_spread']:.2f}",
+             f"{r['st_spread']:.2f}"] for r in pretraining(args.results)])
+
+
+def _table(header: list[str], rows: list[list]) -> None:
+    """A markdown table, preceded by a blank line; nothing when there are no rows."""
+    if not rows:
+        return
+    print("\n| " + " | ".join(header) + " |\n" + "| --- " * len(header) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(v) for v in row) + " |")
 
 
 if __name__ == "__main__":
