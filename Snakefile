@@ -41,9 +41,9 @@ rule all:
         expand("results/data/{dataset}/folds.json", dataset=DATASETS),
         "results/figures/phantom.png",
         # the learned matcher and its landmark evaluation (phantom truth only) are built here when
-        # pretraining mines pairs with it; otherwise `snakemake results/anatomy/matching.csv`
+        # a reproduced method mines its crops with it; otherwise `snakemake results/anatomy/matching.csv`
         ([] if cfg.dataset_root(config, "flare22")
-         or config["pretrain"]["pairs"].get("matcher") != "sam"
+         or not any(uses_learned_matcher(m) for m in config["reproduce"]["methods"])
          else ["results/anatomy/matching.csv", "results/figures/matching.png"]),
         expand("results/figures/pretrain_{method}_{encoder}.png",
                method=[m for m in config["reproduce"]["methods"] if m != "rand_init"],

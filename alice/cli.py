@@ -82,69 +82,15 @@ def cmd_folds(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from alice.io import read_json
-    from alice.ssl.pairs import CropPairDataset
-    from alice.ssl.registry import build_method
-    from alice.ssl.trainer import pretrain, seed_everything, step_seed
+    from alice.ssl.run import run_pretraining
 
     settings = _settings(args, lambda c: cfg.pretrain_settings(c, args.method, args.encoder))
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    encoder = settings["encoder"]
-    if encoder["name"] != args.encoder:
-        raise ConfigError("--encoder", f"the settings' encoder is '{encoder['name']}', "
-                                       f"not '{args.encoder}'")
-    data = Path(args.data)
-    splits_path = data / "folds.json"
-    if not splits_path.is_file():
-        raise HarnessError(f"{splits_path}: missing; run `alice prepare` and `alice folds` for "
-                           "flare22_pool first")
-    train_ids = read_json(splits_path)["train"]
-    optim = dict(settings["optim"])
-    if args.steps:
-        optim["iterations"] = args.steps
-    if settings.get("run", args.method) != args.method:
-        raise ConfigError("--settings", f"are for run '{settings['run']}', not '{args.method}'")
-    method_name = settings.get("method", args.method)  # the registered method of a variant run id
-    method_config = settings["method_config"]
-    # the initial weights depend on the seed only (the trainer reseeds every step from then on)
-    seed_everything(step_seed(settings["seed"], -1))
-    method = build_method(method_name, method_config, encoder, settings["crop"])
-    pairs = settings["pairs"]
-    # Table 5's "intra-volume" variant: Q and K are two crops of the same volume
-    same_volume = not method_config.get("inter_volume", True)
-
-    matcher = pairs.get("matcher", "bbox")
-    # the learned matcher reads the cached embeddings of every pool volume (never the network)
-    matcher_options = {"embeddings_dir": args.embeddings} if matcher == "sam" else None
-
-    def loader_factory(seed: int, start: int):
-        dataset = CropPairDataset(data, train_ids, crop=settings["crop"],
-                                  batch_size=optim["batch_size"], seed=seed,
-                                  matcher=matcher, matcher_options=matcher_options,
-                                  min_score=pairs.get("min_score", 0.7),
-                                  max_tries=pairs.get("max_tries", 100), same_volume=same_volume)
-        return ({"Q": b["Q"], "K": b["K"]} for b in dataset.batches(start))
-
-    manifest = read_json(data / "manifest.json")
-    # what besides the trainer's own arguments decides the batches (a resume must share it)
-    identity = {"pairs": {"matcher": matcher, "min_score": pairs.get("min_score", 0.7),
-                          "max_tries": pairs.get("max_tries", 100), "same_volume": same_volume},
-                "data": {"settings_hash": manifest.get("settings_hash"), "train_cases": train_ids}}
-    summary = pretrain(method, loader_factory, Path(args.out), optim=optim,
-                       encoder_config=encoder, method_name=method_name,
-                       method_config=method_config,
-                       preprocessing={"crop": settings["crop"], "dataset": "flare22_pool",
-                                      "settings_hash": manifest.get("settings_hash"),
-                                      "window": manifest.get("settings", {}).get("window")},
-                       checkpoint_every=settings["checkpoint_every"],
-                       grad_clip=settings["grad_clip"], seed=settings["seed"],
-                       device=args.device or settings["device"], amp=settings["amp"],
-                       progress=not args.no_progress, identity=identity)
-    log.info("pretrained %s/%s: step %d/%d in %.1f s -> %s", args.method, args.encoder,
-             summary["step"], summary["iterations"], summary["seconds"], summary["checkpoint"])
+    run_pretraining(args.method, args.encoder, args.data, args.out, settings, embeddings=args.embeddings,
+                    steps=args.steps, device=args.device, progress=not args.no_progress)
 
 
 def cmd_anatomy(args) -> None:
@@ -349,7 +295,7 @@ def cmd_summary(args) -> None:
 
 
 def cmd_effect(args) -> None:
-    from alice.tables.effect import write_effect
+    from alice.figures.effect import write_effect
 
     cases, tests = write_effect([Path(m) for m in args.metrics], Path(args.csv), Path(args.tests),
                                 Path(args.figure), scale=args.scale)
@@ -467,12 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("pretrain", cmd_pretrain, "self-supervised pretraining of an encoder "
               "(resumes from OUT/resume.pt; OUT/checkpoint.pt appears when finished; exit 75 = preempted, resubmit to resume)")
-    p.add_argument("--method", required=True, help="registered SSL method or one of its ablation "
-                   "variants as a run id, e.g. alice or alice__casa-false (alice.ssl.variants)")
+    p.add_argument("--method", required=True, help="an SSL method (one file: alice.ssl.catalog) or one "
+                   "of its ablation variants as a run id <method>__<switch>-<value> (alice.ssl.variants)")
     p.add_argument("--encoder", required=True, choices=["vit", "swin", "nnformer"])
-    p.add_argument("--out", required=True, help="e.g. results/pretrain/alice/vit")
+    p.add_argument("--out", required=True, help="e.g. results/pretrain/<run>/<encoder>")
     p.add_argument("--embeddings", default="results/anatomy/embeddings",
-                   help="cached anatomical embeddings of the pool (pairs.matcher: sam)")
+                   help="cached anatomical embeddings of the pool (methods that mine matched crops "
+                   "with pretrain.pairs.matcher: sam)")
     p.add_argument("--data", default="results/data/flare22_pool",
                    help="prepared unlabeled pool (manifest.json + folds.json)")
     p.add_argument("--steps", type=int, default=None, help="override optim.iterations")
@@ -607,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="e.g. results/figures/finetune_flare22_unetr.png")
     f.add_argument("--title", default=None)
     f = figs.add_parser("curves", help="loss curves of a training log.csv")
-    f.add_argument("--log", required=True, help="e.g. results/pretrain/alice/vit/log.csv")
+    f.add_argument("--log", required=True, help="e.g. results/pretrain/<run>/<encoder>/log.csv")
     f.add_argument("--out", required=True, help="e.g. results/figures/pretrain_alice_vit.png")
     f.add_argument("--title", default=None)
 

@@ -8,8 +8,6 @@ same way everywhere: one line naming the key.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -175,12 +173,6 @@ def resolved_root(config: dict, dataset: str) -> Path:
     return root if root is not None else PHANTOM_ROOT / RELEASE_OF[dataset]
 
 
-def settings_hash(obj: Any) -> str:
-    """A short stable hash of a JSON-able object (records which settings made an output)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
 def phantom_settings(config: dict, release: str) -> dict:
     """What `alice phantom` needs for one release: counts, geometry and seed."""
     phantom = config.get("phantom", {})
@@ -258,10 +250,14 @@ def classification_settings(config: dict, backbone: str) -> dict:
 
 def plain_method_config(config: dict, method: str) -> dict:
     """A method's own pretraining settings (`pretrain.methods.<method>`) with the shared masking
-    ratio: what its plain run (no ablation switch) is built from."""
+    ratio when the method masks (its declaration, alice.ssl.catalog): what its plain run (no
+    ablation switch) is built from."""
+    from alice.ssl.catalog import method_info
+
     section = config.get("pretrain") or {}
     method_config = dict((section.get("methods") or {}).get(method, {}))
-    if "mask_ratio" in section:
+    info = method_info(method)
+    if "mask_ratio" in section and info is not None and info.masking:
         method_config.setdefault("mask_ratio", section["mask_ratio"])
     return method_config
 
@@ -269,23 +265,28 @@ def plain_method_config(config: dict, method: str) -> dict:
 def pretrain_settings(config: dict, run: str, encoder: str = "vit") -> dict:
     """What `alice pretrain` needs for one run of one encoder: the encoder's architecture and crop,
     optimisation, the method's own settings (with the masking ratio and the run's ablation
-    switches) and how crop pairs are mined. `run` is a method name or a variant run id
+    switches) and, for a method of matched crop pairs, how they are mined. `run` is a method name or a variant run id
     (`alice__casa-false`, see alice.ssl.variants); `encoder` a `pretrain.encoders` name."""
+    from alice.ssl.catalog import require
     from alice.ssl.variants import parse_run_id
 
     section = config.get("pretrain")
     if not section or "encoders" not in section or "optim" not in section:
         raise ConfigError("pretrain", "missing: encoders and optim are needed to pretrain")
     method = run.split("__")[0]
+    info = require(method, "method")
     method_config = plain_method_config(config, method)
     _, variant = parse_run_id(run, method_config)
     method_config.update(variant)
-    return {"method": method, "run": run, "encoder": encoder_config(config, encoder),
-            "crop": pretrain_crop(config, encoder), "optim": section["optim"],
-            "method_config": method_config, "pairs": section.get("pairs", {}),
-            "checkpoint_every": section.get("checkpoint_every", 1000),
-            "grad_clip": section.get("grad_clip", 3.0), "amp": section.get("amp"),
-            "seed": config["seed"], "device": config.get("device", "auto")}
+    settings = {"method": method, "run": run, "encoder": encoder_config(config, encoder),
+                "crop": pretrain_crop(config, encoder), "optim": section["optim"],
+                "method_config": method_config,
+                "checkpoint_every": section.get("checkpoint_every", 1000),
+                "grad_clip": section.get("grad_clip", 3.0), "amp": section.get("amp"),
+                "seed": config["seed"], "device": config.get("device", "auto")}
+    if info.views == "matched_pair":
+        settings["pairs"] = section.get("pairs", {})
+    return settings
 
 
 def anatomy_settings(config: dict) -> dict:

@@ -128,3 +128,11 @@ def load_torch_dict(path: str | Path, required: list[str] | tuple[str, ...], wha
     if missing:
         raise InputError(path, f"{what} lacks keys {missing} (has {sorted(map(str, obj))})")
     return obj
+
+
+def settings_hash(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (records which settings made an output)."""
+    import hashlib
+
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

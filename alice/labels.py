@@ -1,8 +1,8 @@
-"""Label sets of the segmentation datasets (ids and organ names from FACTS.md)."""
+"""Label sets of the segmentation datasets (ids and organ names from docs/facts.md "Label ids")."""
 
 from __future__ import annotations
 
-# Foreground organs per label id (0 = background is not listed). Names follow FACTS.md, snake_case.
+# Foreground organs per label id (0 = background is not listed). Names: docs/facts.md "Label ids", snake_case.
 LABEL_NAMES: dict[str, dict[int, str]] = {
     "flare22": {
         1: "liver",

@@ -1,6 +1,6 @@
 """Segmentation and classification metrics: DSC, NSD (FLARE22 rules) and AUC.
 
-Sources of the rules (see also ../shared/FACTS.md, "FLARE 2022 / Official scoring"):
+Sources of the rules (see also docs/facts.md "FLARE 2022 scoring"):
 - NSD is DeepMind's surface Dice (github.com/deepmind/surface-distance, PyPI `surface-distance`
   0.1): surface elements ("surfels") on the voxel-corner grid, each weighted by its area in mm²,
   a surfel counts as matched when its distance to the other surface is `<=` the tolerance.
@@ -27,11 +27,11 @@ from sklearn.metrics import roc_auc_score
 from alice.errors import InputError
 from alice.labels import LABEL_NAMES
 
-# Organ names per label id (FACTS.md); one table for readers and metrics.
+# Organ names per label id (docs/facts.md "Label ids"); one table for readers and metrics.
 LABELS = LABEL_NAMES
 
 NSD_TOLERANCE_MM: dict[str, float] = {
-    # FLARE22 official evaluation tolerances (FACTS.md).
+    # FLARE22 official evaluation tolerances (docs/facts.md "FLARE 2022 scoring").
     "liver": 5,
     "right_kidney": 3,
     "spleen": 3,

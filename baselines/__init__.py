@@ -1,4 +1,2 @@
-"""Baseline self-supervised methods, one module each, registered into alice.ssl's registry.
-
-Empty until the baseline issues land.
-"""
+"""Baseline self-supervised methods, one module each, discovered by alice.ssl.catalog (a module
+with a literal `METHOD` declaration is a method; nothing to import or register elsewhere)."""

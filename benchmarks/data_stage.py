@@ -3,7 +3,7 @@
     python benchmarks/data_stage.py [--config config/config.yaml] [--out /tmp/alice-bench]
 
 Prints one line per step and dataset with wall-clock seconds and case counts, so the figures
-quoted in the README and issue notes can be re-measured on any machine.
+quoted in docs/demo.md and issue notes can be re-measured on any machine.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the demo's runs learned, recomputed from what they saved: per backbone and method, the
 13-organ mean DSC (and NSD) over each fold's test cases, mean ± sd over the folds, and chosen
-organs; MosMed AUC per label fraction from each split's saved test scores; Alice's embedding
-spreads at the end of every pretraining run.
+organs; MosMed AUC per label fraction from each split's saved test scores; every pretraining
+run's loss, first and last steps, and its embedding spreads at the end.
 
     python benchmarks/demo_scores.py [--results results]
 
@@ -10,9 +10,10 @@ Segmentation: every `results/finetune/{flare22,btcv}/{method}/{backbone}/fold{k}
 (`results/data/{dataset}/{case}.json` → `source.label`) with `alice.metrics.score_case`, the same
 rules as the tables; a fold whose recomputed mean differs from its `metrics.json` by more than
 1e-6 is reported, since then the table's number is not the predictions'. MosMed: AUC of each
-split's `metrics.json` test labels and scores (`alice.metrics.auc`). Pretraining: the last line of
-`results/pretrain/{run}/{encoder}/log.csv` (`dv_spread`, `st_spread`: the spread of the l2-normalised
-embeddings across a batch; near 0 means collapse). Reads only; writes nothing.
+split's `metrics.json` test labels and scores (`alice.metrics.auc`). Pretraining: from
+`results/pretrain/{run}/{encoder}/log.csv`, the loss of the first and the last 10 steps and every
+collapse monitor at the last step (`*spread`: the spread of the l2-normalised embeddings across a
+batch; near 0 means collapse). Reads only; writes nothing.
 """
 
 from __future__ import annotations
@@ -103,14 +104,20 @@ def classification(results: Path) -> list[dict]:
     return rows
 
 
-def pretraining(results: Path) -> list[dict]:
+def pretraining(results: Path, window: int = 10) -> list[dict]:
+    """Per run: the loss averaged over its first and last `window` steps (does it fall?) and every
+    collapse monitor (columns ending in `spread`) at its last step."""
     rows = []
     for log in sorted((results / "pretrain").glob("*/*/log.csv")):
         with open(log, newline="") as fh:
-            last = list(csv.DictReader(fh))[-1]
+            lines = list(csv.DictReader(fh))
+        if not lines:
+            continue
+        last = lines[-1]
+        loss = [float(r["loss"]) for r in lines]
         rows.append({"run": log.parent.parent.name, "encoder": log.parent.name, "step": int(float(last["step"])),
-                     "loss": float(last["loss"]), "dv_spread": float(last.get("dv_spread") or "nan"),
-                     "st_spread": float(last.get("st_spread") or "nan")})
+                     "loss_first": float(np.mean(loss[:window])), "loss_last": float(np.mean(loss[-window:])),
+                     "spreads": {k: float(v) for k, v in last.items() if k.endswith("spread") and v}})
     return rows
 
 
@@ -129,9 +136,9 @@ def main() -> None:
     _table(["method", "backbone", "labels", "splits", "AUC (mean ± sd)", "lowest split"],
            [[r["method"], r["backbone"], r["labels"], r["splits"], f"{r['auc']:.3f} ± {r['auc_sd']:.3f}",
              f"{r['min']:.3f}"] for r in classification(args.results)])
-    _table(["pretraining run", "encoder", "steps", "loss", "dv_spread", "st_spread"],
-           [[r["run"], r["encoder"], r["step"], f"{r['loss']:.3f}", f"{r['dv_spread']:.2f}",
-             f"{r['st_spread']:.2f}"] for r in pretraining(args.results)])
+    _table(["pretraining run", "encoder", "steps", "loss, first → last 10 steps", "spread at the end"],
+           [[r["run"], r["encoder"], r["step"], f"{r['loss_first']:.3f} → {r['loss_last']:.3f}",
+             ", ".join(f"{k} {v:.2f}" for k, v in r["spreads"].items())] for r in pretraining(args.results)])
 
 
 def _table(header: list[str], rows: list[list]) -> None:

@@ -14,7 +14,8 @@ overfitting, a low score on both underfitting). `--spacing` prepares the dataset
 another cache spacing first (in `--work`, reused on the next call); without it the DAG's cache
 `results/data/<dataset>` is used (build it with `snakemake --cores all
 results/data/<dataset>/folds.json`). Nothing is written under results/. This is how the
-README's per-recipe numbers in "What bounds the demo's scores" were measured.
+per-recipe numbers in docs/finetuning.md "Fine-tuning and evaluation" ("What bounds the demo's
+scores") were measured.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Trains `alice.downstream.classification.finetune_classifier` from scratch (`--in
 exactly as the `finetune_classifier` rule does, one process and one torch thread
 (`classification.threads`). Reads the DAG's cache `results/data/mosmed` (build it with
 `snakemake --cores 1 results/data/mosmed/folds.json`); writes only under `--work` (a temporary
-folder unless given) and, with `--json`, the per-run results. This is how the README's MosMed demo
-numbers were measured. The seconds are the trainings' and evaluations' own, without the ≈ 5 s
+folder unless given) and, with `--json`, the per-run results. This is how the MosMed demo numbers of
+docs/finetuning.md "Classification" were measured. The seconds are the trainings' and evaluations' own, without the ≈ 5 s
 process start a DAG job adds.
 """
 

@@ -17,7 +17,7 @@ pretraining needs (pretrain.pairs.matcher: sam). The script adds them, the latte
 size (phantom.counts.flare22.unlabeled in paper.yaml mirrors the real pool: 2,000 CTs).
 
 GPU-hours per job = optimizer steps x step time x GPUs, from the paper's iterations and epochs in
-the config. Step times (one H200, bf16, batch 8; shared/FACTS.md):
+the config. Step times (one H200, bf16, batch 8; docs/facts.md "Measured step times"):
   measured: Alice ViT-B pretraining step 30.7 ms, UNETR 83 ms, Swin UNETR 273 ms;
   estimated (nnFormer, the classifiers, the Swin / nnFormer pretraining, the anatomical matcher,
   inference): forward FLOPs of the harness's own networks at the paper's sizes, counted by
@@ -60,7 +60,7 @@ from alice.anatomy.learned import LearnedMatcher, embedding_bytes
 from alice.tables.spec import table_ids
 
 REPO = Path(__file__).resolve().parents[1]
-# one H200 GPU, bf16, batch 8 (shared/FACTS.md "Measured on one H200 GPU")
+# one H200 GPU, bf16, batch 8 (docs/facts.md "Measured step times")
 ALICE_VIT_STEP_MS = 30.7          # ViT-B, two masked 192x192x64 views + EMA target
 ALICE_VIT_TFLOPS = 113.0          # the model FLOP/s of that step
 UNETR_STEP_MS = 83.0              # MONAI UNETR, 96^3
@@ -257,7 +257,7 @@ def pool_train_size(config: dict) -> int:
 
 # ------------------------------------------------------------------------------ disk and RAM
 SOURCE_MM = (400.0 / 512, 400.0 / 512, 2.5)  # assumed source CT voxel (512 x 512 in-plane, 2.5 mm slices)
-EMBED_BUDGET = 200e6                          # bytes of matcher cache per pool volume (README)
+EMBED_BUDGET = 200e6                          # bytes of matcher cache per pool volume (docs/pretraining.md "Anatomical matching")
 # coarse maps a matching process keeps in RAM (LearnedMatcher's default cache_size)
 MATCHER_CACHE = inspect.signature(LearnedMatcher).parameters["cache_size"].default
 GB = 1e9

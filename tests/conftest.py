@@ -90,7 +90,7 @@ for stage in stages:
 def light_stages():
     """Run `alice` stages that neither train nor predict (argv lists; ["import:<module>"] imports
     a module instead) one after another in one fresh interpreter, in `cwd`, and fail naming the
-    first that exits non-zero or imports torch or MONAI (~2-4 s a job: README "Start-up cost"),
+    first that exits non-zero or imports torch or MONAI (~2-4 s a job: docs/demo.md "Start-up cost"),
     with where the import came from."""
     import json
     import subprocess

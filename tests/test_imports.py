@@ -1,5 +1,5 @@
 """Stages that neither train nor predict never import torch or MONAI (~2-4 s of start-up each, paid
-by every such job of the DAG: README "Start-up cost"): the CLI itself, `alice folds`, the figures
+by every such job of the DAG: docs/demo.md "Start-up cost"): the CLI itself, `alice folds`, the figures
 drawn from CSV logs, and the import chains of `alice effect` and the figures that read images.
 The table stages: tests/tables/test_light_stages.py."""
 

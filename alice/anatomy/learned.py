@@ -1,5 +1,5 @@
 """`LearnedMatcher` ("sam"): SAM-style matching on cached anatomical embeddings (Yan et al., the
-paper's ref. [49]; FACTS.md "SAM"; the maps come from `alice.anatomy.train.embed_cases`).
+paper's ref. [49]; docs/facts.md "SAM"; the maps come from `alice.anatomy.train.embed_cases`).
 
 For a query point p of volume A, SAM's similarity of a key voxel is
 ``(cos_fine + cos_coarse_upsampled) / 2`` with the query's fine and coarse embeddings at p; the
@@ -27,7 +27,7 @@ on the volume's own grid (identity mapping; their ``shape`` must equal the volum
 
 It never runs the network: embeddings are read from ``Volume.embeddings`` (or, when a Volume has
 none, ``embeddings_dir/<case_id>.npz``, so the matcher also works with volumes loaded without an
-embeddings directory). Storage plan (README "Anatomical matching"): the coarse map is read whole
+embeddings directory). Storage plan (docs/pretraining.md "Anatomical matching"): the coarse map is read whole
 into a small LRU cache (float32, channels last: ~6 MB a volume at paper scale); the fine map stays
 on disk, memory-mapped (float16, channels last), and only the fine cells around the coarse
 candidates are ever read (a few MB a match), so a process's memory does not grow with the fine
@@ -57,8 +57,8 @@ from alice.anatomy.grid import cell_centre, grid_shape, voxel_to_cell
 from alice.errors import ConfigError, InputError
 from alice.io import atomic_path
 
-if TYPE_CHECKING:  # matcher.py imports this module for its registry: no runtime import back
-    from alice.anatomy.matcher import Volume
+if TYPE_CHECKING:
+    from alice.anatomy.volume import Volume
 
 
 @dataclass

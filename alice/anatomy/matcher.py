@@ -11,74 +11,25 @@ module holds the interface every matcher implements plus the baselines:
 - `RandomMatcher` ("random"): a uniformly random voxel of the key's body box — the floor a real
   matcher must beat.
 
-`MATCHERS` / `build_matcher` are the registry the config names matchers by. The learned SAM-style
-matcher (issue D) registers here too and reads per-volume cached embeddings from
-`Volume.embeddings`. `alice.anatomy.evaluate.landmark_error_mm` scores any matcher against the
+`MATCHERS` / `build_matcher` are the registry the config names matchers by, with the learned
+SAM-style matcher ("sam", alice.anatomy.learned), which reads per-volume cached embeddings from
+`Volume.embeddings` (alice.anatomy.volume). `alice.anatomy.evaluate.landmark_error_mm` scores any matcher against the
 phantoms' ground-truth landmarks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from scipy import ndimage
 
+from alice.anatomy.learned import LearnedMatcher
+from alice.anatomy.volume import BODY_THRESHOLD, Volume
 from alice.errors import ConfigError
 
-# Cached images are windowed to [0, 1] with the window's low end (-125 HU for the pool) at 0.
-# "Body" = voxels above this (≈ -121 HU for the pool window; the released code uses HU > -125).
-# Slightly above 0 so resampling's tiny interpolation halos at the air boundary do not count.
-BODY_THRESHOLD = 0.01
-
-
-@dataclass
-class Volume:
-    """One cached volume as matchers see it.
-
-    image: (x, y, z) array in the preprocessing cache (a memmap: never copied whole by this class);
-    spacing: (3,) mm per voxel of the cached grid; affine: 4x4 cached voxel -> world (RAS+ mm);
-    embeddings: optional path of this volume's cached embeddings (learned matchers, issue D).
-    """
-
-    case_id: str
-    image: np.ndarray
-    spacing: np.ndarray
-    affine: np.ndarray
-    embeddings: Path | None = None
-    meta: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self.spacing = np.asarray(self.spacing, dtype=np.float64).reshape(3)
-        self.affine = np.asarray(self.affine, dtype=np.float64).reshape(4, 4)
-        if self.image.ndim != 3:
-            raise ValueError(f"{self.case_id}: image must be (x, y, z), got shape {self.image.shape}")
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.image.shape)  # type: ignore[return-value]
-
-    @classmethod
-    def load(cls, data_dir: str | Path, case_id: str, embeddings_dir: str | Path | None = None) -> "Volume":
-        """Memory-map a case of a preprocessing cache (`alice.data.preprocess.load_case`)."""
-        from alice.data.preprocess import load_case
-
-        image, _, meta = load_case(data_dir, case_id)
-        cached = meta["cached"]
-        emb = None
-        if embeddings_dir is not None:
-            emb = Path(embeddings_dir) / f"{case_id}.npz"
-        return cls(case_id, image, np.asarray(cached["spacing"]), np.asarray(cached["affine"]), emb, meta)
-
-    def voxel_to_world(self, voxel) -> np.ndarray:
-        v = np.asarray(voxel, dtype=np.float64).reshape(3)
-        return self.affine[:3, :3] @ v + self.affine[:3, 3]
-
-    def world_to_voxel(self, world) -> np.ndarray:
-        w = np.asarray(world, dtype=np.float64).reshape(3)
-        return np.linalg.solve(self.affine[:3, :3], w - self.affine[:3, 3])
+__all__ = ["BODY_THRESHOLD", "MATCHERS", "BodyBoxMatcher", "Matcher", "RandomMatcher", "Volume",
+           "body_box", "body_mask", "build_matcher"]
 
 
 @runtime_checkable
@@ -144,7 +95,7 @@ class BodyBoxMatcher:
     diverge. A query point outside its body box gets score 0 (its relative coordinate is
     extrapolated and the point is clipped into the key grid).
 
-    Known weakness (why issue D trains a learned matcher): scans cover different z-ranges (chest
+    Known weakness (why the harness trains a learned matcher): scans cover different z-ranges (chest
     to pelvis vs. abdomen only, truncated scans), so "relative z inside the body box" is not
     anatomy — a liver dome at 80 % of one scan's height can sit at 40 % of another's. In-plane
     the body outline is a fair proxy (the body fills the axial box), along z it is not. The score
@@ -189,8 +140,6 @@ class RandomMatcher:
         lo, hi = self.boxes.box(key)
         return lo + self.rng.random(3) * (hi - lo), 0.0
 
-
-from alice.anatomy.learned import LearnedMatcher  # noqa: E402 - numpy only; it imports nothing from here
 
 MATCHERS: dict[str, type] = {"bbox": BodyBoxMatcher, "random": RandomMatcher, "sam": LearnedMatcher}
 

@@ -3,7 +3,7 @@ learning of pixel-wise anatomical embeddings in radiological images", the paper'
 
 SAM embeds every voxel twice with a 3-D ResNet-18 + FPN: a *fine* (local) map at stride 2 that
 separates nearby structures and a *coarse* (global) map at a lower resolution that knows which
-body part a voxel belongs to; both l2-normalised along channels (FACTS.md, "SAM"). This module is
+body part a voxel belongs to; both l2-normalised along channels (docs/facts.md "SAM"). This module is
 the same layout with width and depth from a config, so the demo can run a tiny version on a CPU:
 
   stem    conv `stem_kernel` (SAM: (3, 7, 7) in (z, y, x) = (7, 7, 3) here), stride 1

@@ -1,4 +1,4 @@
-"""SAM's training-pair geometry (Yan et al., ref. [49]; FACTS.md "SAM"): two augmented,
+"""SAM's training-pair geometry (Yan et al., ref. [49]; docs/facts.md "SAM"): two augmented,
 overlapping random crops of ONE volume whose voxel correspondence is known exactly.
 
 A view is an axis-aligned resampling of the cached volume: view voxel ``v`` (0-based, per axis)
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alice.anatomy.matcher import BODY_THRESHOLD
+from alice.anatomy.volume import BODY_THRESHOLD
 from alice.anatomy.grid import cell_centre, grid_shape, voxel_to_cell
 from alice.errors import ConfigError
 

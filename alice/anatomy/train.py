@@ -1,5 +1,5 @@
 """Train `AnatomyNet` the SAM way and cache its per-volume embeddings (Yan et al., ref. [49];
-FACTS.md "SAM").
+docs/facts.md "SAM").
 
 Each step draws `batch_size` volumes, two overlapping augmented views of each
 (`alice.anatomy.sampling`), embeds the 2B views in one forward pass and sums two InfoNCE terms
@@ -18,7 +18,7 @@ Each step draws `batch_size` volumes, two overlapping augmented views of each
 
 Embeddings at points are trilinear interpolations of the maps at the points' continuous grid
 coordinates, re-normalised. Optimiser SGD (momentum) or AdamW, linear warm-up + cosine decay
-(`alice.ssl.schedules.lr_factor`). Reproducible: training runs with
+(`alice.training.lr_factor`). Reproducible: training runs with
 `torch.use_deterministic_algorithms(True)`, so the weights depend only on `seed` and the settings
 (on one machine and thread count; float reduction order may differ across them).
 
@@ -36,8 +36,6 @@ reads.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import logging
 import time
@@ -54,7 +52,8 @@ from alice.anatomy.model import AnatomyNet, AnatomyNetConfig
 from alice.anatomy.sampling import PairConfig, PairSample, cells_mm, hard_negatives, random_negatives, sample_batch
 from alice.errors import ConfigError, InputError
 from alice.io import atomic_path, load_torch_dict
-from alice.runstate import NonFiniteLoss, Preempted, StopFlag, load_state, rng_state, run_identity, save_state, set_rng_state
+from alice.runstate import Preempted, StopFlag, load_state, rng_state, run_identity, save_state, set_rng_state
+from alice.training import OptimizerStep, lr_factor, progress_bar, write_log
 
 __all__ = ["DEFAULT_SETTINGS", "embed_cases", "embed_volume", "load_embeddings", "load_model", "resolve_settings",
            "sam_loss", "save_checkpoint", "save_embeddings", "train_anatomy"]
@@ -64,7 +63,7 @@ STATE_FILE = "resume.pt"
 log = logging.getLogger("alice")
 
 # Demo-scale defaults, tuned on the 16-case phantom pool (4x4x5 mm) for ~2.5 min of training on
-# 2 CPU threads (benchmarks/anatomy_matcher.py). Departures from SAM's recipe (FACTS.md) and why:
+# 2 CPU threads (benchmarks/anatomy_matcher.py). Departures from SAM's recipe (docs/facts.md "SAM") and why:
 # - temperature 0.1 (SAM 0.5): with ~300 steps the softer 0.5 learns too slowly (median landmark
 #   error 33 vs 26 mm after 150 steps); 0.05 was worse again;
 # - fine_random_negatives: hard negatives alone collapse the fine map (see the module doc);
@@ -233,15 +232,6 @@ def _load_volumes(data_dir: str | Path, case_ids: Sequence[str]) -> list[tuple[s
     return out
 
 
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    with atomic_path(path, suffix=".csv") as tmp:
-        tmp.write_text(buf.getvalue())
-
-
 def save_checkpoint(path: str | Path, model: AnatomyNet, settings: Mapping[str, Any], step: int,
                     extra: Mapping[str, Any] | None = None) -> None:
     """Atomically write {"model": state_dict, "config", "settings", "step", **extra} (weights-only safe)."""
@@ -293,8 +283,7 @@ def _train(data_dir: str | Path, case_ids: Sequence[str], out_dir: Path, s: dict
     model = AnatomyNet(s["model"]).to(memory_format=torch.channels_last_3d).train()
     mc = model.config
     opt = _optimizer(model, s)
-    from alice.ssl.schedules import lr_factor
-
+    optimizer_step = OptimizerStep(opt, device=torch.device("cpu"))
     factor = lr_factor(s["schedule"], s["warmup_iterations"], s["iterations"])
     rows: list[dict[str, Any]] = []
     extra = {"seed": int(seed), "case_ids": list(case_ids)}
@@ -311,21 +300,17 @@ def _train(data_dir: str | Path, case_ids: Sequence[str], out_dir: Path, s: dict
         offset = float(rows[-1]["seconds"]) if rows else 0.0
         resumed_from = [*state["resumed_from"], start]
         set_rng_state(state["rng"])
-        _write_log(out_dir / "log.csv", rows)
+        write_log(out_dir / "log.csv", LOG_FIELDS, rows)
         log.info("anatomy: resuming from %s at step %d/%d", state_path, start, s["iterations"])
 
     def save(step: int) -> None:
         save_state(state_path, {"identity": identity, "step": step, "resumed_from": resumed_from,
                                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                                 "optimizer": opt.state_dict(), "rows": rows, "rng": rng_state()})
-        _write_log(out_dir / "log.csv", rows)
+        write_log(out_dir / "log.csv", LOG_FIELDS, rows)
 
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=s["iterations"], initial=start, desc="anatomy", unit="step")
+    bar = progress_bar(s["iterations"], start, "anatomy", "step", progress)
     every = s["checkpoint_every"]
     try:
         with StopFlag() as stop:
@@ -341,17 +326,12 @@ def _train(data_dir: str | Path, case_ids: Sequence[str], out_dir: Path, s: dict
                     group["lr"] = lr
                 fine, coarse = model(x)
                 loss, terms = sam_loss(fine, coarse, batch, s, gen)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"anatomy training: non-finite loss at step {step}: {terms}; "
-                                        "lower anatomy.train.lr?")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimizer_step(loss, describe=lambda _, at=step, t=terms: (
+                    f"anatomy training: non-finite loss at step {at}: {t}; lower anatomy.train.lr?"))
                 rows.append({"step": step, **{k: round(v, 6) for k, v in terms.items()}, "lr": lr,
                              "seconds": round(offset + time.perf_counter() - t0, 3)})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(fine=f"{terms['fine']:.3f}", coarse=f"{terms['coarse']:.3f}")
+                bar.update(1)
+                bar.set_postfix(fine=f"{terms['fine']:.3f}", coarse=f"{terms['coarse']:.3f}")
                 if step_callback is not None:
                     step_callback(step + 1)
                 done = step + 1
@@ -360,10 +340,9 @@ def _train(data_dir: str | Path, case_ids: Sequence[str], out_dir: Path, s: dict
                     if stop.name:
                         raise Preempted(done, state_path, stop.name)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     save_checkpoint(out_dir / "model.pt", model, s, s["iterations"], extra)
-    _write_log(out_dir / "log.csv", rows)
+    write_log(out_dir / "log.csv", LOG_FIELDS, rows)
     state_path.unlink(missing_ok=True)
     return {"steps": s["iterations"], "seconds": time.perf_counter() - t0, "resumed_from": resumed_from,
             **(rows[-1] if rows else {})}

@@ -31,7 +31,7 @@ import numpy as np
 from alice import __version__
 from alice.data.layouts import DATASETS, Case, discover
 from alice.data.validate import LoadedCase, check_headers, read_case
-from alice.config import settings_hash
+from alice.io import settings_hash
 from alice.errors import ConfigError, InputError
 from alice.io import read_json, save_npy, write_json
 

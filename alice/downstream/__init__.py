@@ -17,7 +17,7 @@ def model_settings_hash(ckpt, data_dir) -> str:
     Here, free of torch, because the settings tables read it for every model (`alice table row`)."""
     from pathlib import Path
 
-    from alice.config import settings_hash
+    from alice.io import settings_hash
     from alice.io import read_json
 
     manifest = Path(data_dir) / "manifest.json"

@@ -49,8 +49,6 @@ the files of an uninterrupted one, any other is refused (`alice.runstate.check_i
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
@@ -60,13 +58,13 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from alice.config import settings_hash
 from alice.data.folds import fraction_key
 from alice.downstream import MODEL_FILE
 from alice.errors import ConfigError, InputError
-from alice.io import atomic_path, load_torch_dict, read_json, write_json, write_text
-from alice.runstate import (Checkpoints, NonFiniteLoss, Preempted, StopFlag, init_identity, load_state, rng_state,
+from alice.io import atomic_path, load_torch_dict, read_json, settings_hash, write_json
+from alice.runstate import (Checkpoints, Preempted, StopFlag, init_identity, load_state, rng_state,
                             run_identity, save_state, set_rng_state, set_transform_state, transform_state)
+from alice.training import OptimizerStep, amp_dtype, progress_bar, write_log
 from alice.version import code_version
 
 log = logging.getLogger("alice")
@@ -86,7 +84,7 @@ EVAL_BATCH = 4
 
 # ------------------------------------------------------------------------------------------ labels
 def binary_label(meta: Mapping[str, Any], path: str | Path) -> int:
-    """The paper's binary label of a cached MosMed case: 0 = CT-0, 1 = CT-1 … CT-4 (FACTS.md).
+    """The paper's binary label of a cached MosMed case: 0 = CT-0, 1 = CT-1 … CT-4 (docs/facts.md "MosMed").
 
     Derived from the case's category and checked against the `class_label` that `prepare` recorded.
     """
@@ -322,21 +320,6 @@ def _parse(settings: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return format(value, ".8g") if isinstance(value, float) else str(value)
-
-
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LOG_COLUMNS)
-    for row in rows:
-        writer.writerow([_fmt(row.get(c)) for c in LOG_COLUMNS])
-    write_text(path, buf.getvalue())
-
-
 def _better(auc: float, loss: float, best: tuple[float, float] | None) -> bool:
     """Higher val AUC wins, then lower val loss; on a full tie the earlier model stays."""
     return best is None or auc > best[0] or (auc == best[0] and loss < best[1])
@@ -367,9 +350,8 @@ def finetune_classifier(
     The running state goes to `out_dir/resume.pt` every `checkpoint_every` iterations (if given),
     every `checkpoint_minutes` and on a stop signal; a rerun resumes from it (module docstring)."""
     from monai.utils import set_determinism
-    from tqdm import tqdm
 
-    from alice.downstream.inference import autocast, resolve_device
+    from alice.downstream.inference import resolve_device
     from alice.downstream.networks import build_classification_network
     from alice.downstream.schedules import build_optimizer, build_scheduler
     from alice.downstream.transfer import load_encoder_checkpoint
@@ -412,6 +394,7 @@ def finetune_classifier(
     optimizer = build_optimizer(net.parameters(), cfg["optim"])
     scheduler = build_scheduler(optimizer, cfg["schedule"], cfg["warmup"], total)
     loss_fn = torch.nn.CrossEntropyLoss()
+    optimizer_step = OptimizerStep(optimizer, scheduler, device=dev, dtype=amp_dtype("auto", dev))
 
     identity = run_identity(kind="classification", backbone=backbone, method=method, init=init_identity(init),
                             fold=int(fold), label_fraction=float(label_fraction), settings=settings,
@@ -437,7 +420,7 @@ def finetune_classifier(
             next(batches)
         set_transform_state(transform, state["transform"])
         set_rng_state(state["rng"])
-        _write_log(out_dir / LOG_FILE, rows)
+        write_log(out_dir / LOG_FILE, LOG_COLUMNS, rows)
         log.info("split %d, %g labels: resuming from %s at iteration %d/%d", fold, label_fraction, state_path,
                  start, total)
 
@@ -449,29 +432,22 @@ def finetune_classifier(
             "rows": rows, "train_seconds": train_seconds, "best": list(best) if best else [],
             "best_iteration": int(best_iteration), "best_state": best_state or {},
             "transform": transform_state(transform), "rng": rng_state()})
-        _write_log(out_dir / LOG_FILE, rows)
+        write_log(out_dir / LOG_FILE, LOG_COLUMNS, rows)
 
     clock = Checkpoints(checkpoint_every, checkpoint_minutes)
-    bar = tqdm(total=total, initial=start, desc=f"classify {backbone} split{fold} {label_fraction:g}", unit="it",
-               disable=not progress)
+    bar = progress_bar(total, start, f"classify {backbone} split{fold} {label_fraction:g}", "it", progress)
     try:
         with StopFlag() as stop:
             for it in range(start + 1, total + 1):
                 t_it = time.perf_counter()
                 x, y = volumes.batch([train_ids[i] for i in next(batches)], transform)
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(dev):
+                lr = optimizer_step.lr
+                with optimizer_step.autocast():
                     logits = net(x)
-                loss = loss_fn(logits.float(), y)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(f"{out_dir}: loss is {value} at iteration {it}; "
-                                        "lower classification.optim.lr?")
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                terms, _ = optimizer_step(loss_fn(logits.float(), y), describe=lambda t, at=it: (
+                    f"{out_dir}: loss is {t['loss']} at iteration {at}; lower classification.optim.lr?"))
+                value = terms["loss"]
                 train_seconds += time.perf_counter() - t_it
                 row = {"iteration": it, "loss": value, "lr": lr, "val_auc": None, "val_loss": None}
                 rows.append(row)
@@ -481,7 +457,7 @@ def finetune_classifier(
                     if _better(row["val_auc"], val_loss, best):
                         best, best_iteration = (row["val_auc"], val_loss), it
                         best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-                    _write_log(out_dir / LOG_FILE, rows)
+                    write_log(out_dir / LOG_FILE, LOG_COLUMNS, rows)
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update(1)
                 if step_callback is not None:
@@ -492,7 +468,7 @@ def finetune_classifier(
                         raise Preempted(it, state_path, stop.name)
     finally:
         bar.close()
-    _write_log(out_dir / LOG_FILE, rows)
+    write_log(out_dir / LOG_FILE, LOG_COLUMNS, rows)
     if best_state is not None:
         net.load_state_dict(best_state)
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from alice import training
 from alice.downstream import MODEL_FILE, model_settings_hash  # torch-free, for the tables
 from alice.errors import ConfigError, InputError
 from alice.io import atomic_path, load_torch_dict, write_json
@@ -57,10 +57,8 @@ def resolve_device(device: str) -> torch.device:
 
 def autocast(device: torch.device, amp: str = "auto"):
     """bf16 autocast (no loss scaling needed): `auto` on CUDA only, `bf16` on CPU too (CPUs with
-    AMX run a convolution-heavy step ~2x faster), `off` never."""
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    AMX run a convolution-heavy step ~2x faster), `off` never (alice.training.amp_dtype)."""
+    return training.autocast(device, training.amp_dtype(amp, device))
 
 
 # -------------------------------------------------------------------------------------- prediction

@@ -108,7 +108,8 @@ def decoder_norm(settings: Mapping[str, Any], backbone: str) -> str:
 
     Instance norm standardises each channel over one sample's map; on the decoder's lowest levels
     at the demo's crop sizes (UNETR: a 3×3×2 token grid) that erases what the tokens carry
-    per channel, and UNETR learned only the liver and the stomach in 1,200 steps (README)."""
+    per channel, and UNETR learned only the liver and the stomach in 1,200 steps
+    (docs/finetuning.md "Fine-tuning and evaluation")."""
     value = settings.get("norm", "instance")
     if value not in DECODER_NORMS:
         raise ConfigError(f"finetune.{backbone}.norm", f"must be one of {', '.join(DECODER_NORMS)}, got {value!r}")

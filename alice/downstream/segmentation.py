@@ -51,8 +51,6 @@ when a preempted job's outputs are deleted.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
@@ -64,16 +62,17 @@ import torch
 
 from alice.version import code_version
 from alice.downstream.data import CropBatches, fold_entry, read_folds, train_transform
-from alice.downstream.inference import MODEL_FILE, autocast, predict_labels, resolve_device
+from alice.downstream.inference import MODEL_FILE, predict_labels, resolve_device
 from alice.downstream.networks import build_segmentation_network, crop_of, memory_format
 from alice.downstream.schedules import build_optimizer, build_scheduler, positive_int
 from alice.downstream.transfer import load_encoder_checkpoint
 from alice.errors import ConfigError
-from alice.io import atomic_path, write_json, write_text
-from alice.runstate import (Checkpoints, NonFiniteLoss, Preempted, StopFlag, init_identity, load_state,
+from alice.io import atomic_path, write_json
+from alice.runstate import (Checkpoints, Preempted, StopFlag, init_identity, load_state,
                             rng_state, run_identity, save_state, set_rng_state, set_transform_state,
                             transform_state)
 from alice.labels import LABEL_NAMES
+from alice.training import AMP_MODES, OptimizerStep, amp_dtype, progress_bar, write_log
 
 log = logging.getLogger("alice")
 
@@ -162,26 +161,6 @@ def validate(net, data_dir, case_ids, settings, device) -> float:
     return float(np.mean(kept)) if kept else math.nan
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return format(value, ".8g")
-    return str(value)
-
-
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LOG_COLUMNS)
-    for row in rows:
-        writer.writerow([_fmt(row.get(c)) for c in LOG_COLUMNS])
-    write_text(path, buf.getvalue())
-
-
-AMP_MODES = ("auto", "bf16", "off")
-
-
 def _parse(settings: Mapping[str, Any]) -> dict[str, Any]:
     optim = settings.get("optim")
     if not isinstance(optim, Mapping):
@@ -248,7 +227,6 @@ def finetune(
     signal; `step_callback(step)` is called after each step (tests, hooks)."""
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
-    from tqdm import tqdm
 
     t_start = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -299,6 +277,7 @@ def finetune(
     warmup_steps = plan["warmup_steps"] if subset else cfg["warmup_epochs"] * spe
     scheduler = build_scheduler(optimizer, cfg["schedule"], warmup_steps, total)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=cfg["batch_dice"])
+    optimizer_step = OptimizerStep(optimizer, scheduler, device=dev, dtype=amp_dtype(cfg["amp"], dev))
 
     identity = run_identity(kind="segmentation", dataset=dataset, backbone=backbone, method=method,
                             init=init_identity(init), fold=int(fold), labeled=labeled, subset_seed=subset_seed,
@@ -321,7 +300,7 @@ def finetune(
         step, first_epoch, skip = int(state["step"]), int(state["epoch"]), int(state["in_epoch"])
         resumed_from = [*state["resumed_from"], step]
         saved_data_rng, saved_rng = state["data_rng"], state["rng"]
-        _write_log(out_dir / LOG_FILE, rows)
+        write_log(out_dir / LOG_FILE, LOG_COLUMNS, rows)
         log.info("%s: resuming from %s at step %d/%d", name, state_path, step, total)
 
     def save(epoch: int, in_epoch: int, data_rng: Mapping[str, Any]) -> None:
@@ -334,7 +313,7 @@ def finetune(
             "data_rng": data_rng, "rng": rng_state()})
 
     clock = Checkpoints(checkpoint_every, checkpoint_minutes)
-    bar = tqdm(total=total, initial=step, desc=f"finetune {backbone} {name}", unit="step", disable=not progress)
+    bar = progress_bar(total, step, f"finetune {backbone} {name}", "step", progress)
     try:
         with StopFlag() as stop:
             for epoch in range(first_epoch, cfg["epochs"] + 1):
@@ -355,18 +334,13 @@ def finetune(
                 for image, label in epoch_batches:
                     image = image.to(dev, non_blocking=True, memory_format=memory_format(settings))
                     label = label.to(dev, non_blocking=True)
-                    lr = optimizer.param_groups[0]["lr"]
-                    optimizer.zero_grad(set_to_none=True)
-                    with autocast(dev, cfg["amp"]):
+                    lr = optimizer_step.lr
+                    with optimizer_step.autocast():
                         logits = net(image)
                     loss = deep_supervision_loss(loss_fn, logits, label)
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise NonFiniteLoss(f"{out_dir}: loss is {value} at step {step + 1} (epoch {epoch}); "
-                                            "lower optim.lr?")
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
+                    terms, _ = optimizer_step(loss, describe=lambda t, at=step + 1, ep=epoch: (
+                        f"{out_dir}: loss is {t['loss']} at step {at} (epoch {ep}); lower optim.lr?"))
+                    value = terms["loss"]
                     step += 1
                     in_epoch += 1
                     rows.append({"epoch": epoch, "step": step, "loss": value, "lr": lr, "val_dice": None})
@@ -378,7 +352,7 @@ def finetune(
                         train_seconds += time.perf_counter() - t_epoch
                         t_epoch = time.perf_counter()
                         save(epoch, in_epoch, data_rng)
-                        _write_log(out_dir / LOG_FILE, rows)
+                        write_log(out_dir / LOG_FILE, LOG_COLUMNS, rows)
                         if stop.name:
                             raise Preempted(step, state_path, stop.name)
                 train_seconds += time.perf_counter() - t_epoch
@@ -387,7 +361,7 @@ def finetune(
                     val_history[epoch] = score
                     rows[-1]["val_dice"] = score
                     log.info("%s epoch %d: val dice %.4f", name, epoch, score)
-                _write_log(out_dir / LOG_FILE, rows)
+                write_log(out_dir / LOG_FILE, LOG_COLUMNS, rows)
                 if epoch < cfg["epochs"] and (stop.name or clock.due(step)):
                     save(epoch + 1, 0, {"generator": generator.get_state(), "transform": transform_state(transform)})
                     if stop.name:

@@ -11,7 +11,7 @@ submit your predictions to the server": Amshaker/unetr_plus_plus#9). Its own sub
 instructions could not be retrieved (searched: documentation, web pages and issue threads), so the
 files follow the release's own label files, as the task's fallback asks: `labelXXXX.nii.gz` for
 the test image `imgXXXX.nii.gz` (as RawData/Training/label/label0001.nii.gz pairs with
-img0001.nii.gz), uint8, ids 0..13 (FACTS.md: 0 background, 1 spleen, ..., 13 left adrenal
+img0001.nii.gz), uint8, ids 0..13 (docs/facts.md "Label ids": 0 background, 1 spleen, ..., 13 left adrenal
 gland), on the test image's voxel grid: its shape, affine and header (qform/sform codes,
 orientation) copied, scaling and display range reset.
 
@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from alice.config import settings_hash
+from alice.io import settings_hash
 from alice.errors import ConfigError, InputError
 from alice.io import write_json
 from alice.labels import LABEL_NAMES
 from alice.version import code_version
 
-if TYPE_CHECKING:  # torch is imported where it runs: the workflow imports online_models
+if TYPE_CHECKING:  # torch is imported where it runs: the workflow imports this module
     import torch  # while it builds the DAG, and torch's import costs ~2 s each time
 
 log = logging.getLogger("alice")
@@ -89,32 +89,6 @@ def _format(dataset: str) -> dict[str, str]:
         raise ConfigError("--dataset", f"no online submission format for '{dataset}' "
                                        f"(known: {', '.join(FORMATS)})")
     return FORMATS[dataset]
-
-
-# ------------------------------------------------------------------------ which models predict
-def online_models(config: Mapping[str, Any], method: str) -> list[str]:
-    """The `model.pt` files whose predictions make `method`'s submission: those of its Table 3
-    offline cell (same pretraining run, backbone and folds, so the submission comes from the
-    models the table scores), fold 0 alone or every fold (`online_test.models`)."""
-    from alice.downstream import MODEL_FILE
-    from alice.tables.spec import cell_runs, load_spec, table_settings
-
-    spec = load_spec("table3")
-    rows = [r for r in spec["rows"] if r.get("method") == method]
-    if not rows:
-        known = ", ".join(r["method"] for r in spec["rows"])
-        raise ConfigError("method", f"'{method}' is not a row of Table 3 (methods: {known})")
-    offline = next(c["column"] for c in spec["columns"] if c.get("split") == "offline")
-    runs = cell_runs(spec, rows[0], table_settings(dict(config))).get(offline)
-    if runs is None:
-        raise ConfigError("reproduce", f"Table 3's offline cell of '{method}' is not reproduced "
-                                       "(reproduce.methods / backbones / substitute), so no "
-                                       "fine-tuned model exists to predict the online test set")
-    mode = (config.get("online_test") or {}).get("models", "fold0")
-    if mode not in ENSEMBLES:
-        raise ConfigError("online_test.models", f"must be one of {sorted(ENSEMBLES)}, got {mode!r}")
-    models = {k: str(Path(p).parent / MODEL_FILE) for k, p in zip(runs["folds"], runs["paths"])}
-    return [models[0]] if mode == "fold0" else [models[k] for k in sorted(models)]
 
 
 # ----------------------------------------------------------------------------------- writing

@@ -8,8 +8,9 @@ Wilcoxon signed-rank p, and t, the paired t-test's; the subtitle states the unit
 p the Wilcoxon test can give with that many seeds. The title states the scale; at demo scale it
 says the numbers are not comparable with the paper.
 
-This module imports nothing of alice.tables.effect (which calls it): the reference, the method
-labels and the per-seed values come in as arguments.
+`draw_effect` takes the reference, the method labels and the per-seed values as arguments;
+`write_effect` (the `alice effect` stage) computes them with alice.tables.effect and writes the two
+CSVs beside the figure.
 """
 
 from __future__ import annotations
@@ -103,3 +104,18 @@ def draw_effect(per_seed: pd.DataFrame, tests: pd.DataFrame, out_png: Path, scal
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return Path(out_png)
+
+
+def write_effect(metrics: list[Path], out_csv: Path, out_tests: Path, out_png: Path,
+                 scale: str, root: Path = Path(".")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stage's three outputs: read the runs and test them (alice.tables.effect), write the
+    two CSVs and the figure, each atomically; return (cases, tests)."""
+    from alice.tables.effect import LABELS, REFERENCE, paired_tests, read_runs, seed_means
+
+    cases, means = read_runs(metrics, scale, root)
+    tests = paired_tests(means)
+    with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tests, suffix=".csv") as tmp_tests:
+        cases.to_csv(tmp_csv, index=False)
+        tests.to_csv(tmp_tests, index=False)
+        draw_effect(seed_means(means), tests, out_png, scale, reference=REFERENCE, labels=LABELS)
+    return cases, tests

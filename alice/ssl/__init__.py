@@ -1,9 +1,11 @@
-"""Self-supervised pretraining: the method registry (`registry`), per-step schedules (`schedules`)
-and the method-agnostic trainer (`trainer.pretrain`). Each SSL method is one file that registers a
-factory with `register_method(name)`; the Alice objective lives in `alice.ssl.alice`, the baselines
-in the top-level `baselines` package.
+"""Self-supervised pretraining. A method is one file (`alice.ssl.alice`, the paper's, or a module of
+the top-level `baselines` package) with a torch-free declaration (`alice.ssl.catalog`) and a factory
+registered with `register_method(name)` (`alice.ssl.registry`); `alice.ssl.run` runs one
+pretraining of any method through the method-agnostic trainer (`alice.ssl.trainer`). Shared pieces:
+`encoder`, `losses`, `momentum`, `views`, `augment`.
 
-Imports are lazy: the DAG imports `alice.ssl.variants` (no torch) to name its pretraining runs.
+Imports are lazy: the DAG reads `alice.ssl.catalog` and `alice.ssl.variants` (no torch) to name
+its pretraining runs.
 """
 
 import importlib

@@ -53,7 +53,7 @@ Decisions (the paper leaves them open; values marked (unverified) in config/pape
   `head_norm="batch"` (default) each hidden Linear is followed by BatchNorm as in the projectors of
   MoCo v3 and BYOL (§4.2's "[11, 16]"), with the statistics of the current batch in both φ and ψ
   (ψ sees target-encoder features, whose statistics differ from φ's decoder features). At the demo
-  scale, without it the embeddings collapse even with the predictor (README, "Pretraining").
+  scale, without it the embeddings collapse even with the predictor (docs/pretraining.md, "Pretraining").
   `head_norm="none"` (run id `alice__head_norm-none`) is DINO's head without BatchNorm; the
   authors' released code is `alice__contrastive_loss-dino__head_norm-none`.
 - The collapse monitors are measured on φ's [cls] and on CASA's S, before the predictor (SimSiam
@@ -87,7 +87,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from alice.models.casa import CASA
@@ -97,9 +96,30 @@ from alice.models.masked import build_masked_encoder
 from alice.errors import ConfigError
 from alice.models.configs import ENCODERS
 from alice.ssl.augment import MaeAugmentConfig, StrongAugmentConfig, mae_augment, strong_augment
-from alice.ssl.registry import SSLMethod, register_method
-from alice.ssl.schedules import ema_momentum
+from alice.ssl.encoder import freeze_cross_attention, transferable_state
+from alice.ssl.losses import cosine_loss, dino_loss, info_nce, masked_mse, norm_pix, spread, update_center
+from alice.ssl.momentum import MomentumMethod
+from alice.ssl.registry import register_method
 
+METHOD = {
+    "name": "alice",
+    "paper": "Jiang et al., ICCV 2023 (this harness's paper)",
+    "objective": "masked reconstruction + inter-volume contrast + CASA semantic alignment",
+    "views": "matched_pair",
+    "encoders": ["vit", "swin", "nnformer"],
+    "matcher": True,
+    "masking": True,
+    # the ablation switches (alice.ssl.variants) and their defaults, the constructor's
+    "switches": {
+        "inter_volume": True,
+        "casa": True,
+        "contrastive_loss": "cosine",
+        "predictor": True,
+        "head_norm": "batch",
+        "target_mask_ratio": 0.0,
+        "objectives": ["mim", "dv", "st"],
+    },
+}
 OBJECTIVES = ("mim", "dv", "st")
 LOSS_KEYS = {"mim": "r", "dv": "dv", "st": "st"}
 CONTRASTIVE_LOSSES = ("cosine", "infonce", "dino")
@@ -109,56 +129,7 @@ DINO_DEFAULTS = {"prototypes": 65536, "student_temperature": 0.1, "teacher_tempe
                  "center_momentum": 0.9}
 
 
-def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """2 − 2·cos(student, teacher) over the last dim, averaged over the rest (BYOL)."""
-    return (2.0 - 2.0 * F.cosine_similarity(student, teacher.detach(), dim=-1)).mean()
-
-
-def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE with in-batch negatives; (B, ..., C) inputs are averaged over tokens first."""
-    if student.dim() == 3:
-        student, teacher = student.mean(1), teacher.mean(1)
-    s = F.normalize(student, dim=-1)
-    t = F.normalize(teacher.detach(), dim=-1)
-    logits = s @ t.t() / temperature
-    return F.cross_entropy(logits, torch.arange(s.shape[0], device=s.device))
-
-
-def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center: torch.Tensor,
-              student_temperature: float, teacher_temperature: float) -> torch.Tensor:
-    """DINO's cross-entropy (Caron et al. 2021, eq. 1 with centring and sharpening, §3.1):
-    −Σ_k softmax((t − c)/τ_t)_k · log softmax(s/τ_s)_k over the prototype logits, averaged over the
-    other dims (samples, tokens); the teacher side is detached."""
-    p_t = F.softmax((teacher_logits.detach() - center) / teacher_temperature, dim=-1)
-    return -(p_t * F.log_softmax(student_logits / student_temperature, dim=-1)).sum(-1).mean()
-
-
-def spread(z: torch.Tensor) -> torch.Tensor:
-    """Collapse monitor (SimSiam, Chen & He 2021, §4.1): the per-dimension std over the batch of the
-    l2-normalised embeddings, averaged over dimensions and scaled by √C — ≈ 1 for embeddings spread
-    over the sphere, 0 when every sample maps to one point (the failure a low ℓ_s alone cannot rule
-    out). (B, T, C) inputs are averaged over tokens first; NaN-free only for B ≥ 2."""
-    z = z.detach().float()
-    if z.dim() == 3:
-        z = z.mean(1)
-    c = z.shape[-1]
-    return F.normalize(z, dim=-1).std(0).mean() * c ** 0.5
-
-
-def norm_pix(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    mean = patches.mean(-1, keepdim=True)
-    var = patches.var(-1, keepdim=True, unbiased=False)
-    return (patches - mean) / (var + eps).sqrt()
-
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 1 for one crop: mean over voxels of a patch, summed over masked patches / their number."""
-    per_patch = ((pred - target) ** 2).mean(-1)
-    m = mask.to(per_patch.dtype)
-    return (per_patch * m).sum() / m.sum().clamp_min(1.0)
-
-
-class AliceModel(SSLMethod):
+class AliceModel(MomentumMethod):
     """The Alice objective; `forward(batch)` with batch {"Q", "K"} -> {"loss", "l_r", "l_dv", "l_st"}
     plus, for batches of ≥ 2 crops, the collapse monitors "dv_spread" (the student's [cls] of ℓ_dv,
     φ's output) and "st_spread" (CASA's student embeddings S of ℓ_st) when those are computed
@@ -193,14 +164,10 @@ class AliceModel(SSLMethod):
         online_augment: MaeAugmentConfig | Mapping[str, Any] | None = None,
         method_config: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(method_config)
+        super().__init__(method_config, momentum, momentum_schedule)
         self.crop = tuple(int(c) for c in crop)
         self.mask_ratio = float(mask_ratio)
         self.target_mask_ratio = float(target_mask_ratio)
-        self.momentum = float(momentum)
-        if momentum_schedule not in ("constant", "cosine"):
-            raise ValueError(f"momentum_schedule must be 'constant' or 'cosine', got {momentum_schedule!r}")
-        self.momentum_schedule = momentum_schedule
         self.inter_volume = bool(inter_volume)
         self.use_casa = bool(casa)
         if contrastive_loss not in CONTRASTIVE_LOSSES:
@@ -250,7 +217,6 @@ class AliceModel(SSLMethod):
         self.casa = CASA(d, int(casa_dim), kv_dim=self.phi.out_dim)
         self.target_encoder = copy.deepcopy(self.encoder)
         self.psi = copy.deepcopy(self.phi)
-        ema_targets = [self.target_encoder, self.psi]
         if self.use_predictor:
             self.predictor_dv = Predictor(self.phi.out_dim, int(predictor_hidden_dim))
             self.predictor_st = Predictor(int(casa_dim), int(predictor_hidden_dim))
@@ -259,16 +225,10 @@ class AliceModel(SSLMethod):
             self.prototypes_dv = Prototypes(self.phi.out_dim, k)
             self.prototypes_dv_target = copy.deepcopy(self.prototypes_dv)
             self.prototypes_st = Prototypes(int(casa_dim), k)
-            ema_targets.append(self.prototypes_dv_target)
             self.register_buffer("center_dv", torch.zeros(k))
             self.register_buffer("center_st", torch.zeros(k))
-        for p in [p for t in ema_targets for p in t.parameters()]:
-            p.requires_grad_(False)
-        # MONAI's TransformerBlock always builds `norm_cross_attn`, unused without cross-attention: keep it
-        # (it is part of UNETR's state dict) but never optimise it, so DDP sees no unused trainable params.
-        for name, p in self.named_parameters():
-            if "cross_attn" in name:
-                p.requires_grad_(False)
+        self.freeze_targets()
+        freeze_cross_attention(self)
         # a switched-off term leaves φ / CASA / the voxel head / a predictor without gradient
         self.find_unused_parameters = not (
             set(self.objectives) == set(OBJECTIVES) and self.inter_volume and self.use_casa
@@ -278,39 +238,16 @@ class AliceModel(SSLMethod):
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The online encoder's weights under the key names of the segmentation network's encoder
         (UNETR `vit`, Swin UNETR `swinViT`, nnFormer `encoder`); never the mask token."""
-        return {k: v.detach().clone() for k, v in self.encoder.transferable.state_dict().items()}
+        return transferable_state(self.encoder)
 
-    def after_step(self, step: int, total_steps: int) -> None:
-        self.update_target(self.momentum_at(step, total_steps))
-
-    # ------------------------------------------------------------------ EMA
-    def momentum_at(self, step: int, total_steps: int) -> float:
-        if self.momentum_schedule == "constant":
-            return self.momentum
-        return ema_momentum(step, total_steps, self.momentum)
-
-    def _ema_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    # ------------------------------------------------------------------ EMA (alice.ssl.momentum)
+    def ema_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        """(encoder → target encoder), (φ → ψ) and, DINO-style, (ℓ_dv prototypes → their teacher
+        copy); the predictors have no EMA copy."""
         pairs = [(self.encoder, self.target_encoder), (self.phi, self.psi)]
         if self.contrastive_loss == "dino":
             pairs.append((self.prototypes_dv, self.prototypes_dv_target))
         return pairs
-
-    @torch.no_grad()
-    def update_target(self, momentum: float | None = None) -> None:
-        """θ_t ← m·θ_t + (1 − m)·θ_s for (encoder → target encoder), (φ → ψ) and, DINO-style,
-        (ℓ_dv prototypes → their teacher copy); buffers copied. Predictors have no EMA copy."""
-        m = self.momentum if momentum is None else float(momentum)
-        for online, target in self._ema_pairs():
-            for p_o, p_t in zip(online.parameters(), target.parameters()):
-                p_t.mul_(m).add_(p_o.detach(), alpha=1.0 - m)
-            for b_o, b_t in zip(online.buffers(), target.buffers()):
-                b_t.copy_(b_o)
-
-    def train(self, mode: bool = True) -> "AliceModel":
-        super().train(mode)
-        for _, target in self._ema_pairs():
-            target.eval()
-        return self
 
     # ------------------------------------------------------------------ losses
     def _ls(self, student: torch.Tensor, teacher: torch.Tensor, term: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -330,16 +267,8 @@ class AliceModel(SSLMethod):
             return info_nce(student, teacher, self.temperature), None
         return cosine_loss(student, teacher), None
 
-    @torch.no_grad()
     def _update_center(self, center: torch.Tensor, teacher_logits: list[torch.Tensor]) -> None:
-        """DINO's centre c ← m·c + (1 − m)·mean of the teacher logits (all processes, all rows)."""
-        rows = torch.cat([t.reshape(-1, t.shape[-1]) for t in teacher_logits])
-        total, count = rows.sum(0), rows.new_tensor(float(rows.shape[0]))
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
-        m = float(self.dino["center_momentum"])
-        center.mul_(m).add_(total / count, alpha=1.0 - m)
+        update_center(center, teacher_logits, float(self.dino["center_momentum"]))
 
     def _online(self, x: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         x = mae_augment(x, generator, self.online_augment_config)  # MAE's augmentation, then masking

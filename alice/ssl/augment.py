@@ -136,3 +136,33 @@ def mae_augment(
         if sel.any():
             out = torch.where(sel.view(b, 1, 1, 1, 1), out.flip(2 + axis), out)
     return out
+
+
+@dataclass(frozen=True)
+class ViewAugmentConfig:
+    """The augmentation of one view of the contrastive and distillation methods (MoCo v3, DINO, ...),
+    in 3-D: a random resized crop of `scale_range` of the crop's voxels (aspect ratios log-uniform in
+    `ratio_range`, resampled to the crop's size; the random-resized-crop of MoCo v3 Alg. 1 and DINO
+    §3.1), then `strong_augment`'s small rotation, flips of every axis and intensity scale/shift in
+    place of the 2-D colour jitter (CT has one channel). Values: `view_augment` callers' configs."""
+
+    scale_range: tuple[float, float] = (0.2, 1.0)
+    ratio_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    max_angle_deg: float = 15.0
+    flip_prob: float = 0.5
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+
+    @classmethod
+    def from_mapping(cls, options) -> "ViewAugmentConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(options or {}).items()})
+
+
+def view_augment(x: torch.Tensor, generator: torch.Generator | None, config: ViewAugmentConfig) -> torch.Tensor:
+    """One augmented view of x (B, C, X, Y, Z) (ViewAugmentConfig), random numbers from `generator`."""
+    crop = MaeAugmentConfig(scale_range=tuple(config.scale_range), ratio_range=tuple(config.ratio_range),
+                            flip_prob=0.0)
+    rest = StrongAugmentConfig(max_angle_deg=config.max_angle_deg, scale_range=(1.0, 1.0),
+                               flip_prob=config.flip_prob, intensity_scale=config.intensity_scale,
+                               intensity_shift=config.intensity_shift)
+    return strong_augment(mae_augment(x, generator, crop), generator, rest)

@@ -6,7 +6,7 @@ draw a query point = a random voxel inside the query body (cached intensity abov
 with a `Matcher`, and cut crops of `crop` voxels centred on both points (zero = background padding
 where a crop leaves its volume).
 
-Re-draw rule (FACTS, released code): the query point is re-drawn until the match score reaches
+Re-draw rule (docs/facts.md "The authors' released code"): the query point is re-drawn until its score reaches
 `min_score` (default 0.7) or `max_tries` draws were made; then the best-scoring draw is used.
 
 Differences from the released code, on purpose: the key is a random *different* train volume
@@ -25,37 +25,19 @@ per axis (default: a quarter of the crop size), score 1.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from alice.anatomy.matcher import BODY_THRESHOLD, Matcher, Volume, build_matcher
+from alice.anatomy.matcher import BODY_THRESHOLD, Matcher, build_matcher
 from alice.errors import ConfigError
+from alice.ssl.views import PoolVolumes, crop_at
+
+__all__ = ["CropPairDataset", "crop_at"]
 
 
-def crop_at(image: np.ndarray, centre, size: Sequence[int], pad: float = 0.0) -> np.ndarray:
-    """A `size` crop of `image` centred on `centre` (voxel coords, rounded); outside = `pad`.
-
-    The crop spans [round(c) - s // 2, round(c) - s // 2 + s) per axis.
-    """
-    size = tuple(int(s) for s in size)
-    c = np.rint(np.asarray(centre, dtype=np.float64)).astype(np.int64)
-    start = c - np.asarray(size) // 2
-    out = np.full(size, pad, dtype=np.float32)
-    src, dst = [], []
-    for a in range(3):
-        lo = max(int(start[a]), 0)
-        hi = min(int(start[a]) + size[a], image.shape[a])
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - int(start[a]), hi - int(start[a])))
-    out[tuple(dst)] = np.asarray(image[tuple(src)], dtype=np.float32)
-    return out
-
-
-class CropPairDataset:
+class CropPairDataset(PoolVolumes):
     """Deterministic (Q, K) crop-pair batches; `batch(i)` is step i's batch.
 
     data_dir: preprocessing cache of the pool; case_ids: the train list (folds.json "train");
@@ -79,23 +61,13 @@ class CropPairDataset:
         body_threshold: float = BODY_THRESHOLD,
         pad_value: float = 0.0,
     ):
-        self.data_dir = Path(data_dir)
-        self.case_ids = list(case_ids)
-        self.crop = tuple(int(c) for c in crop)
-        if len(self.crop) != 3 or min(self.crop) < 1:
-            raise ConfigError("crop", f"must be 3 positive voxel sizes, got {list(crop)}")
-        if int(batch_size) < 1:
-            raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
+        super().__init__(data_dir, case_ids, crop, batch_size, seed, body_threshold, pad_value)
         if not 0.0 <= float(min_score) <= 1.0:
             raise ConfigError("min_score", f"must be in [0, 1], got {min_score}")
         if int(max_tries) < 1:
             raise ConfigError("max_tries", f"must be >= 1, got {max_tries}")
         if not same_volume and len(self.case_ids) < 2:
             raise ConfigError("case_ids", "inter-volume pairs need at least 2 volumes")
-        if not self.case_ids:
-            raise ConfigError("case_ids", "no volumes")
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
         self.matcher = build_matcher(matcher, **(matcher_options or {})) if isinstance(matcher, str) else matcher
         self.min_score = float(min_score)
         self.max_tries = int(max_tries)
@@ -103,24 +75,6 @@ class CropPairDataset:
         if jitter is None:
             jitter = [max(c // 4, 0) for c in self.crop]
         self.jitter = np.broadcast_to(np.asarray(jitter, dtype=np.int64), (3,)).copy()
-        self.body_threshold = float(body_threshold)
-        self.pad_value = float(pad_value)
-        self._vols: dict[str, Volume] = {}
-
-    # ------------------------------------------------------------------------------ helpers
-    def volume(self, case_id: str) -> Volume:
-        if case_id not in self._vols:  # memmap only: opening is cheap, nothing is read yet
-            self._vols[case_id] = Volume.load(self.data_dir, case_id)
-        return self._vols[case_id]
-
-    def _body_point(self, vol: Volume, rng: np.random.Generator, tries: int = 200) -> np.ndarray:
-        """A random voxel with intensity > body_threshold (rejection sampling over the grid)."""
-        shape = np.asarray(vol.shape)
-        for _ in range(tries):
-            p = np.floor(rng.random(3) * shape).astype(np.int64)
-            if float(vol.image[tuple(p)]) > self.body_threshold:
-                return p.astype(np.float64)
-        return (shape - 1) / 2.0  # (nearly) empty volume: its centre
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
         n = len(self.case_ids)
@@ -167,15 +121,3 @@ class CropPairDataset:
             "tries": [s["tries"] for s in rows],
             "step": int(step),
         }
-
-    __getitem__ = batch
-
-    def batches(self, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
-        """Batches of steps start, start + 1, ... (forever when stop is None)."""
-        step = int(start)
-        while stop is None or step < stop:
-            yield self.batch(step)
-            step += 1
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self.batches(0)

@@ -1,20 +1,22 @@
-"""The SSL method registry: one file per method, one entry in `METHODS`.
+"""The SSL method registry: factories by name, built on demand from the method files.
 
-A method file defines an `SSLMethod` subclass and registers a factory under its name:
+A method is one file (see alice.ssl.catalog for its torch-free `METHOD` declaration) that defines an
+`SSLMethod` subclass and registers a factory under its name:
 
     @register_method("mymethod")
     def build(method_config, encoder_config, crop) -> SSLMethod: ...
 
-`build_method(name, ...)` first imports the modules that register the built-in methods
-(`BUILTIN_MODULES`: the Alice objective and the `baselines` package, each only if present), so a
-name is known as soon as its file exists.
+`build_method(name, ...)` imports the file that declares `name` (alice.ssl.catalog) the first time,
+checks that the encoder is one the method declares, and calls the factory; a factory registered
+in code (a test's toy method) needs no file.
 
 The trainer (`alice.ssl.trainer.pretrain`) knows nothing about a method beyond this interface:
 - `forward(batch) -> {"loss": scalar tensor, <term>: scalar tensor, ...}`; every term is logged;
+  the batch is what the method's declared views are (alice.ssl.views);
 - `encoder_state_dict()`: the online encoder's state dict, stored as the checkpoint's "encoder"
-  (key names of the encoder module the fine-tuning backbone takes, see alice.downstream.transfer);
+  (key names of the encoder module the fine-tuning backbone takes, see alice.checkpoint);
 - `after_step(step, total_steps)`: called after every optimizer step with the 0-based step just
-  taken (e.g. the EMA update of a target encoder, see `schedules.ema_momentum`);
+  taken (e.g. the EMA update of a target encoder, see alice.ssl.momentum);
 - `method_config`: the dict the method was built from (recorded in the checkpoint);
 - `find_unused_parameters` (class attribute, default False): passed to DistributedDataParallel.
 Parameters that must not be optimized (a target encoder) have `requires_grad=False`.
@@ -25,7 +27,6 @@ from __future__ import annotations
 import abc
 
 import importlib
-import importlib.util
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -38,8 +39,6 @@ __all__ = ["METHODS", "SSLMethod", "build_method", "get_method", "known_methods"
 Factory = Callable[[Mapping[str, Any], Mapping[str, Any], Sequence[int]], "SSLMethod"]
 
 METHODS: dict[str, Factory] = {}
-
-BUILTIN_MODULES = ("alice.ssl.alice", "baselines")
 
 
 class SSLMethod(nn.Module, metaclass=abc.ABCMeta):
@@ -75,33 +74,44 @@ def register_method(name: str) -> Callable[[Factory], Factory]:
     return decorate
 
 
-def _import_builtins() -> None:
-    for module in BUILTIN_MODULES:
-        try:
-            if importlib.util.find_spec(module) is None:
-                continue
-        except ModuleNotFoundError:
-            continue
-        importlib.import_module(module)
+def _import_declared(name: str) -> None:
+    """Import the file that declares method `name` (its import registers the factory)."""
+    from alice.ssl.catalog import method_info
+
+    info = method_info(name)
+    if info is not None:
+        importlib.import_module(info.module)
+        if name not in METHODS:
+            raise ConfigError("pretrain.method", f"{info.path} declares method '{name}' but registers "
+                                                 f"no factory under that name (@register_method)")
 
 
 def known_methods() -> list[str]:
-    _import_builtins()
-    return sorted(METHODS)
+    """Every method: the declared files' and any registered in code."""
+    from alice.ssl.catalog import methods
+
+    return sorted(set(methods()) | set(METHODS))
 
 
 def get_method(name: str) -> Factory:
     if name not in METHODS:
-        _import_builtins()
+        _import_declared(name)
     if name not in METHODS:
-        known = ", ".join(sorted(METHODS)) or "<none>"
-        raise ConfigError("pretrain.method", f"unknown SSL method '{name}' (known: {known})")
+        raise ConfigError("pretrain.method", f"unknown SSL method '{name}' (known: {', '.join(known_methods()) or '<none>'})")
     return METHODS[name]
 
 
 def build_method(name: str, method_config: Mapping[str, Any] | None, encoder_config: Mapping[str, Any],
                  crop: Sequence[int]) -> SSLMethod:
-    method = get_method(name)(dict(method_config or {}), dict(encoder_config), tuple(int(c) for c in crop))
+    from alice.ssl.catalog import method_info
+
+    factory = get_method(name)
+    info = method_info(name)
+    encoder = encoder_config.get("name", "vit")
+    if info is not None and encoder not in info.encoders:
+        raise ConfigError("--encoder", f"method '{name}' pretrains the {', '.join(info.encoders)} "
+                                       f"encoder(s) ({info.path}), not '{encoder}'")
+    method = factory(dict(method_config or {}), dict(encoder_config), tuple(int(c) for c in crop))
     if not isinstance(method, SSLMethod):
         raise TypeError(f"factory of SSL method '{name}' returned {type(method).__name__}, not an SSLMethod")
     return method

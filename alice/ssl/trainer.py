@@ -22,7 +22,7 @@ Outputs in `out_dir`:
 - `checkpoint.pt`: the finished run's checkpoint, written (atomically) only after the last step,
   so its existence means "done" (the pipeline's output: Snakemake deletes the declared outputs of
   a failed or preempted job, and the resume state must survive that). Both files have the layout:
-  the DESIGN.md keys {"encoder", "encoder_config", "method", "method_config", "preprocessing",
+  the alice/checkpoint.py keys {"encoder", "encoder_config", "method", "method_config", "preprocessing",
   "step", "code_version"} plus "optim", "seed", "finished", "identity" (the run identity, with its
   hash: `alice.runstate.run_identity`) and "resume" = {"method_state" (online +
   target + heads), "optimizer", "scheduler", "scaler" (fp16 only), "rng", "world_size"}; all of it
@@ -48,9 +48,7 @@ the method is wrapped in DistributedDataParallel and only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import logging
 import os
 import random
@@ -63,10 +61,9 @@ import torch
 import torch.distributed as dist
 
 from alice.errors import ConfigError, HarnessError, InputError
-from alice.io import write_text
 from alice.runstate import EX_TEMPFAIL, NonFiniteLoss, Preempted, StopFlag, check_identity, rng_state, run_identity, set_rng_state
 from alice.ssl.registry import SSLMethod
-from alice.ssl.schedules import build_lr_scheduler
+from alice.training import CsvLog, OptimizerStep, build_lr_scheduler, device_of, progress_bar, truncate_log
 
 __all__ = ["EX_TEMPFAIL", "NonFiniteLoss", "Preempted", "pretrain", "seed_everything", "step_seed"]
 
@@ -108,18 +105,6 @@ def _optim_settings(optim: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError("optim.betas", f"must be 2 numbers in [0, 1), got {betas!r}")
     s["betas"] = [float(b) for b in betas]
     return s
-
-
-def _device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("pretrain.device", "cuda requested but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    if device == "cpu":
-        return torch.device("cpu")
-    raise ConfigError("pretrain.device", f"must be cpu, cuda or auto, got {device!r}")
 
 
 def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
@@ -191,55 +176,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-# ----------------------------------------------------------------------------------------------
-# log.csv
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the header and the rows of steps <= `step` (atomically)."""
-    if not path.is_file():
-        return
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        return
-    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    if len(keep) == len(rows):
-        return
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(keep if step > 0 else [])
-    write_text(path, buf.getvalue())
-
-
-class _CsvLog:
-    def __init__(self, path: Path | None):
-        self.path = path
-        self.columns: list[str] | None = None
-        self.fh = None
-        if path is not None and path.is_file() and path.stat().st_size > 0:
-            with open(path, newline="") as fh:
-                self.columns = next(csv.reader(fh))
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        if self.path is None:
-            return
-        if self.fh is None:
-            self.fh = open(self.path, "a", newline="")
-        writer = csv.writer(self.fh, lineterminator="\n")
-        if self.columns is None:
-            self.columns = list(row)
-            writer.writerow(self.columns)
-        extra = [k for k in row if k not in self.columns]
-        if extra:
-            raise HarnessError(f"{self.path}: the method returned new loss terms {extra} mid-run "
-                               f"(columns: {self.columns})")
-        writer.writerow([_fmt(row.get(c, "")) for c in self.columns])
-        self.fh.flush()
-
-    def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-            self.fh = None
-
-
 def _fmt(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
@@ -304,7 +240,7 @@ def pretrain(
     match (`alice.runstate.check_identity`).
     Returns {"step", "iterations", "finished", "checkpoint", "log", "last_loss", "seconds"}.
     """
-    from alice.downstream.transfer import save_encoder_checkpoint
+    from alice.checkpoint import save_encoder_checkpoint
 
     settings = _optim_settings(optim)
     total = settings["iterations"]
@@ -320,7 +256,7 @@ def pretrain(
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _device(device, local_rank)
+    dev = device_of(device, "pretrain.device", local_rank)
     own_group = False
     if world_size > 1 and not dist.is_initialized():
         if dev.type == "cuda":
@@ -338,7 +274,9 @@ def pretrain(
                                   betas=tuple(settings["betas"]), weight_decay=settings["weight_decay"])
     scheduler = build_lr_scheduler(optimizer, settings["schedule"], settings["warmup_iterations"], total,
                                    settings["min_lr_ratio"])
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer_step = OptimizerStep(optimizer, scheduler, device=dev, dtype=amp_dtype, grad_clip=grad_clip,
+                                   measure_norm=True, params=params, distributed=world_size > 1)
 
     # -- resume
     run_id = run_identity(method=method_name, method_config=method_config, encoder_config=encoder_config,
@@ -352,13 +290,12 @@ def pretrain(
         method.load_state_dict(res["method_state"], strict=True)
         optimizer.load_state_dict(res["optimizer"])
         scheduler.load_state_dict(res["scheduler"])
-        if scaler is not None and res.get("scaler"):
-            scaler.load_state_dict(res["scaler"])
+        optimizer_step.load_state_dict(res.get("scaler"))
         set_rng_state(res["rng"])
         start = int(ckpt["step"])
         log.info("resuming %s from %s at step %d/%d", method_name, state_path, start, total)
     if is_main:
-        _truncate_log(log_path, start)
+        truncate_log(log_path, start)
     if distributed:
         dist.barrier()
 
@@ -381,7 +318,7 @@ def pretrain(
                 "method_state": {k: v.detach().cpu() for k, v in method.state_dict().items()},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
+                "scaler": optimizer_step.state_dict(),
                 "rng": rng_state(),
                 "world_size": world_size,
             },
@@ -392,12 +329,11 @@ def pretrain(
         if path == ckpt_path:
             resume_path.unlink(missing_ok=True)
 
-    csv_log = _CsvLog(log_path if is_main else None)
+    csv_log = CsvLog(log_path if is_main else None, fmt=_fmt)
     t_run = time.perf_counter()
     step = start
     last: dict[str, float] = {}
     stop_after = total if max_steps_this_run is None else min(total, start + int(max_steps_this_run))
-    params = [p for p in method.parameters() if p.requires_grad]
     bar = None
     try:
         if start >= total:
@@ -405,60 +341,33 @@ def pretrain(
             return {"step": start, "iterations": total, "finished": True, "checkpoint": str(ckpt_path),
                     "log": str(log_path), "last_loss": None, "seconds": 0.0}
         batches = _Batches(loader_factory, seed + rank, start, dev)
-        if progress and is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, initial=start, desc=f"pretrain {method_name}", unit="step", dynamic_ncols=True)
+        bar = progress_bar(total, start, f"pretrain {method_name}", "step", progress and is_main)
         method.train()
         with StopFlag() as stop:
             while step < stop_after:
                 t0 = time.perf_counter()
                 batch = _to_device(batches.next(step), dev)
                 _seed_step(seed, rank, step)
-                lr = optimizer.param_groups[0]["lr"]
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                lr = optimizer_step.lr
+                with optimizer_step.autocast():
                     out = model(batch)
                 if not isinstance(out, Mapping) or "loss" not in out:
                     raise HarnessError(f"SSL method '{method_name}' forward must return a dict with 'loss'")
-                names = list(out)
-                values = torch.stack([out[k].detach().float().reshape(()) for k in names])
-                finite = torch.isfinite(values).all()
-                if distributed:
-                    flag = finite.to(torch.float32)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-                    finite = flag > 0
-                if not bool(finite):
-                    raise _nonfinite(step + 1, dict(zip(names, values.tolist())), resume_path)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(out["loss"]).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    out["loss"].backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
-                if scaler is not None:
-                    scaler.step(optimizer)  # skips the step itself on inf/NaN gradients
-                    scaler.update()
-                else:
-                    if not torch.isfinite(grad_norm):
-                        raise _nonfinite(step + 1, {**dict(zip(names, values.tolist())),
-                                                    "grad_norm": float(grad_norm)}, resume_path)
-                    optimizer.step()
-                scheduler.step()
+                terms, grad_norm = optimizer_step(
+                    out["loss"], out, describe=lambda t, at=step + 1: _nonfinite(at, t, resume_path))
                 method.after_step(step, total)
                 step += 1
 
-                if distributed:
+                if distributed:  # the log holds the mean over the processes
+                    values = torch.tensor(list(terms.values()), device=dev)
                     dist.all_reduce(values, op=dist.ReduceOp.SUM)
-                    values /= world_size
-                terms = dict(zip(names, values.tolist()))
+                    terms = dict(zip(terms, (values / world_size).tolist()))
                 row = {"step": step, "lr": lr, "loss": terms.pop("loss"), **terms,
-                       "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - t0, 4)}
+                       "grad_norm": grad_norm, "seconds": round(time.perf_counter() - t0, 4)}
                 csv_log.write(row)
                 last = row
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.3g}")
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.3g}")
                 if step_callback is not None:
                     step_callback(step, row)
 
@@ -493,7 +402,7 @@ def _agree_stop(name: str | None, distributed: bool, dev: torch.device) -> str |
     return (name or "SIGTERM") if flag.item() > 0 else None
 
 
-def _nonfinite(step: int, terms: Mapping[str, float], ckpt_path: Path) -> NonFiniteLoss:
+def _nonfinite(step: int, terms: Mapping[str, float], ckpt_path: Path) -> str:
     shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
     good = str(ckpt_path) if ckpt_path.is_file() else "none (no checkpoint written yet)"
-    return NonFiniteLoss(f"non-finite loss at step {step} (terms: {shown}); last good checkpoint: {good}")
+    return f"non-finite loss at step {step} (terms: {shown}); last good checkpoint: {good}"

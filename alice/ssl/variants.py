@@ -22,9 +22,9 @@ A switch whose value equals the method's effective setting (its default, overrid
 reuses the plain `alice` run instead of training the same model twice. Run ids are canonical:
 `parse_run_id` rejects any spelling `run_id` would not produce.
 
-This module is light (no torch) because the Snakefile imports it to build the DAG. The switch
-defaults of each method are declared here, next to the method's registry entry; a test checks
-them against the method's constructor.
+This module is light (no torch) because the Snakefile imports it to build the DAG. The switches
+and their defaults are part of each method file's declaration (`METHOD["switches"]`, read by
+alice.ssl.catalog without importing the method).
 """
 
 from __future__ import annotations
@@ -33,31 +33,29 @@ from typing import Any, Mapping
 
 from alice.errors import ConfigError
 
-# method -> {switch: default}; the defaults equal the method constructor's keyword defaults
-SWITCHES: dict[str, dict[str, Any]] = {
-    "alice": {
-        "inter_volume": True,
-        "casa": True,
-        "contrastive_loss": "cosine",
-        "predictor": True,
-        "head_norm": "batch",
-        "target_mask_ratio": 0.0,
-        "objectives": ["mim", "dv", "st"],
-    },
-}
+def switches(method: str) -> dict[str, Any]:
+    """The ablation switches {name: default} the method's file declares (alice.ssl.catalog); a test
+    checks them against the method's constructor."""
+    from alice.ssl.catalog import method_info
+
+    info = method_info(method)
+    return dict(info.switches) if info else {}
+
+
 OBJECTIVE_ORDER = ("mim", "dv", "st")
 SEP = "__"
 
 
 def has_switches(method: str, variant: Mapping[str, Any]) -> bool:
     """Whether every key of `variant` is a known switch of `method` (an empty variant always is)."""
-    return not variant or (method in SWITCHES and all(k in SWITCHES[method] for k in variant))
+    known = switches(method)
+    return not variant or all(k in known for k in variant)
 
 
 def _check(method: str, variant: Mapping[str, Any]) -> None:
     if not has_switches(method, variant):
-        known = ", ".join(SWITCHES.get(method, {})) or "none"
-        unknown = [k for k in variant if k not in SWITCHES.get(method, {})]
+        known = ", ".join(switches(method)) or "none"
+        unknown = [k for k in variant if k not in switches(method)]
         raise ConfigError(f"variant.{unknown[0]}",
                           f"not an ablation switch of method '{method}' (switches: {known})")
 
@@ -84,7 +82,7 @@ def _canonical(key: str, value: Any, default: Any) -> Any:
 
 def effective_switches(method: str, method_config: Mapping[str, Any] | None) -> dict[str, Any]:
     """The method's switch values of a plain run: defaults overridden by its config section."""
-    defaults = SWITCHES.get(method, {})
+    defaults = switches(method)
     config = dict(method_config or {})
     return {k: _canonical(k, config.get(k, d), d) for k, d in defaults.items()}
 
@@ -94,10 +92,11 @@ def normalize_variant(method: str, variant: Mapping[str, Any] | None,
     """`variant` without the switches that equal the plain run's values, values canonical."""
     variant = dict(variant or {})
     _check(method, variant)
+    defaults = switches(method)
     plain = effective_switches(method, method_config)
     out = {}
     for key in sorted(variant):
-        value = _canonical(key, variant[key], SWITCHES[method][key])
+        value = _canonical(key, variant[key], defaults[key])
         if value != plain[key]:
             out[key] = value
     return out
@@ -136,14 +135,14 @@ def parse_run_id(run: str, method_config: Mapping[str, Any] | None = None) -> tu
     """(method, variant) of a run id; an id that is not canonical is an error naming the right one."""
     method, *parts = run.split(SEP)
     variant: dict[str, Any] = {}
+    known = switches(method)
     for part in parts:
         key, dash, text = part.partition("-")
-        if not dash or key not in SWITCHES.get(method, {}):
-            known = ", ".join(SWITCHES.get(method, {})) or "none"
+        if not dash or key not in known:
             raise ConfigError("method", f"'{run}': '{part}' is not <switch>-<value> of a switch of "
-                                        f"'{method}' (switches: {known})")
+                                        f"'{method}' (switches: {', '.join(known) or 'none'})")
         try:
-            variant[key] = _parse_value(key, text, SWITCHES[method][key])
+            variant[key] = _parse_value(key, text, known[key])
         except ValueError:
             raise ConfigError("method", f"'{run}': bad value '{text}' for switch '{key}'") from None
     canonical = run_id(method, variant, method_config)

@@ -255,18 +255,3 @@ def paired_tests(means: pd.DataFrame) -> pd.DataFrame:
                     "note": "; ".join(notes),
                 })
     return pd.DataFrame(out, columns=TEST_COLUMNS)
-
-
-def write_effect(metrics: list[Path], out_csv: Path, out_tests: Path, out_png: Path,
-                 scale: str, root: Path = Path(".")) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read the runs, write the three outputs (each atomically); return (cases, tests). The
-    figure module gets everything it draws from here (it imports nothing of this module)."""
-    from alice.figures.effect import draw_effect
-
-    cases, means = read_runs(metrics, scale, root)
-    tests = paired_tests(means)
-    with atomic_path(out_csv, suffix=".csv") as tmp_csv, atomic_path(out_tests, suffix=".csv") as tmp_tests:
-        cases.to_csv(tmp_csv, index=False)
-        tests.to_csv(tmp_tests, index=False)
-        draw_effect(seed_means(means), tests, out_png, scale, reference=REFERENCE, labels=LABELS)
-    return cases, tests

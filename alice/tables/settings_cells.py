@@ -98,8 +98,8 @@ def recorded_setting(key: str, dataset: str, backbone: str, paths: list[str],
     to `root`. Models record their settings hash like their metrics.json does
     (`model_settings_hash`), so a Table 8 cell and the metric cells it describes share hashes.
     """
-    from alice.config import settings_hash
-    from alice.downstream.inference import model_settings_hash
+    from alice.io import settings_hash
+    from alice.downstream import model_settings_hash
 
     manifests = [p for p in paths if p.endswith("manifest.json")]
     models = [p for p in paths if p not in manifests]

@@ -115,7 +115,9 @@ def cell_experiment(spec: dict, row: dict, column: dict) -> dict:
         "task": spec.get("task", "segmentation"),
         "dataset": column.get("dataset") or row.get("dataset") or spec.get("dataset"),
         "method": row.get("method"),
-        "backbone": column.get("backbone") or row.get("backbone") or spec.get("backbone"),
+        # harness_backbone: the network the harness runs a row on where the paper names none
+        "backbone": (column.get("backbone") or row.get("backbone") or row.get("harness_backbone")
+                     or spec.get("backbone")),
         "variant": variant,
         "metric": column.get("metric"),
         "label_fraction": column.get("label_fraction"),

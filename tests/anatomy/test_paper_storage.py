@@ -1,5 +1,5 @@
-"""The matcher's storage at paper scale (benchmarks/paper_protocol.py, README "Anatomical
-matching"): computed from config/paper.yaml, within 200 MB of embeddings per pool volume."""
+"""The matcher's storage at paper scale (benchmarks/paper_protocol.py, docs/pretraining.md
+"Anatomical matching"): computed from config/paper.yaml, within 200 MB of embeddings per pool volume."""
 
 import copy
 import importlib.util

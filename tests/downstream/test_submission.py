@@ -21,12 +21,12 @@ from alice.downstream.inference import MODEL_FILE, predict_labels
 from alice.downstream.networks import build_segmentation_network
 from alice.downstream.submission import (
     mean_probabilities,
-    online_models,
     submission_file_name,
     write_label_file,
     write_submission,
 )
 from alice.errors import ConfigError, InputError
+from alice.tables.online import online_models
 
 TEST_IDS = ["img0061", "img0062"]
 
@@ -171,11 +171,13 @@ def test_which_models_predict_follows_table3_and_the_config():
     config["online_test"]["models"] = "all_folds"
     assert online_models(config, "alice") == [
         f"results/finetune/btcv/alice/nnformer/fold{k}/model.pt" for k in range(5)]
+    # a baseline row runs fold 0 at the demo (fold policy), on Alice's network (harness_backbone)
+    assert online_models(config, "mae") == ["results/finetune/btcv/mae/nnformer/fold0/model.pt"]
     config["reproduce"]["substitute"]["backbone"] = "unetr"  # a substituted backbone is followed
     assert online_models(config, "alice") == [
         f"results/finetune/btcv/alice/unetr/fold{k}/model.pt" for k in range(5)]
-    with pytest.raises(ConfigError, match="offline cell of 'mae' is not reproduced"):
-        online_models(config, "mae")
+    with pytest.raises(ConfigError, match="offline cell of 'ibot' is not reproduced"):
+        online_models(config, "ibot")
     with pytest.raises(ConfigError, match="'nosuch' is not a row of Table 3"):
         online_models(config, "nosuch")
 

@@ -21,10 +21,12 @@ def test_demo_figures_follow_tables_1_and_3(demo):
     assert list(figures) == [("flare22", "unetr"), ("flare22", "swin_unetr"),
                              ("flare22", "nnformer"), ("btcv", "nnformer")]
     for (dataset, backbone), runs in figures.items():
-        assert [r["label"] for r in runs] == ["Rand. init.", "Alice"]  # the table's row order
-        assert [r["run"] for r in runs] == ["rand_init", "alice"]
-        assert runs[1]["dirs"] == [f"results/finetune/{dataset}/alice/{backbone}/fold{k}"
-                                   for k in range(5)]
+        # the table's row order; baseline rows run fold 0 (fold policy), the headline every fold
+        assert [r["label"] for r in runs] == ["Rand. init.", "MoCo v3", "DINO", "MAE", "Alice"]
+        assert [r["run"] for r in runs] == ["rand_init", "mocov3", "dino", "mae", "alice"]
+        assert runs[-1]["dirs"] == [f"results/finetune/{dataset}/alice/{backbone}/fold{k}"
+                                    for k in range(5)]
+        assert runs[3]["dirs"] == [f"results/finetune/{dataset}/mae/{backbone}/fold0"]
     assert plan.figure_targets(figures)[:2] == ["results/figures/overlays_flare22_unetr.png",
                                                 "results/figures/finetune_flare22_unetr.png"]
 

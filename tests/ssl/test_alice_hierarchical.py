@@ -131,5 +131,5 @@ def test_target_masking_and_registry():
         build_method("alice", ARGS, enc, (36, 32, 16))
     with pytest.raises(ConfigError, match=r"pretrain\.crop\.swin"):
         build_method("alice", ARGS, ENCODERS["swin"][0], (48, 48, 32))
-    with pytest.raises(ConfigError, match="unknown encoder"):
+    with pytest.raises(ConfigError, match="pretrains the vit, swin, nnformer encoder"):
         build_method("alice", ARGS, dict(enc, name="resnet"), crop)

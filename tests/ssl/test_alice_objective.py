@@ -319,7 +319,7 @@ def test_l_st_goes_through_the_predictor_per_token(predictor):
 
 def test_predictor_is_not_an_ema_pair_and_spread_is_measured_before_it():
     m = make()
-    assert all(online is not m.predictor_dv for online, _ in m._ema_pairs())
+    assert all(online is not m.predictor_dv for online, _ in m.ema_pairs())
     a = m(batch(), generator=gen())
     with torch.no_grad():
         for p in m.predictor_dv.parameters():

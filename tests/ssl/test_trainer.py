@@ -12,7 +12,8 @@ import torch
 
 from alice.errors import ConfigError, HarnessError, InputError
 from alice.ssl import registry
-from alice.ssl.schedules import build_lr_scheduler, ema_momentum, lr_factor
+from alice.ssl.momentum import ema_momentum
+from alice.training import build_lr_scheduler, lr_factor
 from alice.ssl.trainer import EX_TEMPFAIL, NonFiniteLoss, Preempted
 
 

@@ -7,12 +7,13 @@ import pytest
 from alice.config import load_config, pretrain_settings
 from alice.errors import ConfigError
 from alice.ssl.alice import AliceModel
-from alice.ssl.variants import SWITCHES, normalize_variant, parse_run_id, run_id
+from alice.ssl.variants import normalize_variant, parse_run_id, run_id, switches
 
 
 def test_switch_defaults_equal_the_constructor_defaults():
     params = inspect.signature(AliceModel.__init__).parameters
-    for key, default in SWITCHES["alice"].items():
+    assert switches("alice")
+    for key, default in switches("alice").items():
         got = params[key].default
         assert (list(got) if isinstance(got, tuple) else got) == default, key
 

@@ -1,7 +1,7 @@
 """The table stages stay light: `alice table row` (every row but Table 8's, which reads the
 fine-tuned model files with `torch.load(weights_only=True)`), `alice table render` and `alice
 summary` never import torch or MONAI, which would cost each of those ~110 jobs seconds of start-up
-(README "Start-up cost")."""
+(docs/demo.md "Start-up cost")."""
 
 from __future__ import annotations
 

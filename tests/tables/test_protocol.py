@@ -25,11 +25,13 @@ def test_scales_are_the_configs():
 
 
 def test_pretraining_steps_are_the_trainers_last_logged_step(tmp_path):
-    """The trainer's own log writer (alice.ssl.trainer), long enough to be read from its end."""
-    from alice.ssl.trainer import _CsvLog
+    """The pretraining trainer's log writer (alice.training.CsvLog with the trainer's format), long
+    enough to be read from its end."""
+    from alice.ssl.trainer import _fmt
+    from alice.training import CsvLog
 
     path = tmp_path / "log.csv"
-    log = _CsvLog(path)
+    log = CsvLog(path, fmt=_fmt)
     for step in range(1, 5001):
         log.write({"step": step, "lr": 1e-3, "loss": 0.5, "l_r": 0.1, "grad_norm": 1.0, "seconds": 0.01})
     log.close()

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 from alice import config as cfg
 from alice.data.folds import label_fraction_dir, offline_test_split
-from alice.downstream.submission import online_models
+from alice.tables.online import online_models
+from alice.ssl.catalog import needs_matcher
 from alice.tables.spec import cell_sources, find_row, load_spec, table_ids, table_settings
 
 # Fills schema defaults in place; a bad key stops the workflow with one line naming it.
@@ -152,11 +153,17 @@ def phantom_truth(wildcards):
     return "results/phantoms/flare22"
 
 
+def uses_learned_matcher(run):
+    """Whether pretraining run `run` mines its crops with the learned matcher: its method declares
+    matched crops (alice.ssl.catalog) and pretrain.pairs.matcher is sam."""
+    return needs_matcher(run) and config["pretrain"].get("pairs", {}).get("matcher") == "sam"
+
+
 def pretrain_inputs(wildcards):
-    """The pool's splits, plus every train volume's anatomical embeddings when the crop pairs
-    are mined with the learned matcher."""
+    """The pool's splits, plus every train volume's anatomical embeddings when the run mines its
+    crops with the learned matcher."""
     inputs = {"folds": "results/data/flare22_pool/folds.json"}
-    if config["pretrain"].get("pairs", {}).get("matcher") == "sam":
+    if uses_learned_matcher(wildcards.method):
         inputs["embeddings"] = [f"results/anatomy/embeddings/{case}.npz"
                                 for case in pool_cases("train")]
     return inputs
@@ -168,10 +175,10 @@ def anatomy_release(wildcards):
 
 
 def anatomy_cache(wildcards):
-    """The anatomy stage's cache when pretraining mines pairs with the learned matcher. Listed
+    """The anatomy stage's cache when the run mines its crops with the learned matcher. Listed
     apart from the embeddings, which wait for the pool's folds checkpoint, so that the DAG knows
     `anatomy_prepare` from the start and runs it beside the pool's own `prepare`."""
-    if config["pretrain"].get("pairs", {}).get("matcher") == "sam":
+    if uses_learned_matcher(wildcards.method):
         return ["results/anatomy/data/manifest.json"]
     return []
 

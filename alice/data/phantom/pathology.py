@@ -25,7 +25,7 @@ ORGAN_TISSUE = {"liver": "liver", "kidney_r": "kidney_cortex", "kidney_l": "kidn
 # drawn inside with a margin so the achieved fraction stays in band on any grid. CT-1 starts at 8 %,
 # not 3 %: a 3 % GGO of -700 HU edges is a few voxels of the demo's 64x64x32 MosMed volumes, and
 # the scratch ViT classifier separated CT-0 from CT-1+ by no better than 0.62 AUC on such phantoms
-# (0.68 at CT-1 8-23 %; benchmarks/mosmed_trial.py, README "Classification").
+# (0.68 at CT-1 8-23 %; benchmarks/mosmed_trial.py, docs/finetuning.md "Classification").
 GGO_BANDS = {0: (0.0, 0.0), 1: (0.0, 0.25), 2: (0.25, 0.50), 3: (0.50, 0.75), 4: (0.75, 1.0)}
 GGO_TARGETS = {0: (0.0, 0.0), 1: (0.08, 0.23), 2: (0.28, 0.47), 3: (0.53, 0.72), 4: (0.78, 0.95)}
 GGO_BLOBS = {1: (2, 6), 2: (5, 10), 3: (8, 14), 4: (10, 18)}

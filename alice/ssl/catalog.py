@@ -1,0 +1,168 @@
+"""What every SSL method declares, read without importing it (no torch): the DAG, the config and the
+variant parser ask this module, never a method's code.
+
+A method is one file: `alice/ssl/alice.py` (the paper's method) or any module of the top-level
+`baselines` package, found with `pkgutil` (nothing to register). Its declaration is a literal dict
+named `METHOD` at module level, read with `ast.literal_eval`:
+
+    METHOD = {
+        "name": "mae",                         # the run id's method part (defaults to the file name)
+        "paper": "He et al., CVPR 2022",       # where the objective comes from
+        "objective": "masked reconstruction",  # one line for the README's table of methods
+        "views": "crop",                       # what it eats, one of VIEWS below
+        "encoders": ["vit", "swin", "nnformer"],
+        "matcher": False,                      # True: mines its crops with the anatomical matcher
+        "masking": True,                       # True: takes the shared `pretrain.mask_ratio`
+        "switches": {},                        # ablation switches {name: default} (alice.ssl.variants)
+    }
+
+and a factory `build(method_config, encoder_config, crop) -> SSLMethod` registered with
+`alice.ssl.registry.register_method(name)`; `alice.ssl.registry` imports the file when the method
+is first built. The views are cut by `alice.ssl.views` from the unlabeled pool:
+
+    crop          one crop of a random body point per sample: {"x": (B, 1, X, Y, Z)}
+    two_views     one crop, two augmented views of it: {"views": (2, B, 1, X, Y, Z)}
+    multi_crop    one crop, `global_views` global and `local_views` local augmented views, all
+                  resampled to the encoder's crop: {"views": (V, B, 1, X, Y, Z)}, globals first
+    matched_pair  anatomically matched crops of two volumes (alice.ssl.pairs): {"Q": ..., "K": ...}
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from alice.errors import ConfigError
+
+VIEWS = ("crop", "two_views", "multi_crop", "matched_pair")
+ENCODERS = ("vit", "swin", "nnformer")
+# where methods live: the paper's own method, then every module of these packages
+METHOD_MODULES = ("alice.ssl.alice",)
+METHOD_PACKAGES = ("baselines",)
+_KEYS = {"name", "paper", "objective", "views", "encoders", "matcher", "masking", "switches"}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A method's declaration (`METHOD` of its file) and the module that builds it."""
+
+    name: str
+    module: str
+    path: str
+    paper: str
+    objective: str
+    views: str
+    encoders: tuple[str, ...]
+    matcher: bool = False
+    masking: bool = False
+    switches: dict[str, Any] = field(default_factory=dict)
+
+
+def _declaration(path: Path) -> dict | None:
+    """The literal `METHOD = {...}` of a module file, None if it has none."""
+    stat = path.stat()
+    return _parsed(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(path_text: str, mtime_ns: int, size: int) -> dict | None:
+    """`_declaration` of one version of a file (the DAG asks for every job)."""
+    path = Path(path_text)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in tree.body:
+        target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                  else node.target if isinstance(node, ast.AnnAssign) else None)
+        if isinstance(target, ast.Name) and target.id == "METHOD" and node.value is not None:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                raise ConfigError(f"{path}: METHOD", "must be a literal dict (read without importing "
+                                                     "the file)") from None
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: METHOD", "must be a dict")
+            return value
+    return None
+
+
+def _info(module: str, path: Path, decl: dict) -> MethodInfo:
+    where = f"{path}: METHOD"
+    unknown = sorted(set(decl) - _KEYS)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(_KEYS))})")
+    name = decl.get("name", module.rsplit(".", 1)[-1])
+    views = decl.get("views")
+    if views not in VIEWS:
+        raise ConfigError(f"{where}.views", f"must be one of {', '.join(VIEWS)}, got {views!r}")
+    encoders = tuple(decl.get("encoders") or ())
+    bad = [e for e in encoders if e not in ENCODERS]
+    if not encoders or bad:
+        raise ConfigError(f"{where}.encoders", f"must list some of {', '.join(ENCODERS)}, got {list(encoders)}")
+    for key in ("paper", "objective"):
+        if not isinstance(decl.get(key), str) or not decl[key]:
+            raise ConfigError(f"{where}.{key}", "must be a non-empty string")
+    switches = decl.get("switches") or {}
+    if not isinstance(switches, dict):
+        raise ConfigError(f"{where}.switches", "must be a dict {switch: default}")
+    return MethodInfo(name=str(name), module=module, path=str(path), paper=decl["paper"],
+                      objective=decl["objective"], views=views, encoders=encoders,
+                      matcher=bool(decl.get("matcher", False)), masking=bool(decl.get("masking", False)),
+                      switches=dict(switches))
+
+
+def _module_files() -> Iterable[tuple[str, Path]]:
+    for module in METHOD_MODULES:
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin:
+            yield module, Path(spec.origin)
+    for package in METHOD_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(package)
+        except ModuleNotFoundError:
+            continue
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        # the package's live __path__ when it is imported (a test may extend it), else its spec's
+        locations = list(getattr(sys.modules.get(package), "__path__", spec.submodule_search_locations))
+        for found in pkgutil.iter_modules(locations):
+            if found.ispkg or found.name.startswith("_"):
+                continue
+            yield f"{package}.{found.name}", Path(found.module_finder.path) / f"{found.name}.py"
+
+
+def methods() -> dict[str, MethodInfo]:
+    """Every declared method by name (files without a `METHOD` are helpers, not methods)."""
+    found: dict[str, MethodInfo] = {}
+    for module, path in _module_files():
+        decl = _declaration(path)
+        if decl is None:
+            continue
+        info = _info(module, path, decl)
+        if info.name in found:
+            raise ConfigError(f"{path}: METHOD.name", f"'{info.name}' is also declared by {found[info.name].path}")
+        found[info.name] = info
+    return dict(sorted(found.items()))
+
+
+def method_info(name: str) -> MethodInfo | None:
+    """The declaration of method `name`, None when no file declares it."""
+    return methods().get(name)
+
+
+def require(name: str, key: str = "pretrain.method") -> MethodInfo:
+    """The declaration of `name`; ConfigError naming the known methods when there is none."""
+    info = method_info(name)
+    if info is None:
+        raise ConfigError(key, f"unknown SSL method '{name}' (known: {', '.join(methods()) or '<none>'})")
+    return info
+
+
+def needs_matcher(run: str) -> bool:
+    """Whether pretraining run `run` (a method or a variant run id) mines crops with the matcher."""
+    info = method_info(run.split("__")[0])
+    return bool(info and info.matcher)

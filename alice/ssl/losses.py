@@ -1,0 +1,79 @@
+"""Losses and monitors shared by the SSL methods (one definition each; the methods' files cite the
+equations they implement).
+
+- `cosine_loss`: BYOL's normalised regression 2 − 2·cos(q, z') (Grill et al. 2020, eq. 2);
+- `info_nce`: InfoNCE with in-batch negatives (Oord et al. 2018; MoCo v3, Chen et al. 2021, Alg. 1
+  `ctr` without its 2τ factor);
+- `dino_loss`, `update_center`: DINO's cross-entropy with a centred, sharpened teacher and the EMA
+  centre (Caron et al. 2021, eq. 1, §3.1 and eq. 4);
+- `norm_pix`, `masked_mse`: MAE's per-patch normalised pixel targets and its MSE on masked patches
+  only (He et al. 2022, §3 "Reconstruction target");
+- `spread`: the collapse monitor (SimSiam, Chen & He 2021, §4.1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """2 − 2·cos(student, teacher) over the last dim, averaged over the rest (BYOL)."""
+    return (2.0 - 2.0 * F.cosine_similarity(student, teacher.detach(), dim=-1)).mean()
+
+
+def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE with in-batch negatives; (B, ..., C) inputs are averaged over tokens first."""
+    if student.dim() == 3:
+        student, teacher = student.mean(1), teacher.mean(1)
+    s = F.normalize(student, dim=-1)
+    t = F.normalize(teacher.detach(), dim=-1)
+    logits = s @ t.t() / temperature
+    return F.cross_entropy(logits, torch.arange(s.shape[0], device=s.device))
+
+
+def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center: torch.Tensor,
+              student_temperature: float, teacher_temperature: float) -> torch.Tensor:
+    """DINO's cross-entropy (Caron et al. 2021, eq. 1 with centring and sharpening, §3.1):
+    −Σ_k softmax((t − c)/τ_t)_k · log softmax(s/τ_s)_k over the prototype logits, averaged over the
+    other dims (samples, tokens); the teacher side is detached."""
+    p_t = F.softmax((teacher_logits.detach() - center) / teacher_temperature, dim=-1)
+    return -(p_t * F.log_softmax(student_logits / student_temperature, dim=-1)).sum(-1).mean()
+
+
+def spread(z: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor (SimSiam, Chen & He 2021, §4.1): the per-dimension std over the batch of the
+    l2-normalised embeddings, averaged over dimensions and scaled by √C — ≈ 1 for embeddings spread
+    over the sphere, 0 when every sample maps to one point (the failure a low ℓ_s alone cannot rule
+    out). (B, T, C) inputs are averaged over tokens first; NaN-free only for B ≥ 2."""
+    z = z.detach().float()
+    if z.dim() == 3:
+        z = z.mean(1)
+    c = z.shape[-1]
+    return F.normalize(z, dim=-1).std(0).mean() * c ** 0.5
+
+
+def norm_pix(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    mean = patches.mean(-1, keepdim=True)
+    var = patches.var(-1, keepdim=True, unbiased=False)
+    return (patches - mean) / (var + eps).sqrt()
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 for one crop: mean over voxels of a patch, summed over masked patches / their number."""
+    per_patch = ((pred - target) ** 2).mean(-1)
+    m = mask.to(per_patch.dtype)
+    return (per_patch * m).sum() / m.sum().clamp_min(1.0)
+
+
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher_logits: list[torch.Tensor], momentum: float) -> None:
+    """DINO's centre (Caron et al. 2021, eq. 4): c ← m·c + (1 − m)·mean of the teacher logits over
+    every row of every process (samples, tokens, views)."""
+    rows = torch.cat([t.reshape(-1, t.shape[-1]).float() for t in teacher_logits])
+    total, count = rows.sum(0), rows.new_tensor(float(rows.shape[0]))
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+        dist.all_reduce(count)
+    center.mul_(momentum).add_((total / count).to(center.dtype), alpha=1.0 - momentum)
