@@ -41,12 +41,11 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from alice.errors import ConfigError
 from alice.models.heads import ProjectionHead, Prototypes
 from alice.ssl.encoder import build_encoder, pool, transferable_state
 from alice.ssl.losses import dino_loss, spread, update_center
 from alice.ssl.momentum import MomentumMethod
-from alice.ssl.registry import register_method
+from alice.ssl.registry import checked_build, register_method
 from alice.ssl.views import check_view_options
 
 METHOD = {
@@ -147,11 +146,4 @@ _KWARGS = ("head", "prototypes", "student_temperature", "teacher_temperature", "
 
 @register_method("dino")
 def build(method_config: Mapping[str, Any], encoder_config: Mapping[str, Any], crop) -> DINO:
-    cfg = dict(method_config or {})
-    unknown = sorted(k for k in cfg if k not in _KWARGS)
-    if unknown:
-        raise ConfigError(f"pretrain.methods.dino.{unknown[0]}", f"unknown key (known: {', '.join(_KWARGS)})")
-    try:
-        return DINO(encoder_config, crop, method_config=cfg, **cfg)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("pretrain.methods.dino", str(exc)) from exc
+    return checked_build("dino", DINO, _KWARGS, method_config, encoder_config, crop)

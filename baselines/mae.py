@@ -27,12 +27,11 @@ from typing import Any, Mapping
 
 import torch
 
-from alice.errors import ConfigError
 from alice.models.decoder import MaskedDecoder
 from alice.ssl.augment import MaeAugmentConfig, mae_augment
 from alice.ssl.encoder import build_encoder, pool, transferable_state
 from alice.ssl.losses import masked_mse, norm_pix, spread
-from alice.ssl.registry import SSLMethod, register_method
+from alice.ssl.registry import SSLMethod, checked_build, register_method
 
 METHOD = {
     "name": "mae",
@@ -88,11 +87,4 @@ _KWARGS = ("mask_ratio", "decoder", "norm_pix_loss", "augment")
 
 @register_method("mae")
 def build(method_config: Mapping[str, Any], encoder_config: Mapping[str, Any], crop) -> MAE:
-    cfg = dict(method_config or {})
-    unknown = sorted(k for k in cfg if k not in _KWARGS)
-    if unknown:
-        raise ConfigError(f"pretrain.methods.mae.{unknown[0]}", f"unknown key (known: {', '.join(_KWARGS)})")
-    try:
-        return MAE(encoder_config, crop, method_config=cfg, **cfg)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("pretrain.methods.mae", str(exc)) from exc
+    return checked_build("mae", MAE, _KWARGS, method_config, encoder_config, crop)

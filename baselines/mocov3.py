@@ -31,12 +31,11 @@ from typing import Any, Mapping
 
 import torch
 
-from alice.errors import ConfigError
 from alice.models.heads import Predictor, ProjectionHead
 from alice.ssl.encoder import build_encoder, pool, transferable_state
 from alice.ssl.losses import info_nce, spread
 from alice.ssl.momentum import MomentumMethod
-from alice.ssl.registry import register_method
+from alice.ssl.registry import checked_build, register_method
 from alice.ssl.views import check_view_options
 
 METHOD = {
@@ -99,11 +98,4 @@ _KWARGS = ("head", "predictor_hidden_dim", "temperature", "momentum", "momentum_
 
 @register_method("mocov3")
 def build(method_config: Mapping[str, Any], encoder_config: Mapping[str, Any], crop) -> MoCoV3:
-    cfg = dict(method_config or {})
-    unknown = sorted(k for k in cfg if k not in _KWARGS)
-    if unknown:
-        raise ConfigError(f"pretrain.methods.mocov3.{unknown[0]}", f"unknown key (known: {', '.join(_KWARGS)})")
-    try:
-        return MoCoV3(encoder_config, crop, method_config=cfg, **cfg)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("pretrain.methods.mocov3", str(exc)) from exc
+    return checked_build("mocov3", MoCoV3, _KWARGS, method_config, encoder_config, crop)

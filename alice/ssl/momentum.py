@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import abc
 import math
 
 import torch
@@ -43,9 +44,9 @@ class MomentumMethod(SSLMethod):
         self.momentum = float(momentum)
         self.momentum_schedule = momentum_schedule
 
+    @abc.abstractmethod
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """The (online, target) pairs, the target an EMA of the online module."""
-        raise NotImplementedError
 
     def freeze_targets(self) -> None:
         for _, target in self.ema_pairs():

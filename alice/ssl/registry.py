@@ -34,7 +34,7 @@ from torch import nn
 
 from alice.errors import ConfigError
 
-__all__ = ["METHODS", "SSLMethod", "build_method", "get_method", "known_methods", "register_method"]
+__all__ = ["METHODS", "SSLMethod", "build_method", "checked_build", "get_method", "known_methods", "register_method"]
 
 Factory = Callable[[Mapping[str, Any], Mapping[str, Any], Sequence[int]], "SSLMethod"]
 
@@ -60,6 +60,21 @@ class SSLMethod(nn.Module, metaclass=abc.ABCMeta):
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Hook run after optimizer step `step` (0-based) of `total_steps`; default: nothing."""
+
+
+def checked_build(name: str, cls: type, known: Sequence[str], method_config: Mapping[str, Any] | None,
+                  encoder_config: Mapping[str, Any], crop) -> "SSLMethod":
+    """`cls(encoder_config, crop, method_config=cfg, **cfg)` for a method whose config keys are its
+    constructor's keyword arguments `known`: an unknown key, or a value the constructor refuses, is a
+    ConfigError naming `pretrain.methods.<name>[.<key>]` (what a method file's factory returns)."""
+    cfg = dict(method_config or {})
+    unknown = sorted(k for k in cfg if k not in known)
+    if unknown:
+        raise ConfigError(f"pretrain.methods.{name}.{unknown[0]}", f"unknown key (known: {', '.join(known)})")
+    try:
+        return cls(encoder_config, crop, method_config=cfg, **cfg)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"pretrain.methods.{name}", str(exc)) from exc
 
 
 def register_method(name: str) -> Callable[[Factory], Factory]:

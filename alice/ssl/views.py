@@ -27,6 +27,7 @@ sees exactly the batches of an uninterrupted one.
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -93,7 +94,7 @@ def check_view_options(kind: str, options: Mapping[str, Any] | None, key: str = 
     return options
 
 
-class PoolVolumes:
+class PoolVolumes(abc.ABC):
     """The pool's cached volumes (memmaps, opened lazily) and random body voxels in them."""
 
     def __init__(self, data_dir: str | Path, case_ids: Sequence[str], crop: Sequence[int],
@@ -127,8 +128,9 @@ class PoolVolumes:
                 return p.astype(np.float64)
         return (shape - 1) / 2.0  # (nearly) empty volume: its centre
 
+    @abc.abstractmethod
     def batch(self, step: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """Step `step`'s batch (depends only on the seed, the step and the data)."""
 
     def __getitem__(self, step: int) -> dict[str, Any]:
         return self.batch(step)
