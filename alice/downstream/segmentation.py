@@ -27,7 +27,8 @@
   normalised to sum 1 (`deep_supervision_loss`).
 - Validation every `val_every` epochs and after the last: sliding-window prediction of the fold's
   val cases on the cached grid; score = mean over cases of the mean Dice over the organs present
-  in the case's label (a quick curve, not the reported metric).
+  in the case's label (a quick curve, not the reported metric). `val_every: 0` validates never:
+  the evaluate stage scores the final model on the same held-out cases anyway.
 - The model saved is the FINAL one (the paper does not say it selects a checkpoint); the best
   validation score and its epoch are recorded in the summary only.
 - Determinism: torch, numpy, random and MONAI are seeded from (seed, fold) (`run_seed`), the
@@ -166,8 +167,8 @@ def _parse(settings: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(optim, Mapping):
         raise ConfigError("optim", "missing the optimizer section")
     val_every = settings.get("val_every", 1)
-    if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
-        raise ConfigError("val_every", f"must be a positive integer, got {val_every!r}")
+    if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 0:
+        raise ConfigError("val_every", f"must be 0 (never) or a positive integer, got {val_every!r}")
     spv = settings.get("samples_per_volume", 1)
     if isinstance(spv, bool) or not isinstance(spv, int) or spv < 1:
         raise ConfigError("samples_per_volume", f"must be a positive integer, got {spv!r}")
@@ -356,7 +357,7 @@ def finetune(
                         if stop.name:
                             raise Preempted(step, state_path, stop.name)
                 train_seconds += time.perf_counter() - t_epoch
-                if val_ids and (epoch % cfg["val_every"] == 0 or epoch == cfg["epochs"]):
+                if val_ids and cfg["val_every"] and (epoch % cfg["val_every"] == 0 or epoch == cfg["epochs"]):
                     score = validate(net, data_dir, val_ids, settings, dev)
                     val_history[epoch] = score
                     rows[-1]["val_dice"] = score

@@ -80,6 +80,10 @@ def test_batches_regroup_crops_across_volumes(tiny_data, tmp_path, dx):
     assert summary["steps_per_epoch"] == 2 and summary["steps"] == 2
     rows = _rows(tmp_path / "r" / "log.csv")
     assert rows[-1]["val_dice"] != ""  # the last epoch is always validated
+    never = _run(tiny_data, tmp_path / "n", dx, samples_per_volume=3, optim=optim, augmentation=[], val_every=0)
+    assert never["val_dice"] == {} and never["best_val_dice"] is None
+    assert all(r["val_dice"] == "" for r in _rows(tmp_path / "n" / "log.csv"))
+    assert never["final_loss"] == summary["final_loss"]  # the same training
 
 
 def test_evaluate_writes_metrics_on_the_original_grid(runs, tiny_data):
