@@ -12,6 +12,8 @@ import argparse
 import errno
 import json
 import logging
+import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,71 @@ log = logging.getLogger("alice")
 EX_IOERR = 74
 EX_NOPERM = 77
 EX_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+SEED_LIMIT = 2**32  # numpy seeds with 0 <= seed < 2**32
+
+
+# Option types: argparse reports their ArgumentTypeError as "argument --threads: must be >= 1,
+# got -1" before any stage runs.
+def _integer(text: str) -> int:
+    """ASCII digits only: int() would also take '٣' or '1_0'."""
+    if not re.fullmatch(r"[-+]?[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}")
+    return int(text)
+
+
+def positive_int(text: str) -> int:
+    """A count of at least one: threads, steps, labeled cases, figure rows."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An index: a fold or split number."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """A seed numpy takes: 0 <= seed < 2**32 (it refuses others deep inside a stage)."""
+    value = _integer(text)
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a seed from 0 to {SEED_LIMIT - 1}, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A label fraction: a number in (0, 1] (not nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text!r}")
+    return value
+
+
+def split_name(text: str) -> str:
+    """A case list of folds.json: 'test', 'online_test', 'val' (mosmed) or 'val:K' / 'train:K'
+    of fold K >= 0 (the stage checks that the fold exists)."""
+    kind, sep, fold = text.partition(":")
+    if (not sep and text in ("test", "online_test", "val")) or (
+            sep and kind in ("val", "train") and re.fullmatch(r"[0-9]+", fold)):
+        return text
+    raise argparse.ArgumentTypeError("must be 'test', 'online_test', 'val' or 'val:K' / 'train:K' "
+                                     f"with a fold K >= 0, got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other user error of the harness
+    ("alice finetune: error: argument --threads: must be >= 1, got -1", exit 2); --help still
+    prints the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _settings(args, from_config) -> dict:
@@ -166,6 +233,8 @@ def cmd_finetune(args) -> None:
 
 
 def _finetune(args) -> None:
+    data = Path(args.data) if args.data else Path("results/data") / args.dataset
+    _check_fold(data / "folds.json", args.fold, args.dataset)
     if args.dataset == "mosmed":
         if args.labeled is not None or args.subset_seed is not None:
             raise ConfigError("--labeled", "applies to segmentation (flare22, btcv) only; mosmed "
@@ -180,7 +249,6 @@ def _finetune(args) -> None:
     settings = _settings(args, lambda c: cfg.finetune_settings(c, args.backbone))
     device = args.device or settings.get("device", "auto")
     threads = args.threads or settings.get("threads", 1)
-    data = Path(args.data) if args.data else Path("results/data") / args.dataset
     summary = finetune(dataset=args.dataset, backbone=args.backbone, method=args.method,
                        init=args.init, fold=args.fold, data_dir=data, out_dir=Path(args.out),
                        settings=settings["finetune"], encoder_config=settings["encoder"],
@@ -194,6 +262,24 @@ def _finetune(args) -> None:
     if args.evaluate:
         _evaluate(args.dataset, Path(args.out), data, Path(args.out) / "metrics.json", "test",
                   device, threads, not args.no_progress)
+
+
+def _check_fold(path: Path, fold: int, dataset: str) -> None:
+    """Refuse a --fold that `path` (folds.json) does not hold, before the stage removes the old
+    outputs of the run. A missing or malformed file is left to the stage, which names it."""
+    from alice.io import read_json
+
+    key, name = ("repeats", "repeat") if dataset == "mosmed" else ("folds", "fold")
+    try:
+        entries = read_json(path)[key] if path.is_file() else None
+    except (ValueError, TypeError, KeyError):
+        return
+    if not isinstance(entries, list):
+        return
+    known = sorted(e[name] for e in entries if isinstance(e, dict) and isinstance(e.get(name), int))
+    if fold not in known:
+        held = ", ".join(str(k) for k in known) or "none"
+        raise ConfigError("--fold", f"{path} has no {name} {fold} ({name}s: {held})")
 
 
 def _finetune_classification(args) -> None:
@@ -359,7 +445,7 @@ def cmd_config(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alice", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="alice", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
 
@@ -376,20 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("phantom", cmd_phantom, "write a synthetic CT dataset in the release's layout")
     p.add_argument("--dataset", required=True, choices=["flare22", "btcv", "mosmed"])
     p.add_argument("--out", required=True, help="release root to write")
-    p.add_argument("--seed", type=int, default=None, help="override phantom.seed")
+    p.add_argument("--seed", type=seed_int, default=None, help="override phantom.seed")
 
     p = stage("prepare", cmd_prepare, "validate a release and build the preprocessing cache")
     p.add_argument("--dataset", required=True, choices=list(cfg.DATASETS))
     p.add_argument("--root", default=None,
                    help="release root (default: the configured root, or the phantom's folder)")
-    p.add_argument("--out", required=True, help="cache folder, e.g. results/data/flare22")
+    p.add_argument("--out", required=True, help="cache folder, e.g. results/data/flare22: empty, or an earlier `alice prepare` output (.alice-prepare.json)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     p = stage("folds", cmd_folds, "write the seeded cross-validation splits of a prepared dataset")
     p.add_argument("--dataset", required=True, choices=list(cfg.DATASETS))
     p.add_argument("--data", required=True, help="prepared cache folder (holds manifest.json)")
     p.add_argument("--out", default=None, help="default: DATA/folds.json")
-    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--seed", type=seed_int, default=None, help="override the config's seed")
 
     p = stage("anatomy", cmd_anatomy, "the learned anatomical-embedding matcher (SAM-style): "
               "train | embed | evaluate")
@@ -408,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", default="results/anatomy/embeddings", help="evaluate")
     p.add_argument("--truth", default="results/phantoms/flare22/phantom_truth",
                    help="evaluate: phantom ground truth (landmarks)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
 
     p = stage("pretrain", cmd_pretrain, "self-supervised pretraining of an encoder "
@@ -422,8 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with pretrain.pairs.matcher: sam)")
     p.add_argument("--data", default="results/data/flare22_pool",
                    help="prepared unlabeled pool (manifest.json + folds.json)")
-    p.add_argument("--steps", type=int, default=None, help="override optim.iterations")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--steps", type=positive_int, default=None, help="override optim.iterations")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
     p.add_argument("--no-progress", action="store_true")
 
@@ -439,21 +525,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint (any other method)")
     p.add_argument("--allow-unfinished", action="store_true", help="also take an unfinished "
                    "pretraining state (resume.pt) as --init")
-    p.add_argument("--fold", required=True, type=int, help="fold (mosmed: split) index; with "
-                   "--labeled: the fold whose number of optimizer steps the run takes")
-    p.add_argument("--labeled", type=int, default=None, help="segmentation: train on this many "
-                   "labeled training cases (a seeded subset of every fold's cases, no validation) "
-                   "instead of the fold's")
-    p.add_argument("--subset-seed", type=int, default=None,
+    p.add_argument("--fold", required=True, type=non_negative_int, help="fold (mosmed: split) "
+                   "index; with --labeled: the fold whose number of optimizer steps the run takes")
+    p.add_argument("--labeled", type=positive_int, default=None, help="segmentation: train on "
+                   "this many labeled training cases (a seeded subset of every fold's cases, no "
+                   "validation) instead of the fold's")
+    p.add_argument("--subset-seed", type=seed_int, default=None,
                    help="with --labeled: which subset (the same for every method)")
-    p.add_argument("--label-fraction", type=float, action="append", default=[],
+    p.add_argument("--label-fraction", type=fraction, action="append", default=[],
                    help="mosmed: train on this label fraction of the split (repeatable; default: "
                    "every fraction of folds.json), each in OUT/labels<percent>/")
     p.add_argument("--out", required=True, help="fold folder: model.pt, log.csv, ... "
                    "(mosmed: one labels<percent>/ subfolder per label fraction)")
     p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--evaluate", action="store_true", help="also score the test cases")
     p.add_argument("--no-progress", action="store_true")
 
@@ -461,14 +547,15 @@ def build_parser() -> argparse.ArgumentParser:
               settings=False)
     p.add_argument("--dataset", required=True, choices=["flare22", "btcv", "mosmed"])
     p.add_argument("--model-dir", required=True, help="folder holding model.pt")
-    p.add_argument("--out", default=None, help="default: MODEL_DIR/metrics.json")
+    p.add_argument("--out", default=None, help="default: MODEL_DIR/metrics.json; the predictions go beside it, in predictions/ (metrics.json) or <stem>_predictions/ (any other name), replaced with it as one set")
     p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
-    p.add_argument("--split", default="test", help="'test' or 'val:K' (fold K's val cases; K "
-                   "must be the model's fold); mosmed: 'test' or 'val' of the model's split")
+    p.add_argument("--split", type=split_name, default="test", help="'test' or 'val:K' (fold K's "
+                   "val cases; K must be the model's fold); mosmed: 'test' or 'val' of the model's "
+                   "split")
     p.add_argument("--allow-fold-mismatch", action="store_true", help="score 'val:K' even when "
                    "it holds cases the model trained on (another fold's, a low-label subset's)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
 
     p = stage("predict", cmd_predict, "write the online test set's submission files "
@@ -479,9 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder holding model.pt; repeat it for the mean softmax of several models")
     p.add_argument("--out", required=True, help="e.g. results/btcv_online/alice (replaced)")
     p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
-    p.add_argument("--split", default="online_test", help="a case list of folds.json")
+    p.add_argument("--split", type=split_name, default="online_test",
+                   help="a case list of folds.json")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
 
     p = stage("table", cmd_table, "compute a table row, or render a table to CSV + LaTeX")
@@ -519,8 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", action="append", required=True, metavar="METRICS_JSON",
                    help="a low-label run's metrics.json (alice finetune --labeled N --subset-seed "
                    "S --evaluate); repeat for every run")
-    p.add_argument("--scale", required=True, help="the config's scale (demo, paper), stamped on "
-                   "every output")
+    p.add_argument("--scale", required=True, choices=["demo", "paper"],
+                   help="the config's scale, stamped on every output")
     p.add_argument("--csv", default="results/pretraining_effect.csv")
     p.add_argument("--tests", default="results/pretraining_effect_tests.csv")
     p.add_argument("--figure", default="results/figures/pretraining_effect.png")
@@ -545,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", required=True, help="the dataset's preprocessing cache, e.g. "
                    "results/data/flare22 (<case>.json names the source image and label)")
     f.add_argument("--out", required=True, help="e.g. results/figures/overlays_flare22_unetr.png")
-    f.add_argument("--max-cases", type=int, default=4, help="rows: the first N test cases by id")
+    f.add_argument("--max-cases", type=positive_int, default=4,
+                   help="rows: the first N test cases by id")
     f.add_argument("--title", default=None)
     f = figs.add_parser("finetune", help="fine-tuning curves: loss and val Dice per fold of "
                         "each method")
@@ -564,7 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a bad option (one line already printed, exit 2) or --help (0)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:

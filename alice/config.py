@@ -2,7 +2,9 @@
 
 The schema lives at workflow/schemas/config.schema.yaml and is applied with Snakemake's
 `snakemake.utils.validate`, both by the Snakefile and by every CLI stage, so a bad key fails the
-same way everywhere: one line naming the key.
+same way everywhere: one line naming the key. Every YAML file the harness reads (configs, the
+schema, the table specs) goes through `load_yaml`, which refuses what a YAML reader would resolve
+silently or differently from another reader.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from alice.errors import ConfigError, InputError
+from alice.errors import ConfigError, HarnessError, InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -25,6 +27,123 @@ PLACEHOLDER_PREFIX = "/path/to/"
 # Which phantom release holds each prepared dataset, and which config key gives its root.
 RELEASE_OF = {"flare22": "flare22", "flare22_pool": "flare22", "btcv": "btcv", "mosmed": "mosmed"}
 DATASETS = tuple(RELEASE_OF)
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A YAML form `StrictLoader` refuses; `problem` says why, `problem_mark` where."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+_BOOLEANS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without the forms it resolves silently or unlike a YAML 1.2 reader:
+
+    - a key twice in one mapping (PyYAML keeps the last);
+    - the YAML 1.1 booleans yes, no, on, off, y, n (also Yes, YES, ...): `amp: off` is False to
+      PyYAML and the string "off" to a YAML 1.2 reader; true and false (also True, TRUE, ...) are
+      booleans, a quoted 'off' a string;
+    - sexagesimal numbers (`1:30`, 90 to PyYAML) and integers with a leading zero or `0b`
+      (`0755`, octal 493 to PyYAML, 755 to YAML 1.2; `08`, a string to PyYAML);
+    - merge keys (`<<`) and aliases (`*name`): merged keys silently give way to the ones written
+      beside them, and an alias makes two keys share one value, which a `--configfile` overlay
+      changing one of them would change in both.
+
+    A number with an exponent but no dot or no exponent sign (`1e-3`, `1.0e3`) is a string to
+    PyYAML; here it is the float it reads as (what its writer meant). Refusals are `_Refused`
+    errors marking the line; `load_yaml` turns them into one-line InputErrors.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(f"alias '*{event.anchor}' refused: it makes two keys share one value, "
+                           "and changing one changes both; write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    raise _Refused("merge key '<<' refused: the merged keys silently give way to "
+                                   "the ones beside them; write the keys out", key_node.start_mark)
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base constructor reports it
+                    continue
+                if first is not key_node:
+                    raise _Refused(f"duplicate key {key!r} (first on line {first.start_mark.line + 1}): "
+                                   "YAML would keep only the last, silently", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_strict_bool(self, node):
+        value = self.construct_scalar(node)
+        if value not in _BOOLEANS:
+            raise _Refused(f"'{value}' is ambiguous: YAML 1.1 reads a boolean, YAML 1.2 a string; "
+                           "write true or false, or quote it", node.start_mark)
+        return _BOOLEANS[value]
+
+    def construct_strict_int(self, node):
+        value = self.construct_scalar(node)
+        digits = value.lstrip("+-")
+        if ":" in digits:
+            raise _Refused(f"'{value}' is ambiguous: YAML 1.1 reads a base-60 number, YAML 1.2 a "
+                           "string; quote it or write the number", node.start_mark)
+        if digits[:2] in ("0b", "0B"):
+            raise _Refused(f"'{value}' is ambiguous: YAML 1.1 reads a binary number, YAML 1.2 a "
+                           "string; write it in decimal or quote it", node.start_mark)
+        if len(digits) > 1 and digits[0] == "0" and digits[1] not in "xX":
+            raise _Refused(f"'{value}' is ambiguous: a leading zero reads as octal in YAML 1.1 and "
+                           "as decimal in YAML 1.2; drop the zero or quote it", node.start_mark)
+        return self.construct_yaml_int(node)
+
+    def construct_strict_float(self, node):
+        value = self.construct_scalar(node)
+        if ":" in value:
+            raise _Refused(f"'{value}' is ambiguous: YAML 1.1 reads a base-60 number, YAML 1.2 a "
+                           "string; quote it or write the number", node.start_mark)
+        return self.construct_yaml_float(node)
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:bool", StrictLoader.construct_strict_bool)
+StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_strict_int)
+StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_strict_float)
+# Plain scalars PyYAML reads as strings though a reader may mean something else: sent to the
+# constructors above (after PyYAML's own resolvers, which match first), to refuse or convert.
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"),
+                                   list("yYnN"))
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^[-+]?(?:0[0-9_]+|[0-9][0-9_]*(?::[0-9_]+)+(?:\.[0-9_]*)?)$"),
+    list("-+0123456789"))
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(path: str | Path) -> Any:
+    """The YAML document of `path`, read with `StrictLoader`. Raises InputError naming the file
+    and the line: "config.yaml: line 12: duplicate key 'seed' (first on line 3): ..."."""
+    path = Path(path)
+    try:
+        with path.open("rb") as stream:
+            return yaml.load(stream, Loader=StrictLoader)
+    except _Refused as exc:
+        raise InputError(path, f"line {exc.problem_mark.line + 1}: {exc.problem}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        what = exc.problem or exc.context or type(exc).__name__
+        raise InputError(path, f"{where}not valid YAML: {what}".splitlines()[0]) from None
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML: {exc}".splitlines()[0]) from None
 
 
 def _dotted(path) -> str:
@@ -46,6 +165,7 @@ def validate_config(config: dict) -> dict:
 
     if not SCHEMA_PATH.is_file():
         raise ConfigError("<schema>", f"schema not found at {SCHEMA_PATH}")
+    strict = _strict_validator()  # reads the schema strictly: an ambiguous schema stops here
     try:
         validate(config, str(SCHEMA_PATH), set_default=True)
     except WorkflowError as exc:
@@ -53,7 +173,7 @@ def validate_config(config: dict) -> dict:
         if not isinstance(cause, jsonschema.ValidationError):
             raise ConfigError("<config>", str(exc).splitlines()[0]) from None
         raise _config_error(cause) from None
-    _check_integers(config)
+    _check_integers(config, strict)
     _check_scale(config)
     return config
 
@@ -95,13 +215,13 @@ def _strict_validator():
     checker = Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
     strict = validators.extend(Draft202012Validator, type_checker=checker)
-    return strict(yaml.safe_load(SCHEMA_PATH.read_text()))
+    return strict(load_yaml(SCHEMA_PATH))
 
 
-def _check_integers(config: dict) -> None:
+def _check_integers(config: dict, strict) -> None:
     """Refuse a float (`folds: 5.0`) where the schema asks for an integer, naming the key (the
     config has passed the schema otherwise: a type error is the only kind expected here)."""
-    error = next(iter(_strict_validator().iter_errors(config)), None)
+    error = next(iter(strict.iter_errors(config)), None)
     if error is None:
         return
     if error.validator != "type":
@@ -131,14 +251,12 @@ def _config_error(error) -> ConfigError:
 
 
 def load_config(path: str | Path | None = None) -> dict:
-    """Read a YAML config file and validate it. `None` means the demo config."""
+    """Read a YAML config file strictly (`load_yaml`) and validate it. `None` means the demo
+    config."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
         raise InputError(path, "config file does not exist")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML: {exc}".splitlines()[0]) from None
+    config = load_yaml(path)
     if not isinstance(config, dict):
         raise InputError(path, "a config file must hold a mapping")
     return validate_config(config)

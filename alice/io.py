@@ -7,9 +7,10 @@ import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -30,17 +31,61 @@ def _umask() -> int:
 
 
 def temporary_pattern(path: Path) -> re.Pattern[str]:
-    """Names `atomic_path` gives the temporaries of `path`: `.NAME.RANDOM.tmpSUFFIX`."""
+    """Names `atomic_path` and `atomic_set` give the temporaries of `path`: `.NAME.RANDOM.tmpSUFFIX`."""
     return re.compile(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]+\.tmp.*", re.ASCII | re.DOTALL)
 
 
 def remove_stale_temporaries(path: str | Path) -> None:
-    """Remove temporaries of `path` that an interrupted earlier write left beside it."""
+    """Remove temporaries of `path` (files, or folders of `atomic_set`) that an interrupted earlier
+    write left beside it."""
     path = Path(path)
     pattern = temporary_pattern(path)
     for entry in path.parent.glob(f".{glob.escape(path.name)}.*"):
-        if pattern.fullmatch(entry.name) and entry.is_file():
+        if not pattern.fullmatch(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_file():
             entry.unlink(missing_ok=True)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder tree; nothing if it is absent."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _aside(path: Path) -> Path:
+    """Rename `path` (a file or a folder) to a fresh temporary name of it and return that name: it
+    disappears whole, and a killed process leaves a temporary that the next write removes."""
+    if path.is_dir() and not path.is_symlink():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        os.replace(path, tmp)  # a folder replaces the empty one that reserved the name
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def remove_set(marker: str | Path, folders: Sequence[str | Path] = ()) -> None:
+    """Remove an output set of `atomic_set`: the marker first (the set no longer claims to be
+    complete), then each folder, which is renamed away before it is deleted, and the temporaries
+    an interrupted earlier write of the set left."""
+    marker = Path(marker)
+    marker.unlink(missing_ok=True)
+    for folder in map(Path, folders):
+        if folder.exists() or folder.is_symlink():
+            _remove(_aside(folder))
+    for path in (marker, *map(Path, folders)):
+        if path.parent.is_dir():
+            remove_stale_temporaries(path)
 
 
 @contextlib.contextmanager
@@ -69,10 +114,87 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_set(marker: str | Path, folders: Sequence[str | Path] = ()) -> Iterator[tuple[Path, list[Path]]]:
+    """Yield a temporary file for `marker` and a fresh temporary folder for each of `folders`, all
+    beside their targets; only if the block succeeds, swap them in as one set (outputs that belong
+    together, e.g. metrics.json and the predictions it scored).
+
+    The swap moves the old marker aside first and renames the new one in last, so whenever
+    `marker` exists the folders beside it were written with it; the old files are deleted only
+    once the new set is in place. A failed block (or a failed rename, which is undone) leaves the
+    old set as it was; a process killed during the swap's few renames leaves no marker (an
+    incomplete set). Temporaries of an interrupted earlier write are removed first; the new files
+    get the modes of a plain `open()` / `mkdir()`.
+    """
+    marker = Path(marker)
+    folders = [Path(f) for f in folders]
+    for path in (marker, *folders):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+    fd, name = tempfile.mkstemp(prefix=f".{marker.name}.", suffix=".tmp" + "".join(marker.suffixes),
+                                dir=marker.parent)
+    os.close(fd)
+    new = [Path(name)]
+    try:
+        for folder in folders:
+            new.append(Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent)))
+        yield new[0], new[1:]
+        mask = _umask()
+        os.chmod(new[0], 0o666 & ~mask)
+        for tmp in new[1:]:
+            os.chmod(tmp, 0o777 & ~mask)
+        _swap(list(zip(new, [marker, *folders])))
+    finally:
+        for tmp in new:
+            if tmp.exists():
+                _remove(tmp)
+
+
+def _swap(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each (new, target) of `pairs` onto its target, the first pair being the marker:
+    every old target aside (the marker first), the folders in, the marker in last; on an error the
+    renames done are undone, and the old targets are deleted only after the last rename."""
+    done: list[tuple[Path, Path]] = []  # (from, to)
+    old: list[Path] = []
+    try:
+        for _, target in pairs:
+            if target.exists() or target.is_symlink():
+                aside = _aside(target)
+                done.append((target, aside))
+                old.append(aside)
+        for new, target in [*pairs[1:], pairs[0]]:
+            os.replace(new, target)
+            done.append((new, target))
+    except BaseException:
+        for src, dst in reversed(done):
+            with contextlib.suppress(OSError):
+                os.replace(dst, src)
+        raise
+    for aside in old:
+        _remove(aside)
+
+
+def json_text(obj: Any) -> str:
+    """`obj` as the indented JSON text that `write_json` writes."""
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file's content (which model file a score belongs to)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json_text(obj))
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from alice.errors import ConfigError, HarnessError, InputError
+from alice.io import file_sha256
 
 log = logging.getLogger("alice")
 
@@ -216,11 +217,7 @@ def init_identity(init: str | Path) -> str | dict[str, Any]:
     path = Path(init)
     if not path.is_file():
         return {"missing": str(path)}
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return {"sha256": digest.hexdigest()}
+    return {"sha256": file_sha256(path)}
 
 
 def identity_hash(parts: Mapping[str, Any]) -> str:

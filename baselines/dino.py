@@ -54,6 +54,8 @@ METHOD = {
     "objective": "self-distillation with a centred, sharpened momentum teacher and multi-crop",
     "views": "multi_crop",
     "encoders": ["vit", "swin", "nnformer"],
+    "smoke": {"head": {"hidden_dim": 32, "bottleneck_dim": 16}, "prototypes": 64,
+              "views": {"global_views": 2, "local_views": 1}},
 }
 
 

@@ -40,6 +40,7 @@ METHOD = {
     "views": "crop",
     "encoders": ["vit", "swin", "nnformer"],
     "masking": True,
+    "smoke": {"decoder": {"dim": 16, "depth": 1, "heads": 2}},
 }
 
 

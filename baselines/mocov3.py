@@ -44,6 +44,7 @@ METHOD = {
     "objective": "contrastive (InfoNCE) with a predictor and a momentum encoder",
     "views": "two_views",
     "encoders": ["vit", "swin", "nnformer"],
+    "smoke": {"head": {"hidden_dim": 32, "bottleneck_dim": 16}, "predictor_hidden_dim": 32},
 }
 
 

@@ -64,6 +64,15 @@ def test_paper_settings(tmp_path):
          "pretraining_effect.methods", "must include 'rand_init'"),
         (lambda c: c["pretraining_effect"].update(labeled=[0, 2]), "pretraining_effect.labeled.0",
          "less than the minimum"),
+        (lambda c: c.update(seed=-1), "seed", "less than the minimum of 0"),
+        (lambda c: c.update(seed=2**32), "seed", "greater than the maximum of 4294967295"),
+        (lambda c: c["phantom"].update(seed=-1), "phantom.seed", "less than the minimum of 0"),
+        (lambda c: c["finetune"].update(threads=0), "finetune.threads", "less than the minimum of 1"),
+        (lambda c: c["pretrain"].update(threads=0), "pretrain.threads", "less than the minimum of 1"),
+        (lambda c: c["anatomy"].update(threads=-2), "anatomy.threads", "less than the minimum of 1"),
+        (lambda c: c["classification"].update(threads=0), "classification.threads",
+         "less than the minimum of 1"),
+        (lambda c: c["finetune"]["unetr"].update(amp=False), "finetune.unetr.amp", "not of type"),
     ],
 )
 def test_bad_config_names_the_key(demo, edit, key, words):
@@ -180,3 +189,73 @@ def test_workstation_overlay_validates_and_keeps_the_protocol(demo):
     assert config["finetune"]["unetr"]["optim"]["optimizer"] == demo["finetune"]["unetr"]["optim"]["optimizer"]
     assert config["reproduce"] == cfg.validate_config(copy.deepcopy(demo))["reproduce"]
     assert config["scale"] == "demo"
+
+
+# ------------------------------------------------------------- what YAML would resolve silently
+@pytest.mark.parametrize("text, line, words", [
+    ("seed: 0\nscale: demo\nseed: 3\n", 3, "duplicate key 'seed' (first on line 1)"),
+    ("finetune:\n  unetr:\n    crop: [1, 2, 3]\n    crop: [4, 5, 6]\n", 4, "duplicate key 'crop'"),
+    ("a: {b: 1, b: 2}\n", 1, "duplicate key 'b'"),
+    ("amp: on\n", 1, "'on' is ambiguous"),
+    ("flags: [yes, true]\n", 1, "'yes' is ambiguous"),
+    ("x:\n  channels_last: Off\n", 2, "'Off' is ambiguous"),
+    ("answer: n\n", 1, "'n' is ambiguous"),
+    ("on: 1\n", 1, "'on' is ambiguous"),
+    ("budget: 1:30\n", 1, "'1:30' is ambiguous: YAML 1.1 reads a base-60 number"),
+    ("budget: 01:30\n", 1, "'01:30' is ambiguous"),
+    ("budget: 1:30.5\n", 1, "'1:30.5' is ambiguous"),
+    ("mode: 0755\n", 1, "'0755' is ambiguous: a leading zero"),
+    ("case: 08\n", 1, "'08' is ambiguous"),
+    ("mask: 0b101\n", 1, "'0b101' is ambiguous: YAML 1.1 reads a binary number"),
+    ("base: &b {lr: 1}\nover:\n  <<: *b\n", 3, "alias '*b' refused"),
+    ("a: &x [1, 2]\nb: *x\n", 2, "alias '*x' refused"),
+    ("over:\n  <<: {lr: 1}\n  lr: 2\n", 2, "merge key '<<' refused"),
+    ("scale: [demo\n", 2, "not valid YAML"),
+])
+def test_strict_yaml_refuses_ambiguous_forms_naming_the_line(tmp_path, text, line, words):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        cfg.load_yaml(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: line {line}: ") and words in message, message
+    assert "\n" not in message
+
+
+def test_strict_yaml_reads_what_is_unambiguous(tmp_path):
+    """true/false and quoted words are what they say; an exponent without a dot or sign is the
+    float its writer meant (PyYAML would read the string '1e-3')."""
+    path = tmp_path / "c.yaml"
+    path.write_text("a: true\nb: False\nc: 'off'\nd: \"yes\"\ne: 1e-3\nf: 2.0e3\ng: 1.0e-4\n"
+                    "h: 100_000\ni: 0\nj: 0.5\nk: -7\nl: 0x1F\nm: ~\nn_: yes_please\no: \"1:30\"\n")
+    data = cfg.load_yaml(path)
+    assert data == {"a": True, "b": False, "c": "off", "d": "yes", "e": 1e-3, "f": 2000.0,
+                    "g": 1e-4, "h": 100_000, "i": 0, "j": 0.5, "k": -7, "l": 31, "m": None,
+                    "n_": "yes_please", "o": "1:30"}
+    assert isinstance(data["e"], float) and isinstance(data["f"], float)
+    assert yaml.safe_load(path.read_text()) != data  # what the plain safe loader would have read
+
+
+@pytest.mark.parametrize("text, words", [
+    ("seed: 0\nseed: 1\n", "line 2: duplicate key 'seed' (first on line 1)"),
+    ("seed: 0\nscale: demo\ndevice: on\n", "line 3: 'on' is ambiguous"),
+])
+def test_config_with_ambiguous_yaml_is_one_line(tmp_path, capsys, text, words):
+    from alice.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert main(["config", "--config", str(path)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"alice config: error: {path}: {words}"), err
+
+
+def test_every_yaml_the_harness_reads_is_unambiguous():
+    """The configs, the schema, the table specs and the Snakemake profiles load strictly."""
+    root = cfg.REPO_ROOT
+    files = [*sorted((root / "config").glob("*.yaml")), cfg.SCHEMA_PATH,
+             *sorted((root / "alice" / "tables" / "specs").glob("*.yaml")),
+             *sorted((root / "workflow" / "profiles").glob("*/config.yaml"))]
+    assert len(files) >= 16
+    for path in files:
+        assert isinstance(cfg.load_yaml(path), dict), path

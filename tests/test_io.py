@@ -1,4 +1,5 @@
-"""Atomic writes: permissions as a plain open() gives them, and no temporaries left behind."""
+"""Atomic writes: permissions as a plain open() gives them, no temporaries left behind, and sets of
+outputs replaced together or not at all."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from alice.io import atomic_path, save_npy, write_json, write_text
+from alice.io import atomic_path, atomic_set, remove_set, save_npy, write_json, write_text
 
 
 @pytest.fixture
@@ -56,3 +57,69 @@ def test_failed_block_leaves_neither_target_nor_temporary(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def _old_set(root):
+    """A finished set: marker m.json and folder preds/ with two files."""
+    (root / "preds").mkdir(parents=True)
+    (root / "preds" / "a").write_text("old a")
+    (root / "preds" / "b").write_text("old b")
+    (root / "m.json").write_text("old")
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_atomic_set_replaces_marker_and_folder_together(tmp_path, umask):
+    umask(0o022)
+    _old_set(tmp_path)
+    (tmp_path / ".preds.ab12cd.tmp").mkdir()  # temporaries a killed earlier write left
+    (tmp_path / ".preds.ab12cd.tmp" / "a").write_text("half")
+    (tmp_path / ".m.json.x_9y8z.tmp.json").write_text("half")
+    with atomic_set(tmp_path / "m.json", [tmp_path / "preds"]) as (marker, (folder,)):
+        assert not (folder / "a").exists() and marker.parent == folder.parent == tmp_path
+        (folder / "c").write_text("new c")
+        marker.write_text("new")
+    assert _snapshot(tmp_path) == {"m.json": "new", "preds/c": "new c"}
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "preds").stat().st_mode) == 0o755
+
+
+def test_atomic_set_failure_leaves_the_old_set_whole(tmp_path):
+    _old_set(tmp_path)
+    with pytest.raises(PermissionError):
+        with atomic_set(tmp_path / "m.json", [tmp_path / "preds"]) as (marker, (folder,)):
+            (folder / "a").write_text("new a")
+            raise PermissionError("preds/b")
+    assert _snapshot(tmp_path) == {"m.json": "old", "preds/a": "old a", "preds/b": "old b"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "preds"]
+
+
+def test_atomic_set_undoes_a_failed_swap(tmp_path, monkeypatch):
+    """The marker's final rename fails: the old folder and marker are put back, the new set is gone."""
+    _old_set(tmp_path)
+    real, failed = os.replace, []
+
+    def replace(src, dst):
+        if os.fspath(dst) == str(tmp_path / "m.json") and not failed:
+            failed.append(src)
+            raise OSError("disk gone")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk gone"):
+        with atomic_set(tmp_path / "m.json", [tmp_path / "preds"]) as (marker, (folder,)):
+            (folder / "c").write_text("new c")
+            marker.write_text("new")
+    assert failed
+    assert _snapshot(tmp_path) == {"m.json": "old", "preds/a": "old a", "preds/b": "old b"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "preds"]
+
+
+def test_remove_set_removes_marker_and_folders(tmp_path):
+    _old_set(tmp_path)
+    (tmp_path / "other").write_text("kept")
+    remove_set(tmp_path / "m.json", [tmp_path / "preds"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+    remove_set(tmp_path / "m.json", [tmp_path / "preds"])  # nothing to remove: no error

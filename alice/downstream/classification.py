@@ -39,7 +39,8 @@ Outputs in `out_dir`: `log.csv` (iteration, loss, lr, val_auc, val_loss), `model
 model: `{"state_dict", "backbone", "num_classes", "settings", "encoder_config", "input_size",
 "dataset", "method", "init", "fold", "label_fraction", "seed", "iteration", "code_version"}`, loads
 with weights_only=True), `train_summary.json`; `evaluate_classifier` writes `metrics.json`
-(`mean.auc`, per-case label and score). Stale files are removed at the start; all are atomic.
+(`mean.auc`, per-case label and score, the model file's `model_sha256`). Stale files (the
+metrics of the model a run replaces among them) are removed at the start; all are atomic.
 While it runs, `resume.pt` holds the running state (network, optimizer, scheduler, log rows, the
 best model so far, the augmentation's and the global RNGs), written every `checkpoint_every`
 iterations / `checkpoint_minutes` and on SIGTERM / SIGUSR1 / SIGINT (then
@@ -61,7 +62,8 @@ import torch
 from alice.data.folds import fraction_key
 from alice.downstream import MODEL_FILE
 from alice.errors import ConfigError, InputError
-from alice.io import atomic_path, load_torch_dict, read_json, settings_hash, write_json
+from alice.io import (atomic_path, file_sha256, load_torch_dict, read_json, remove_set, settings_hash,
+                      write_json)
 from alice.runstate import (Checkpoints, Preempted, StopFlag, init_identity, load_state, rng_state,
                             run_identity, save_state, set_rng_state, set_transform_state, transform_state)
 from alice.training import OptimizerStep, amp_dtype, progress_bar, write_log
@@ -351,15 +353,17 @@ def finetune_classifier(
     every `checkpoint_minutes` and on a stop signal; a rerun resumes from it (module docstring)."""
     from monai.utils import set_determinism
 
-    from alice.downstream.inference import resolve_device
+    from alice.downstream.inference import check_threads, resolve_device
     from alice.downstream.networks import build_classification_network
     from alice.downstream.schedules import build_optimizer, build_scheduler
     from alice.downstream.transfer import load_encoder_checkpoint
     from alice.metrics import auc
 
     t_start = time.perf_counter()
+    threads = check_threads(threads)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    for stale in (MODEL_FILE, SUMMARY_FILE, LOG_FILE, METRICS_FILE):  # no old result may look current
+    remove_set(out_dir / METRICS_FILE)  # no old result may look current, nor a score of the model it replaces
+    for stale in (MODEL_FILE, SUMMARY_FILE, LOG_FILE):
         (out_dir / stale).unlink(missing_ok=True)
     cfg = _parse(settings)
     init = str(init)
@@ -533,19 +537,23 @@ def evaluate_classifier(*, model_dir: str | Path, data_dir: str | Path, out_path
 
     metrics.json: {"dataset", "task", "method", "backbone", "fold", "label_fraction", "split",
     "cases": {case: {"label", "score"}}, "mean": {"auc"}, "n_cases", "n_positive", "iteration",
-    "seconds", "model", "settings_hash", "code_version"}. `mean.auc` is the part's AUC (one number
-    per split; under "mean" like the segmentation metrics so one table reader serves both).
+    "seconds", "model", "model_sha256", "settings_hash", "code_version"}. `mean.auc` is the part's
+    AUC (one number per split; under "mean" like the segmentation metrics so one table reader
+    serves both). An earlier `out_path` that did not score this very model file (another
+    `model_sha256`) is removed first, so a failure leaves no score of another model.
     """
-    from alice.downstream.inference import resolve_device
+    from alice.downstream.inference import check_threads, remove_stale_scores, resolve_device
     from alice.metrics import auc
 
     if split not in ("test", "val"):
         raise ConfigError("--split", f"must be 'test' or 'val' for mosmed, got {split!r}")
     t_start = time.perf_counter()
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(check_threads(threads))
     dev = resolve_device(device)
     data_dir, model_dir = Path(data_dir), Path(model_dir)
     net, ckpt = load_classifier(model_dir, dev)
+    model_sha256 = file_sha256(model_dir / MODEL_FILE)
+    remove_stale_scores(out_path, model_sha256)
     fold, fraction = int(ckpt["fold"]), float(ckpt["label_fraction"])
     case_ids = read_split(data_dir, fold, fraction)[split]
     volumes = Volumes(data_dir, case_ids)
@@ -571,6 +579,7 @@ def evaluate_classifier(*, model_dir: str | Path, data_dir: str | Path, out_path
         "iteration": ckpt.get("iteration"),
         "seconds": round(time.perf_counter() - t_start, 3),
         "model": str(model_dir / MODEL_FILE),
+        "model_sha256": model_sha256,
         # what produced this number: the run's settings, encoder, init, seed, fraction and data cache
         "settings_hash": settings_hash({k: ckpt.get(k) for k in (
             "settings", "encoder_config", "init", "seed", "dataset", "label_fraction")} | {

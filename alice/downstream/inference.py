@@ -9,17 +9,25 @@ argmax over classes, `invert_to_original` (nearest neighbour) onto the source NI
 and `alice.metrics.score_case` against the source label file, with the voxel sizes of its affine
 (the column norms, which the header's pixdim should repeat) as spacing.
 The predicted label maps are also written as NIfTI on the original grid (the label file's affine)
-under `model_dir/predictions/{case_id}.nii.gz`.
+into the predictions folder beside the metrics file (`predictions_dir`: `predictions/{case_id}.nii.gz`
+beside `metrics.json`, `val_predictions/` beside a `val.json`).
+
+The metrics file and its predictions are one set (`alice.io.atomic_set`): written as temporaries
+and swapped in together at the end, so a failed or killed evaluation leaves the previous set
+whole or none, never a mix. A previous set that did not score this very model file (another
+`model_sha256`, or none) is removed before scoring.
 
 metrics.json: {"dataset", "method", "backbone", "fold", "split", "cases": {case: {organ: {"dsc",
 "nsd"}}}, "case_mean": {case: {"dsc", "nsd"}}, "mean": {"dsc", "nsd"}, "n_cases", "seconds",
-"model", "code_version"}, plus "subset" (labeled, subset_seed, cases, ...) for a low-label run.
-case_mean is `mean_over_organs` (NaN organs left out), mean is the mean of case_mean over cases
-(NaN cases left out). NaN is written as JSON null.
+"model", "model_sha256", "labels": {case: the label file scored against (path, size, mtime_ns as
+prepare recorded it)}, "predictions", "settings_hash", "code_version"}, plus "subset" (labeled,
+subset_seed, cases, ...) for a low-label run. case_mean is `mean_over_organs` (NaN organs left
+out), mean is the mean of case_mean over cases (NaN cases left out). NaN is written as JSON null.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -32,12 +40,21 @@ import torch
 from alice import training
 from alice.downstream import MODEL_FILE, model_settings_hash  # torch-free, for the tables
 from alice.errors import ConfigError, InputError
-from alice.io import atomic_path, load_torch_dict, write_json
+from alice.io import atomic_path, atomic_set, file_sha256, json_text, load_torch_dict, read_json, remove_set
 from alice.version import code_version
 
 log = logging.getLogger("alice")
 
 MODEL_KEYS = ("state_dict", "backbone", "num_classes", "settings", "encoder_config", "dataset")
+METRICS_FILE = "metrics.json"
+PREDICTIONS_DIR = "predictions"
+
+
+def check_threads(threads: Any) -> int:
+    """`threads` as an int >= 1; a ConfigError naming --threads otherwise (not torch's traceback)."""
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ConfigError("--threads", f"must be an integer >= 1, got {threads!r}")
+    return int(threads)
 
 
 # ------------------------------------------------------------------------------------------ device
@@ -145,27 +162,11 @@ def _nanmean(values: list[float]) -> float:
 
 
 def _original_label(meta: Mapping[str, Any], case_id: str, data_dir: Path):
-    """The source label map of a cached case, its affine and its spacing (the affine's voxel sizes)."""
-    import nibabel as nib
-    from nibabel.affines import voxel_sizes
+    """The source label map of a cached case, its affine and its spacing (the affine's voxel sizes),
+    read with prepare's checks; a file other than the one prepared is refused (`read_source_label`)."""
+    from alice.data.validate import read_source_label
 
-    source = (meta.get("source") or {}).get("label")
-    if not source:
-        raise InputError(data_dir / f"{case_id}.json", "case has no source label file to score against")
-    path = Path(source)
-    if not path.is_file():
-        raise InputError(path, f"source label of case '{case_id}' not found")
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
-    if data.ndim != 3:
-        raise InputError(path, f"label must be 3-D, got shape {data.shape}")
-    labels = np.rint(data).astype(np.int16)
-    expected = tuple(int(s) for s in meta["original"]["shape"])
-    if labels.shape != expected:
-        raise InputError(path, f"label shape {labels.shape} differs from the cached record's original shape {expected}")
-    # the affine is what resampling and the cached grids follow; pixdim may disagree with it
-    spacing = tuple(float(z) for z in voxel_sizes(img.affine))
-    return labels, img.affine, spacing
+    return read_source_label(meta, Path(data_dir) / f"{case_id}.json")
 
 
 def _save_prediction(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
@@ -175,6 +176,33 @@ def _save_prediction(path: Path, labels: np.ndarray, affine: np.ndarray) -> None
     img.set_data_dtype(np.uint8)
     with atomic_path(path, suffix=".nii.gz") as tmp:
         nib.save(img, str(tmp))
+
+
+def _label_identity(meta: Mapping[str, Any]) -> Any:
+    """The label file a case is scored against, as prepare recorded it (path, sha256, size, shape)."""
+    from alice.data.validate import source_identity
+
+    return source_identity(meta, "label")
+
+
+def predictions_dir(out_path: str | Path) -> Path:
+    """The predictions folder that belongs to metrics file `out_path`: `predictions/` beside a
+    `metrics.json`, `<stem>_predictions/` beside any other name (two scorings never share one)."""
+    out_path = Path(out_path)
+    name = PREDICTIONS_DIR if out_path.name == METRICS_FILE else f"{out_path.stem}_{PREDICTIONS_DIR}"
+    return out_path.with_name(name)
+
+
+def remove_stale_scores(out_path: str | Path, model_sha256: str, folders=()) -> None:
+    """Remove the scoring set of `out_path` (and `folders`) unless it records `model_sha256`: a
+    failed evaluation then leaves no score of a model it did not score."""
+    out_path = Path(out_path)
+    try:
+        recorded = read_json(out_path).get("model_sha256") if out_path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded != model_sha256:
+        remove_set(out_path, folders)
 
 
 def evaluate(
@@ -191,7 +219,9 @@ def evaluate(
     allow_fold_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Predict every case of `split` ("test", "val:<k>", "train:<k>"), score it on its original grid
-    against its source label, write `out_path` atomically and return the metrics dict.
+    against its source label, write `out_path` and (with `save_predictions`) the predictions folder
+    beside it as one set (module docstring; without, an earlier set's predictions are removed) and
+    return the metrics dict.
 
     A "val:<k>" split holding cases the model trained on (k not the model's fold; a low-label run's
     subset among them) is an InputError naming model.pt, unless `allow_fold_mismatch`."""
@@ -202,10 +232,13 @@ def evaluate(
     from alice.metrics import mean_over_organs, score_case
 
     t0 = time.perf_counter()
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(check_threads(threads))
     dev = resolve_device(device)
-    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    model_dir, data_dir, out_path = Path(model_dir), Path(data_dir), Path(out_path)
     net, ckpt = load_model(model_dir, dev)
+    model_sha256 = file_sha256(model_dir / MODEL_FILE)
+    pred_dir = predictions_dir(out_path)
+    remove_stale_scores(out_path, model_sha256, [pred_dir])
     if ckpt["dataset"] != dataset:
         raise InputError(model_dir / MODEL_FILE, f"model was fine-tuned on '{ckpt['dataset']}', not '{dataset}'")
     settings = ckpt["settings"]
@@ -220,36 +253,45 @@ def evaluate(
 
     cases: dict[str, Any] = {}
     case_mean: dict[str, Any] = {}
-    for case_id in tqdm(case_ids, desc=f"evaluate {split}", unit="case", disable=not progress):
-        image, _label, meta = load_case(data_dir, case_id)
-        gt, affine, spacing = _original_label(meta, case_id, data_dir)
-        pred_cached = predict_labels(net, image, crop, overlap=overlap, sw_batch_size=sw_batch, device=dev)
-        pred = invert_to_original(pred_cached, meta)
-        if save_predictions:
-            _save_prediction(model_dir / "predictions" / f"{case_id}.nii.gz", pred, affine)
-        scores = score_case(gt, pred, spacing, dataset)
-        cases[case_id] = scores
-        case_mean[case_id] = mean_over_organs(scores)
-    mean = {key: _nanmean([m[key] for m in case_mean.values()]) for key in ("dsc", "nsd")}
-    seconds = time.perf_counter() - t0
-    metrics = {
-        "dataset": dataset,
-        "method": ckpt.get("method"),
-        "backbone": ckpt["backbone"],
-        "fold": ckpt.get("fold"),
-        "split": split,
-        "cases": cases,
-        "case_mean": case_mean,
-        "mean": mean,
-        "n_cases": len(case_ids),
-        "seconds": round(seconds, 3),
-        "model": str(model_dir / MODEL_FILE),
-        "settings_hash": model_settings_hash(ckpt, data_dir),
-        "code_version": code_version(),
-    }
-    if ckpt.get("subset"):
-        metrics["subset"] = ckpt["subset"]  # a low-label run: its training cases (no fold)
-    write_json(out_path, _nan_to_none(metrics))
+    labels: dict[str, Any] = {}
+    with atomic_set(out_path, [pred_dir]) as (tmp_metrics, (tmp_preds,)):
+        for case_id in tqdm(case_ids, desc=f"evaluate {split}", unit="case", disable=not progress):
+            image, _label, meta = load_case(data_dir, case_id)
+            gt, affine, spacing = _original_label(meta, case_id, data_dir)
+            pred_cached = predict_labels(net, image, crop, overlap=overlap, sw_batch_size=sw_batch, device=dev)
+            pred = invert_to_original(pred_cached, meta)
+            if save_predictions:
+                _save_prediction(tmp_preds / f"{case_id}.nii.gz", pred, affine)
+            scores = score_case(gt, pred, spacing, dataset)
+            cases[case_id] = scores
+            case_mean[case_id] = mean_over_organs(scores)
+            labels[case_id] = _label_identity(meta)
+        mean = {key: _nanmean([m[key] for m in case_mean.values()]) for key in ("dsc", "nsd")}
+        seconds = time.perf_counter() - t0
+        metrics = {
+            "dataset": dataset,
+            "method": ckpt.get("method"),
+            "backbone": ckpt["backbone"],
+            "fold": ckpt.get("fold"),
+            "split": split,
+            "cases": cases,
+            "case_mean": case_mean,
+            "mean": mean,
+            "n_cases": len(case_ids),
+            "seconds": round(seconds, 3),
+            "model": str(model_dir / MODEL_FILE),
+            "model_sha256": model_sha256,
+            "labels": labels,
+            "predictions": str(pred_dir) if save_predictions else None,
+            "settings_hash": model_settings_hash(ckpt, data_dir),
+            "code_version": code_version(),
+        }
+        if ckpt.get("subset"):
+            metrics["subset"] = ckpt["subset"]  # a low-label run: its training cases (no fold)
+        tmp_metrics.write_text(json_text(_nan_to_none(metrics)))
+    if not save_predictions:  # a set without predictions: an earlier scoring's went out with its metrics
+        with contextlib.suppress(OSError):
+            pred_dir.rmdir()
     log.info("%s %s: mean DSC %.4f NSD %.4f over %d cases", model_dir, split, mean["dsc"], mean["nsd"], len(case_ids))
     return metrics
 

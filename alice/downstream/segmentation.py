@@ -39,7 +39,8 @@ Outputs in `out_dir`: `log.csv` (epoch, step, loss, lr, val_dice; one row per st
 the last step of a validated epoch; rewritten atomically after every epoch), `model.pt`
 (`{"state_dict", "backbone", "num_classes", "settings", "encoder_config", "dataset", "method",
 "init", "fold", "seed", "code_version"}`, loads with weights_only=True) and `train_summary.json`,
-both written atomically at the end (stale ones are removed at the start), and while it runs
+both written atomically at the end (stale ones are removed at the start, with the scoring set of
+the model they replace: `metrics.json` and `predictions/`), and while it runs
 `resume.pt`: the running state (network, optimizer, scheduler, log rows, the global RNGs and the
 data draws since the epoch began), written atomically every `checkpoint_every` steps / every
 `checkpoint_minutes` and on SIGTERM / SIGUSR1 / SIGINT (then `alice.runstate.Preempted`, exit
@@ -63,12 +64,13 @@ import torch
 
 from alice.version import code_version
 from alice.downstream.data import CropBatches, fold_entry, read_folds, train_transform
-from alice.downstream.inference import MODEL_FILE, predict_labels, resolve_device
+from alice.downstream.inference import (METRICS_FILE, MODEL_FILE, PREDICTIONS_DIR, check_threads, predict_labels,
+                                        resolve_device)
 from alice.downstream.networks import build_segmentation_network, crop_of, memory_format
 from alice.downstream.schedules import build_optimizer, build_scheduler, positive_int
 from alice.downstream.transfer import load_encoder_checkpoint
 from alice.errors import ConfigError
-from alice.io import atomic_path, write_json
+from alice.io import atomic_path, remove_set, write_json
 from alice.runstate import (Checkpoints, Preempted, StopFlag, init_identity, load_state,
                             rng_state, run_identity, save_state, set_rng_state, set_transform_state,
                             transform_state)
@@ -230,12 +232,15 @@ def finetune(
     from monai.utils import set_determinism
 
     t_start = time.perf_counter()
+    threads = check_threads(threads)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    for stale in (MODEL_FILE, SUMMARY_FILE, LOG_FILE):  # a failed run must not leave an old result looking current
+    # a failed run must not leave an old result looking current, nor a score of the model it replaces
+    remove_set(out_dir / METRICS_FILE, [out_dir / PREDICTIONS_DIR])
+    for stale in (MODEL_FILE, SUMMARY_FILE, LOG_FILE):
         (out_dir / stale).unlink(missing_ok=True)
     cfg = _parse(settings)
     num_classes = num_classes_of(dataset)
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(threads)
     dev = resolve_device(device)
     folds_path = data_dir / "folds.json"
     folds = read_folds(data_dir)

@@ -34,7 +34,6 @@ the label files plus `manifest.json` = {"dataset", "split", "format", "labels", 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -48,7 +47,7 @@ import numpy as np
 
 from alice.io import settings_hash
 from alice.errors import ConfigError, InputError
-from alice.io import write_json
+from alice.io import file_sha256, write_json
 from alice.labels import LABEL_NAMES
 from alice.version import code_version
 
@@ -115,14 +114,6 @@ def write_label_file(path: str | Path, labels: np.ndarray, reference: str | Path
         nib.save(img, str(tmp))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def mean_probabilities(nets: Sequence[tuple[torch.nn.Module, Mapping[str, Any]]], image,
                        device: torch.device) -> torch.Tensor:
     """Mean softmax (C, x, y, z) of the models over one cached volume, each model predicting with
@@ -160,6 +151,7 @@ def write_submission(
     from tqdm import tqdm
 
     from alice.data.preprocess import invert_to_original, load_case
+    from alice.data.validate import check_source_image
     from alice.downstream.data import split_cases
     from alice.downstream.inference import MODEL_FILE, load_model, model_settings_hash, resolve_device
 
@@ -181,7 +173,7 @@ def write_submission(
         models.append({"path": str(path), "fold": ckpt.get("fold"), "method": ckpt.get("method"),
                        "backbone": ckpt["backbone"], "init": ckpt.get("init"),
                        "settings_hash": model_settings_hash(ckpt, data_dir),
-                       "sha256": _sha256(path)})
+                       "sha256": file_sha256(path)})
     if classes != {1 + max(LABEL_NAMES[dataset])}:
         raise InputError(Path(model_dirs[0]) / MODEL_FILE,
                          f"the models predict {sorted(classes)} classes, {dataset} has "
@@ -199,10 +191,8 @@ def write_submission(
     try:
         for case_id in tqdm(case_ids, desc=f"predict {split}", unit="case", disable=not progress):
             image, _label, meta = load_case(data_dir, case_id)
-            source = (meta.get("source") or {}).get("image")
-            if not source or not Path(source).is_file():
-                raise InputError(source or data_dir / f"{case_id}.json",
-                                 f"source image of case '{case_id}' not found")
+            # the grid the file is written on must still be the one prepare cached
+            source = check_source_image(meta, data_dir / f"{case_id}.json")
             probs = mean_probabilities(nets, image, dev)
             labels = probs.argmax(dim=0).to(torch.uint8).cpu().numpy()
             write_label_file(tmp / names[case_id], invert_to_original(labels, meta), source)

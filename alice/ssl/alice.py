@@ -119,6 +119,8 @@ METHOD = {
         "target_mask_ratio": 0.0,
         "objectives": ["mim", "dv", "st"],
     },
+    "smoke": {"decoder": {"dim": 16, "depth": 1, "heads": 2}, "head": {"hidden_dim": 32, "bottleneck_dim": 16},
+              "casa_dim": 16, "predictor_hidden_dim": 32},
 }
 OBJECTIVES = ("mim", "dv", "st")
 LOSS_KEYS = {"mim": "r", "dv": "dv", "st": "st"}

@@ -14,7 +14,8 @@ named `METHOD` at module level, read with `ast.literal_eval`:
         "matcher": False,                      # True: mines its crops with the anatomical matcher
         "masking": True,                       # True: takes the shared `pretrain.mask_ratio`
         "switches": {},                        # ablation switches {name: default} (alice.ssl.variants)
-    }
+        "smoke": {"decoder": {"dim": 16}},     # method_config overrides with which the smoke test
+    }                                          # (tests/ssl/test_methods.py) builds it small
 
 and a factory `build(method_config, encoder_config, crop) -> SSLMethod` registered with
 `alice.ssl.registry.register_method(name)`; `alice.ssl.registry` imports the file when the method
@@ -45,7 +46,7 @@ ENCODERS = ("vit", "swin", "nnformer")
 # where methods live: the paper's own method, then every module of these packages
 METHOD_MODULES = ("alice.ssl.alice",)
 METHOD_PACKAGES = ("baselines",)
-_KEYS = {"name", "paper", "objective", "views", "encoders", "matcher", "masking", "switches"}
+_KEYS = {"name", "paper", "objective", "views", "encoders", "matcher", "masking", "switches", "smoke"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class MethodInfo:
     matcher: bool = False
     masking: bool = False
     switches: dict[str, Any] = field(default_factory=dict)
+    smoke: dict[str, Any] = field(default_factory=dict)
 
 
 def _declaration(path: Path) -> dict | None:
@@ -90,6 +92,14 @@ def _parsed(path_text: str, mtime_ns: int, size: int) -> dict | None:
     return None
 
 
+def _smoke(where: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}.smoke", "must be a dict of method_config overrides")
+    return dict(value)
+
+
 def _info(module: str, path: Path, decl: dict) -> MethodInfo:
     where = f"{path}: METHOD"
     unknown = sorted(set(decl) - _KEYS)
@@ -112,7 +122,7 @@ def _info(module: str, path: Path, decl: dict) -> MethodInfo:
     return MethodInfo(name=str(name), module=module, path=str(path), paper=decl["paper"],
                       objective=decl["objective"], views=views, encoders=encoders,
                       matcher=bool(decl.get("matcher", False)), masking=bool(decl.get("masking", False)),
-                      switches=dict(switches))
+                      switches=dict(switches), smoke=_smoke(where, decl.get("smoke")))
 
 
 def _module_files() -> Iterable[tuple[str, Path]]:

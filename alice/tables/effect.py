@@ -26,7 +26,11 @@
 - `results/figures/pretraining_effect.png` (`alice.figures.effect`).
 
 Nothing is filtered or tuned: every run listed is used, and a missing or malformed one stops the
-command naming its file.
+command naming its file. A DSC or NSD, of an organ or of a case mean, that is null or NaN is a
+score's absence under the absent-organ rule (alice.metrics: nothing to score), kept as NaN in
+the per-organ CSV and left out of its seed's mean, which `n_cases`, `cases_per_seed` and the note
+state; a missing, infinite or non-numeric one stops the command naming the file and the key
+(e.g. `cases.FLARETs_0001.liver.dsc`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import pandas as pd
 from alice.errors import ConfigError, InputError
 from alice.io import atomic_path, read_json_object
 from alice.tables.protocol import PRETRAIN_LOG, TRAIN_SUMMARY, check_scale, pretraining_steps
+from alice.tables.render import finite, value_text
 from alice.tables.summary import paired_test
 
 REFERENCE = "rand_init"
@@ -64,14 +69,31 @@ def _read(path: Path) -> dict:
     subset = metrics.get("subset")
     if not isinstance(subset, dict) or "labeled" not in subset or "subset_seed" not in subset:
         raise InputError(path, "not a low-label run's metrics (no 'subset' with labeled and subset_seed)")
+    for key in ("labeled", "subset_seed"):
+        if isinstance(subset[key], bool) or not isinstance(subset[key], int):
+            raise InputError(path, f"subset.{key} is {subset[key]!r}, not an integer: regenerate it")
     for key in ("method", "backbone", "dataset", "cases", "case_mean"):
         if key not in metrics:
             raise InputError(path, f"lacks '{key}': regenerate it (alice evaluate)")
+    for key in ("cases", "case_mean"):
+        if not isinstance(metrics[key], dict):
+            raise InputError(path, f"'{key}' is not an object of test cases: regenerate it (alice evaluate)")
     return metrics
 
 
-def _value(x) -> float:
-    return math.nan if x is None else float(x)
+def _score(path: Path, where: str, scores, metric: str) -> float:
+    """`scores[metric]` of an organ or a case (`where`, e.g. "cases.X.liver"): NaN where null or
+    NaN (nothing to score, the absent-organ rule of alice.metrics); missing, infinite or not a
+    number is an InputError naming the file and the key."""
+    if not isinstance(scores, dict) or metric not in scores:
+        raise InputError(path, f"{where} has no {metric}: regenerate it (alice evaluate)")
+    value = scores[metric]
+    if finite(value):
+        return float(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return math.nan
+    raise InputError(path, f"{where}.{metric} is {value_text(value)}: not a score, regenerate it "
+                           "(alice evaluate)")
 
 
 def _pretraining_steps(metrics_path: Path, root: Path) -> int | None:
@@ -104,13 +126,17 @@ def read_runs(paths: Iterable[Path], scale: str, root: Path = Path(".")) -> tupl
                     "steps_of_fold": sub.get("steps_of_fold"),
                     "pretraining_steps": _pretraining_steps(path, Path(root)), "split": m.get("split")}
         for case in sorted(m["cases"]):
-            for organ, scores in m["cases"][case].items():
+            organs = m["cases"][case]
+            if not isinstance(organs, dict):
+                raise InputError(path, f"cases.{case} is not an object of organ scores: regenerate it "
+                                       "(alice evaluate)")
+            for organ, scores in organs.items():
                 organ_rows.append({**common, "case": case, "organ": organ,
-                                   "dsc": _value(scores.get("dsc")), "nsd": _value(scores.get("nsd")),
+                                   **{k: _score(path, f"cases.{case}.{organ}", scores, k) for k in METRICS},
                                    **protocol})
-            means = m["case_mean"].get(case) or {}
             mean_rows.append({**common, "case": case, "steps": sub.get("steps"),
-                              **{k: _value(means.get(k)) for k in METRICS}})
+                              **{k: _score(path, f"case_mean.{case}", m["case_mean"].get(case), k)
+                                 for k in METRICS}})
     if not organ_rows:
         raise ConfigError("--metrics", "no low-label run given")
     cases = pd.DataFrame(organ_rows, columns=CASE_COLUMNS)

@@ -20,11 +20,22 @@ apply); `leaderboard` (online-test values only the challenge server can produce:
 column holds the leaderboard's numbers, the reproduced one says "leaderboard", never a number).
 A harness row the paper does not print (spec `in_paper: false`, e.g. Table 3's Rand. init.)
 shows "not in the paper" in every paper cell and a dagger in LaTeX.
+
+Values that cannot be averaged are refused, never dropped: a cell states the folds its mean is
+taken over (`n_folds`, `folds`), so a fold left out would make it a wrong number. A fold's
+`mean.<metric>` that is missing, null (JSON for NaN), NaN, infinite or not a number stops the row
+with one line naming the metrics file and the key (`metric_mean`; alice.tables.summary reads
+the folds the same way). NaN below the fold level is not refused: under the absent-organ rule
+(alice.metrics) an organ, or a case, with nothing to score is NaN, and the file's own mean
+already leaves it out. A row file that is empty or unreadable, lacks a field, holds a numeric
+field that is not a finite number, or an `n_folds` that disagrees with its `folds` and `sources`
+stops `read_rows` (and so `render_table` and `alice summary`) naming the file, the line and the
+field, before any output is written.
 """
 
 from __future__ import annotations
 
-import json
+import csv
 import math
 import re
 from pathlib import Path
@@ -33,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from alice.errors import HarnessError, InputError
-from alice.io import atomic_path
+from alice.io import atomic_path, read_json_object
 from alice.tables.protocol import cell_protocol, check_scale, scale_note
 from alice.tables.reference import load_reference, parse_cell
 from alice.tables.settings_cells import recorded_setting
@@ -47,8 +58,9 @@ ROW_COLUMNS = ["table", "row", "label", "column", "group", "header", "status", "
                "reproduced_mean", "reproduced_std", "n_folds", "paper", "paper_mean", "paper_std",
                "run", "backbone", "folds", "scale", "protocol", "settings_hash", "code_version",
                "sources"]
-TEXT_COLUMNS = ("reproduced", "paper", "settings_hash", "code_version", "sources", "run",
-                "backbone", "folds", "scale", "protocol")
+# numeric fields of a row file, each empty (no value) or a finite number; the others are text
+NUMBER_COLUMNS = ("reproduced_mean", "reproduced_std", "paper_mean", "paper_std")
+STATUSES = ("reproduced", "not_reproduced", "not_applicable", "leaderboard")
 
 
 def format_value(mean: float | None, std: float | None) -> str:
@@ -57,16 +69,64 @@ def format_value(mean: float | None, std: float | None) -> str:
     return f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f}±{std:.2f}"
 
 
+def finite(value) -> bool:
+    """A JSON number (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def value_text(value) -> str:
+    """How a JSON value that is not a finite number reads in a message."""
+    if value is None:
+        return "null (NaN)"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, float) and math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return f"{value!r}, not a number"
+
+
+def _why_no_mean(data: dict, metric: str) -> str:
+    """Why a fold's mean is NaN, as far as its metrics file tells."""
+    if metric == "auc":
+        n, positive = data.get("n_cases"), data.get("n_positive")
+        if isinstance(n, int) and isinstance(positive, int) and positive in (0, n):
+            return f"its test part holds one class only ({positive} positive of {n} cases)"
+        return "no AUC (undefined when a test part holds one class only)"
+    case_mean = data.get("case_mean")
+    if not isinstance(case_mean, dict) or not case_mean:
+        return "the run scored no organ of any test case"
+    scored = sum(1 for v in case_mean.values() if isinstance(v, dict) and finite(v.get(metric)))
+    if scored:
+        return f"yet {scored} of its {len(case_mean)} test cases have a {metric}: the file is inconsistent"
+    return f"the run scored no organ of its {len(case_mean)} test cases (every case mean is NaN)"
+
+
+def metric_mean(path: Path, data: dict, metric: str) -> float:
+    """A fold's `mean.<metric>` (unscaled) from its metrics file's `data`. Anything but a finite
+    number is an InputError naming the file and the key: a mean over the other folds would
+    state a fold it did not average."""
+    mean = data.get("mean")
+    if not isinstance(mean, dict) or metric not in mean:
+        what = "'mean'" if not isinstance(mean, dict) else f"mean.{metric}"
+        raise InputError(path, f"has no {what}: not a metrics file of alice evaluate, regenerate it")
+    value = mean[metric]
+    if finite(value):
+        return float(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        problem = (f": {_why_no_mean(data, metric)}; a table cell never leaves a fold out, "
+                   "re-run or re-evaluate this one")
+    elif isinstance(value, float):
+        problem = ", which no score can be: the file is corrupt, regenerate it (alice evaluate)"
+    else:
+        problem = ": regenerate it (alice evaluate)"
+    raise InputError(path, f"mean.{metric} is {value_text(value)}{problem}")
+
+
 def _fold_value(path: Path, metric: str, scale: float) -> tuple[float, dict]:
     """One fold's value of a cell, from its metrics file; a file without the settings hash and
     code version that made it is refused (every reproduced cell must be traceable)."""
-    if not path.is_file():
-        raise InputError(path, "missing: the fine-tuning result this table cell needs")
-    try:
-        data = json.loads(path.read_text())
-        value = float(data["mean"][metric])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise InputError(path, f"not a metrics file with mean.{metric} ({exc})") from None
+    data = read_json_object(path, "missing: the fine-tuning result this table cell needs")
+    value = metric_mean(path, data, metric)
     missing = [k for k in ("settings_hash", "code_version") if not data.get(k)]
     if missing:
         raise InputError(path, f"records no {' or '.join(missing)}, so a table cell computed from it "
@@ -116,23 +176,29 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
                           code_version=";".join(sorted(versions)), sources=";".join(read))
         elif col in runs:
             metric = cell_experiment(spec, row, column)["metric"]
-            values, hashes, versions = [], set(), set()
-            for path in runs[col]["paths"]:
+            # each fold's value is a finite number (metric_mean) or the row stops, so the cell
+            # averages exactly the folds it names
+            folds, values, hashes, versions = [], [], set(), set()
+            for fold, path in zip(runs[col]["folds"], runs[col]["paths"], strict=True):
                 value, data = _fold_value(root / path, metric, scale)
+                folds.append(fold)
                 values.append(value)
                 hashes.add(str(data.get("settings_hash") or ""))
                 versions.add(str(data.get("code_version") or ""))
             arr = np.asarray(values, dtype=float)
-            arr = arr[~np.isnan(arr)]
-            mean = float(arr.mean()) if arr.size else float("nan")
+            mean = float(arr.mean())
             # sample standard deviation over folds (ddof=1); undefined for a single fold, so
             # such a cell shows the mean alone
             std = float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
+            if not math.isfinite(mean) or math.isinf(std):  # finite values beyond float's range
+                raise InputError(root / runs[col]["paths"][0], f"mean.{metric} of the folds "
+                                 f"{';'.join(map(str, folds))} overflows when averaged: not scores, "
+                                 "regenerate them (alice evaluate)")
             record.update(status="reproduced", reproduced=format_value(mean, std),
                           reproduced_mean=round(mean, 4),
                           reproduced_std=None if math.isnan(std) else round(std, 4),
-                          n_folds=len(values), run=runs[col]["run"], backbone=runs[col]["backbone"],
-                          folds=";".join(str(k) for k in runs[col]["folds"]),
+                          n_folds=arr.size, run=runs[col]["run"], backbone=runs[col]["backbone"],
+                          folds=";".join(str(k) for k in folds),
                           protocol=cell_protocol([p.rsplit("/", 1)[0] for p in runs[col]["paths"]],
                                                  runs[col]["folds"], root,
                                                  classification=spec.get("task") == "classification",
@@ -156,9 +222,78 @@ def write_row(frame: pd.DataFrame, out: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _row_text(path: Path) -> pd.DataFrame:
+    """A row file's fields as text ("" where empty); an empty or unreadable file, or a line
+    with more or fewer fields than the header (pandas would fill a short one with ""), is an
+    InputError."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            for fields in reader:
+                if header and fields and len(fields) != len(header):
+                    raise InputError(path, f"line {reader.line_num} has {len(fields)} fields, the "
+                                           f"header {len(header)} (a cut-off or edited file): "
+                                           "regenerate it (alice table row)")
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(path, "is empty: not a row file, regenerate it (alice table row)") from None
+    except (csv.Error, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"is not a readable CSV ({_one_line(exc)}): regenerate it "
+                               "(alice table row)") from None
+
+
+def _row_numbers(path: Path, frame: pd.DataFrame, settings: bool) -> pd.DataFrame:
+    """`frame` (text) with NUMBER_COLUMNS as floats (NaN where empty) and n_folds as counts. A
+    field that is not a finite number, an unknown status, or a reproduced value whose n_folds
+    is not the number of its folds and sources is an InputError naming the line (the header is
+    line 1), the cell and the field; a row file is written by compute_row, never by hand."""
+    out = frame.copy()
+    numbers: dict[str, list[float]] = {c: [] for c in NUMBER_COLUMNS}
+    counts = []
+    for i, rec in enumerate(frame.to_dict("records")):
+        def bad(field: str, problem: str) -> InputError:
+            return InputError(path, f"line {i + 2} (cell {rec['column']}): {field} {problem}: "
+                                    "regenerate the row (alice table row)")
+
+        if rec["status"] not in STATUSES:
+            raise bad("status", f"is {rec['status']!r}, not one of {', '.join(STATUSES)}")
+        for field in NUMBER_COLUMNS:
+            text = rec[field].strip()
+            try:
+                value = float(text) if text else math.nan
+            except ValueError:
+                raise bad(field, f"is {rec[field]!r}, not a number") from None
+            if text and not math.isfinite(value):
+                raise bad(field, f"is {rec[field]!r}, not a finite number")
+            numbers[field].append(value)
+        if not re.fullmatch(r"[0-9]+", rec["n_folds"].strip()):
+            raise bad("n_folds", f"is {rec['n_folds']!r}, not a count")
+        counts.append(int(rec["n_folds"]))
+        if rec["status"] == "reproduced" and not settings:
+            folds = rec["folds"].split(";") if rec["folds"] else []
+            sources = [s for s in rec["sources"].split(";") if s]
+            if math.isnan(numbers["reproduced_mean"][-1]):
+                raise bad("reproduced_mean", "is empty in a reproduced cell")
+            if not all(re.fullmatch(r"[0-9]+", k) for k in folds):
+                raise bad("folds", f"is {rec['folds']!r}, not fold numbers joined by ';'")
+            if not 0 < counts[-1] == len(folds) == len(sources):
+                raise bad("n_folds", f"is {counts[-1]} but the cell names {len(folds)} fold(s) "
+                                     f"({rec['folds'] or 'none'}) and {len(sources)} source(s)")
+    for field in NUMBER_COLUMNS:
+        out[field] = pd.Series(numbers[field], index=out.index, dtype=float)
+    out["n_folds"] = pd.Series(counts, index=out.index, dtype=int)
+    return out
+
+
 def read_rows(table: str, row_files: dict[str, Path]) -> pd.DataFrame:
-    """All row files of a table, in the spec's order; a missing or foreign file is an error, and
-    so are rows computed at different scales."""
+    """All row files of a table, in the spec's order, their numbers checked (_row_numbers); a
+    missing, empty, unreadable or foreign file is an error, and so are rows computed at
+    different scales."""
     spec = load_spec(table)
     frames = []
     scales: dict[str, Path] = {}
@@ -166,14 +301,20 @@ def read_rows(table: str, row_files: dict[str, Path]) -> pd.DataFrame:
         path = Path(row_files[row["row"]])
         if not path.is_file():
             raise InputError(path, f"missing row file of {table}")
-        frame = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS},
-                            keep_default_na=False, na_values={"reproduced_mean": [""],
-                                                              "reproduced_std": [""]})
+        frame = _row_text(path)
+        lacking = [c for c in ROW_COLUMNS if c not in frame.columns]
+        if lacking:
+            raise InputError(path, f"lacks the row file field(s) {', '.join(lacking)}: "
+                                   "regenerate it (alice table row)")
+        if frame.empty:
+            raise InputError(path, f"holds no cell of row '{row['row']}' of {table} (a header "
+                                   "only): regenerate it (alice table row)")
         expected = [c["column"] for c in spec["columns"]]
         if (list(frame.columns) != ROW_COLUMNS or list(frame["column"]) != expected
                 or set(frame["row"]) != {row["row"]}):
             raise InputError(path, f"does not hold row '{row['row']}' of {table} with columns "
                                    f"{expected} and fields {ROW_COLUMNS}: regenerate it")
+        frame = _row_numbers(path, frame, spec.get("task") == "settings")
         for scale in set(frame["scale"]):
             check_scale(scale, f"{path}:scale")
             scales.setdefault(scale, path)

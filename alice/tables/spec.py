@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import yaml
 
 from alice.errors import ConfigError
 
@@ -58,7 +57,9 @@ def _load_spec(table: str) -> dict:
     path = SPEC_DIR / f"{table}.yaml"
     if not path.is_file():
         raise ConfigError("--table", f"unknown table '{table}' (known: {', '.join(table_ids())})")
-    spec = yaml.safe_load(path.read_text())
+    from alice.config import load_yaml
+
+    spec = load_yaml(path)
     for key in ("id", "caption", "rows", "columns"):
         if key not in spec:
             raise ConfigError(f"{path.name}:{key}", "missing from the table spec")

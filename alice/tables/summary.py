@@ -43,7 +43,12 @@ against Alice's default); at `paper` scale the difference and the reproduced-vs-
 
 Per-fold and per-case values come from each cell's `sources` (the metrics files, in fold
 order, that the row file's mean ± std was computed from; see render.compute_row); a row file
-whose mean no longer matches them is stale and refused.
+whose mean no longer matches them is stale and refused. Nothing is dropped silently: a fold's
+mean that is missing, null, NaN, infinite or not a number stops the command naming the metrics
+file and the key (render.metric_mean), as it stops the row; a case mean that is null or NaN (a
+case with nothing to score, the absent-organ rule of alice.metrics) is left out of the case
+pairs, as the fold's own mean leaves it out, and the line's note counts those left out; an
+infinite or non-numeric case mean stops the command naming the file, the case and the metric.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ import pandas as pd
 from alice.errors import InputError
 from alice.io import atomic_path, read_json_object
 from alice.tables.protocol import scale_note
-from alice.tables.render import NOT_IN_PAPER, read_rows, table_scale
+from alice.tables.render import NOT_IN_PAPER, finite, metric_mean, read_rows, table_scale, value_text
 from alice.tables.spec import cell_experiment, find_row, load_spec, table_ids
 
 SUMMARY_COLUMNS = ["table", "row", "label", "column", "header", "metric", "kind", "reported",
@@ -202,12 +207,12 @@ def _metrics(path: str) -> dict:
 
 
 def fold_values(cell: dict, root: Path) -> dict[int, float]:
-    """Fold (MosMed: split) -> the cell's value on it, from `mean.<metric>` of its metrics file."""
+    """Fold (MosMed: split) -> the cell's value on it, from `mean.<metric>` of its metrics file;
+    every fold the cell names, or an InputError (render.metric_mean)."""
     values = {}
     for fold, rel in zip(cell["fold_list"], cell["source_list"]):
-        value = (_metrics(str(Path(root) / rel)).get("mean") or {}).get(cell["metric"])
-        if value is not None and math.isfinite(float(value)):
-            values[fold] = float(value) * cell["scale"]
+        path = Path(root) / rel
+        values[fold] = metric_mean(path, _metrics(str(path)), cell["metric"]) * cell["scale"]
     mean = _number(cell["reproduced_mean"])
     if values and mean is not None and abs(np.mean(list(values.values())) - mean) > 1e-3:
         raise InputError(cell["row_file"], f"column {cell['column']}: mean {mean} but its sources "
@@ -216,9 +221,11 @@ def fold_values(cell: dict, root: Path) -> dict[int, float]:
     return values
 
 
-def case_values(cell: dict, root: Path) -> dict[str, float]:
+def case_values(cell: dict, root: Path, left_out: list | None = None) -> dict[str, float]:
     """Test case -> its value (`case_mean.<case>.<metric>`), averaged over the folds that tested
-    it; segmentation only (a MosMed AUC exists per split, not per case)."""
+    it; segmentation only (a MosMed AUC exists per split, not per case). A null or NaN case mean
+    (nothing to score in the case) is left out, and (file, case) appended to `left_out`; an
+    infinite or non-numeric one is an InputError."""
     per_case: dict[str, list[float]] = {}
     for rel in cell["source_list"]:
         path = str(Path(root) / rel)
@@ -226,9 +233,18 @@ def case_values(cell: dict, root: Path) -> dict[str, float]:
         if not isinstance(case_mean, dict):
             raise InputError(path, "records no case_mean: regenerate it (alice evaluate)")
         for case, scores in case_mean.items():
-            value = (scores or {}).get(cell["metric"])
-            if value is not None and math.isfinite(float(value)):
+            if not isinstance(scores, dict) or cell["metric"] not in scores:
+                raise InputError(path, f"case_mean.{case} has no {cell['metric']}: regenerate it "
+                                       "(alice evaluate)")
+            value = scores[cell["metric"]]
+            if finite(value):
                 per_case.setdefault(case, []).append(float(value) * cell["scale"])
+            elif value is None or (isinstance(value, float) and math.isnan(value)):
+                if left_out is not None:
+                    left_out.append((path, case))
+            else:
+                raise InputError(path, f"case_mean.{case}.{cell['metric']} is {value_text(value)}: "
+                                       "not a score, regenerate it (alice evaluate)")
     return {case: float(np.mean(v)) for case, v in per_case.items()}
 
 
@@ -286,10 +302,15 @@ def tests_frame(rows: pd.DataFrame, rows_dir: Path, root: Path = Path(".")) -> p
         out.append({**base, "unit": unit,
                     **paired_test([fa[k] for k in folds], [fb[k] for k in folds])})
         if a["task"] == "segmentation":
-            ca, cb = case_values(a, root), case_values(b, root)
+            left_out: list = []
+            ca, cb = case_values(a, root, left_out), case_values(b, root, left_out)
             cases = sorted(set(ca) & set(cb))
-            out.append({**base, "unit": "case",
-                        **paired_test([ca[c] for c in cases], [cb[c] for c in cases])})
+            result = paired_test([ca[c] for c in cases], [cb[c] for c in cases])
+            if left_out:
+                note = (f"{len(left_out)} NaN case mean(s) left out (nothing to score): "
+                        + ", ".join(sorted({case for _, case in left_out})))
+                result["note"] = "; ".join(n for n in (result["note"], note) if n)
+            out.append({**base, "unit": "case", **result})
     return pd.DataFrame(out, columns=TEST_COLUMNS)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import nibabel as nib
@@ -45,6 +46,24 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(np.asarray(data), ras_affine() if affine is None else affine), str(path))
+    return path
+
+
+def patch_header(path: Path, edit=None, **fields) -> Path:
+    """Rewrite NIfTI-1 header fields of `path` in place, as stored (no nibabel fix-ups), keeping
+    its voxel bytes; `edit(header)` may change more (e.g. `set_qform`)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    gz = path.name.endswith(".gz")
+    if gz:
+        raw = gzip.decompress(raw)
+    hdr = nib.Nifti1Header(raw[:348], check=False)
+    for key, value in fields.items():
+        hdr[key] = value
+    if edit is not None:
+        edit(hdr)
+    raw = hdr.binaryblock + raw[348:]
+    path.write_bytes(gzip.compress(raw, mtime=0) if gz else raw)
     return path
 
 
@@ -134,10 +153,13 @@ MOSMED_SETTINGS = {"window": [-1000.0, 400.0], "rotate90": 1, "size": [8, 8, 4]}
 
 
 def assert_failed_cleanly(out_dir: Path, case_id: str | None = None) -> None:
-    """After a failed prepare: no manifest, no temp files, nothing for the bad case."""
+    """After a failed prepare: no manifest, no temp files, nothing for the bad case (the marker
+    that claims the folder may stay)."""
+    from alice.data.preprocess import MARKER
+
     if not out_dir.exists():
         return
-    names = [p.name for p in out_dir.iterdir()]
+    names = [p.name for p in out_dir.iterdir() if p.name != MARKER]
     assert "manifest.json" not in names
     assert not [n for n in names if n.startswith(".") or ".tmp" in n], names
     if case_id is not None:
@@ -156,6 +178,7 @@ def fx():
         ct_volume=ct_volume,
         organ_labels=organ_labels,
         write_nifti=write_nifti,
+        patch_header=patch_header,
         make_flare22=make_flare22,
         make_pool=make_pool,
         make_btcv=make_btcv,

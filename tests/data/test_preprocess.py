@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from alice.data.preprocess import (
+    MARKER,
     invert_to_original,
     load_case,
     prepare,
@@ -156,7 +157,7 @@ def test_invert_rejects_a_wrong_shape(btcv_root, out_dir, fx):
 
 
 def _mtimes(out_dir):
-    return {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name != "manifest.json"}
+    return {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name not in ("manifest.json", MARKER)}
 
 
 def test_rerun_skips_and_changed_settings_recompute(btcv_root, out_dir, fx):
@@ -270,9 +271,9 @@ def test_constant_volume_is_warned_about_and_recorded(btcv_root, out_dir, fx, ca
     fx.write_nifti(btcv_root / "RawData/Training/img/img0002.nii.gz", np.full(fx.SHAPE, -1024, np.int16))
     with caplog.at_level("WARNING", logger="alice"):
         manifest = prepare("btcv", btcv_root, out_dir, fx.seg_settings(), progress=False)
-    warned = [r for r in caplog.records if r.name == "alice" and r.levelname == "WARNING"]
-    assert len(warned) == 1 and "img0002" in warned[0].getMessage() and "-1024" in warned[0].getMessage()
-    assert set(manifest["warnings"]) == {"img0002"}
+    warned = [r for r in caplog.records if r.name == "alice" and r.levelname == "WARNING" and "img0002" in r.getMessage()]
+    assert len(warned) == 1 and "-1024" in warned[0].getMessage()
+    assert set(manifest["warnings"]) == {"img0002", "release"}  # release: the README etc. beside the images
     assert load_case(out_dir, "img0002")[2]["warnings"] == manifest["warnings"]["img0002"]
     caplog.clear()
     with caplog.at_level("WARNING", logger="alice"):  # a re-run that reuses the cache says it again

@@ -69,9 +69,9 @@ def corruptions(fx):
     return {
         "garbage file": (lambda r: (r / IMG).write_bytes(b"this is not a NIfTI file" * 10), IMG, "unreadable NIfTI header", True),
         "truncated header": (lambda r: _truncate(r / IMG, lambda n: 60), IMG, "unreadable NIfTI header", True),
-        "truncated gz data": (lambda r: _truncate(r / IMG, lambda n: n - 40), IMG, "truncated or corrupt voxel data", False),
+        "truncated gz data": (lambda r: _truncate(r / IMG, lambda n: n - 40), IMG, "truncated or corrupt voxel data", True),
         "corrupt gz data": (lambda r: _flip_bytes(r / IMG, lambda n: n - 30), IMG, "truncated or corrupt voxel data", False),
-        "truncated nii data": (truncated_nii, "RawData/Training/img/img0002.nii", "truncated or corrupt voxel data", False),
+        "truncated nii data": (truncated_nii, "RawData/Training/img/img0002.nii", "but the file holds only 1,692 bytes (truncated?)", True),
         "2-D image": (_rewrite(fx, IMG, np.zeros((12, 10), np.int16)), IMG, "expected a 3-D volume, got a 2-D", True),
         "4-D image": (_rewrite(fx, IMG, np.zeros((12, 10, 6, 2), np.int16)), IMG, "expected a 3-D volume, got a 4-D", True),
         "NaN voxels": (_rewrite(fx, IMG, nan_img), IMG, "image contains 1 NaN voxel(s)", False),
@@ -177,20 +177,24 @@ def test_failed_rerun_removes_the_stale_manifest(btcv_root, out_dir, fx):
         prepare("btcv", btcv_root, out_dir, fx.seg_settings(), progress=False)
     fx.assert_failed_cleanly(out_dir, "img0002")
     assert (out_dir / "img0001.json").is_file()  # untouched good case stays cached
-    # a header-level failure (before any write) also drops the manifest of an earlier success
+    # a header-level failure happens before anything is written: the earlier cache and its
+    # manifest stay as they were (a consistent unit)
     fx.write_nifti(btcv_root / LAB, fx.organ_labels())
     prepare("btcv", btcv_root, out_dir, fx.seg_settings(), progress=False)
+    manifest = (out_dir / "manifest.json").read_bytes()
     (btcv_root / LAB).write_bytes(b"garbage")
     with pytest.raises(InputError, match="unreadable NIfTI header"):
         prepare("btcv", btcv_root, out_dir, fx.seg_settings(), progress=False)
-    assert not (out_dir / "manifest.json").exists()
+    assert (out_dir / "manifest.json").read_bytes() == manifest
 
 
 def test_leftover_temp_files_of_a_killed_run_are_removed(btcv_root, out_dir, fx):
-    out_dir.mkdir()
+    from alice.data.preprocess import MARKER
+
+    prepare("btcv", btcv_root, out_dir, fx.seg_settings(), progress=False)
     (out_dir / ".img0001_image.npy.abc123.tmp.npy").write_bytes(b"partial")
     prepare("btcv", btcv_root, out_dir, fx.seg_settings(), progress=False)
-    assert not list(out_dir.glob(".*"))
+    assert [p.name for p in out_dir.glob(".*")] == [MARKER]
 
 
 def test_flare22_offline_test_errors_leave_nothing(flare22_root, out_dir, fx):

@@ -72,19 +72,15 @@ def test_cached_label_maps_back_closely_at_another_spacing(tmp_path, dx):
         assert scores[organ]["dsc"] > 0.8, (organ, scores[organ])
 
 
-def test_nsd_spacing_comes_from_the_affine(tmp_path):
-    """The source label is scored at the voxel sizes of its affine, not at its header's pixdim."""
+def test_nsd_spacing_comes_from_the_affine(tiny_data, dx):
+    """The source label is scored at the voxel sizes of its affine, per stored voxel axis."""
     from alice.downstream.inference import _original_label
 
-    path = tmp_path / "label.nii.gz"
-    img = nib.Nifti1Image(np.ones((4, 5, 6), np.uint8), np.diag([0.8, 0.8, 0.8, 1.0]))
-    img.header.set_zooms((2.0, 2.0, 2.0))
-    nib.save(img, str(path))
-    assert nib.load(str(path)).header.get_zooms() == (2.0, 2.0, 2.0)
-    meta = {"source": {"label": str(path)}, "original": {"shape": [4, 5, 6]}}
-    labels, affine, spacing = _original_label(meta, "case", tmp_path)
-    assert labels.shape == (4, 5, 6)
-    np.testing.assert_allclose(spacing, (0.8, 0.8, 0.8), rtol=1e-6)
+    _image, _label, meta = load_case(tiny_data, "FLARETs_0001")
+    labels, affine, spacing = _original_label(meta, "FLARETs_0001", tiny_data)
+    assert labels.shape == tuple(meta["original"]["shape"])
+    np.testing.assert_allclose(spacing, nib.affines.voxel_sizes(dx.stored_affine()), rtol=1e-6)
+    assert len(set(spacing)) == 3  # anisotropic, so an axis mix-up would show
 
 
 def _save_model(model_dir, dx, *, fold, subset=None):

@@ -198,12 +198,27 @@ def test_bad_inputs_leave_nothing_half_written(btcv, tmp_path, dx):
     for path in (base / "data").iterdir():
         (data / path.name).write_bytes(path.read_bytes())
     meta = json.loads((data / "img0062.json").read_text())
-    meta["source"]["image"] = str(tmp_path / "gone" / "img0062.nii.gz")
+    source = meta["identity"]["source"]["image"]["path"]
+    meta["source"]["image"] = meta["identity"]["source"]["image"]["path"] = str(tmp_path / "gone" / "img0062.nii.gz")
     (data / "img0062.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="gone/img0062.nii.gz: source image of case 'img0062'"):
         write_submission(dataset="btcv", model_dirs=[models[0]], data_dir=data, out_dir=out,
                          progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "flare"]
+    # a test image re-exported since prepare (another origin): the file would land on a grid the
+    # cached prediction was not made on
+    moved = tmp_path / "moved.nii.gz"
+    img = nib.load(source)
+    affine = img.affine.copy()
+    affine[:3, 3] += 30.0
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), affine, header=img.header), str(moved))
+    meta["source"]["image"] = meta["identity"]["source"]["image"]["path"] = str(moved)
+    st = moved.stat()
+    meta["identity"]["source"]["image"].update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+    (data / "img0062.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="moved.nii.gz: image changed since `alice prepare` read it"):
+        write_submission(dataset="btcv", model_dirs=[models[0]], data_dir=data, out_dir=out,
+                         progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "flare", "moved.nii.gz"]
 
 
 def test_cli_predict(btcv, tmp_path, capsys):

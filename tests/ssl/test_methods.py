@@ -1,7 +1,7 @@
 """Every declared SSL method, on every encoder it declares: built from its file, 2 pretraining steps
 through `alice.ssl.run` on a tiny pool, a finite loss, a checkpoint whose encoder loads completely
 into the segmentation network of that encoder. A new method's file is tested here as soon as it
-exists (small widths below where the method takes them; its own defaults otherwise)."""
+exists (with the small widths of its declaration's `smoke`, its own defaults otherwise)."""
 
 from __future__ import annotations
 
@@ -25,15 +25,6 @@ ENCODERS = {
                   "window": [4, 4, 2], "patch": [2, 2, 2], "mlp_ratio": 2, "global_stages": 1},
                  [32, 32, 16], "nnformer"),
 }
-# small widths for the methods that take them (a method not listed runs with its own defaults)
-SMALL = {
-    "alice": {"decoder": {"dim": 16, "depth": 1, "heads": 2}, "head": {"hidden_dim": 32, "bottleneck_dim": 16},
-              "casa_dim": 16, "predictor_hidden_dim": 32},
-    "mae": {"decoder": {"dim": 16, "depth": 1, "heads": 2}},
-    "mocov3": {"head": {"hidden_dim": 32, "bottleneck_dim": 16}, "predictor_hidden_dim": 32},
-    "dino": {"head": {"hidden_dim": 32, "bottleneck_dim": 16}, "prototypes": 64,
-             "views": {"global_views": 2, "local_views": 1}},
-}
 CASES = [(name, encoder) for name, info in methods().items() for encoder in info.encoders]
 
 
@@ -45,7 +36,7 @@ def pool(tmp_path_factory, tiny_pool):
 def settings(name: str, encoder: str, steps: int = 2) -> dict:
     info = methods()[name]
     enc, crop, _ = ENCODERS[encoder]
-    method_config = dict(SMALL.get(name, {}))
+    method_config = dict(info.smoke)  # the small widths its declaration gives the smoke test
     if info.masking:
         method_config["mask_ratio"] = 0.5
     out = {"method": name, "run": name, "encoder": enc, "crop": crop, "method_config": method_config,
@@ -94,4 +85,4 @@ def test_a_method_refuses_an_encoder_it_does_not_declare(monkeypatch):
     monkeypatch.setattr(catalog, "methods", lambda: narrowed)
     enc, crop, _ = ENCODERS["nnformer"]
     with pytest.raises(ConfigError, match="pretrains the vit encoder"):
-        build_method("mae", SMALL["mae"], enc, crop)
+        build_method("mae", info.smoke, enc, crop)

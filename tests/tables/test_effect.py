@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,51 @@ def test_bad_inputs_stop_with_the_file_and_write_nothing(runs, tmp_path, capsys)
     assert main(args) != 0
     assert "bad.json" in capsys.readouterr().err
     assert not out.exists() or not any(out.rglob("*.*"))
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda m: m["cases"]["FLARETs_0002"]["liver"].update(dsc=float("inf")),
+     r"cases\.FLARETs_0002\.liver\.dsc is Infinity: not a score"),
+    (lambda m: m["case_mean"]["FLARETs_0002"].update(nsd=float("-inf")),
+     r"case_mean\.FLARETs_0002\.nsd is -Infinity: not a score"),
+    (lambda m: m["case_mean"]["FLARETs_0002"].update(dsc="0.5"),
+     r"case_mean\.FLARETs_0002\.dsc is '0\.5', not a number"),
+    (lambda m: m["case_mean"].pop("FLARETs_0002"), r"case_mean\.FLARETs_0002 has no dsc"),
+    (lambda m: m["cases"]["FLARETs_0002"]["liver"].pop("nsd"), r"cases\.FLARETs_0002\.liver has no nsd"),
+    (lambda m: m["subset"].update(subset_seed="1"), r"subset\.subset_seed is '1', not an integer"),
+], ids=["inf organ", "-inf case", "text case", "missing case mean", "missing organ score", "text seed"])
+def test_a_score_that_is_no_number_stops_naming_the_file_and_key(tmp_path, change, said):
+    paths = [_write_run(tmp_path, m, 1, s) for m in ("rand_init", "alice") for s in range(2)]
+    data = json.loads(paths[3].read_text())
+    change(data)
+    paths[3].write_text(json.dumps(data))  # Infinity as Python's json writes it
+    with pytest.raises(InputError, match=re.escape(str(paths[3])) + ": " + said):
+        read_runs(paths, "demo")
+
+
+def test_a_null_organ_is_kept_as_nan_and_its_case_mean_used(tmp_path):
+    """An organ with nothing to score (alice.metrics) is NaN in the per-organ CSV, not an error."""
+    paths = [_write_run(tmp_path, m, 1, s) for m in ("rand_init", "alice") for s in range(2)]
+    data = json.loads(paths[3].read_text())
+    data["cases"]["FLARETs_0002"]["spleen"] = {"dsc": None, "nsd": None}
+    paths[3].write_text(json.dumps(data))
+    cases, means = read_runs(paths, "demo")
+    spleen = cases[(cases["method"] == "alice") & (cases["seed"] == 1) & (cases["case"] == "FLARETs_0002")
+                   & (cases["organ"] == "spleen")].iloc[0]
+    assert np.isnan(spleen["dsc"]) and np.isnan(spleen["nsd"])
+    assert means["dsc"].notna().all()
+
+
+def test_an_infinite_score_is_one_line_from_the_cli_and_writes_nothing(tmp_path, capsys):
+    paths = [_write_run(tmp_path, m, 1, s) for m in ("rand_init", "alice") for s in range(2)]
+    data = json.loads(paths[1].read_text())
+    data["case_mean"]["FLARETs_0001"]["dsc"] = float("inf")
+    paths[1].write_text(json.dumps(data))
+    out = tmp_path / "out"
+    code = main(["effect", "--scale", "demo", "--csv", str(out / "e.csv"), "--tests", str(out / "t.csv"),
+                 "--figure", str(out / "f.png"), *[a for p in paths for a in ("--metrics", str(p))]])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0] == (f"alice effect: error: {paths[1]}: case_mean.FLARETs_0001.dsc is Infinity: not a "
+                      "score, regenerate it (alice evaluate)")
+    assert not out.exists()

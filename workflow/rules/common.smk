@@ -11,10 +11,15 @@ from alice.tables.online import online_models
 from alice.ssl.catalog import needs_matcher
 from alice.tables.spec import cell_sources, find_row, load_spec, table_ids, table_settings
 
-# Fills schema defaults in place; a bad key stops the workflow with one line naming it.
+# Snakemake reads `configfile:` and `--configfile` with its own YAML loader, which resolves a
+# duplicate key or an unquoted `yes` silently: each file is read once more with the harness's
+# strict loader first. Then the schema fills defaults in place; a bad key stops the workflow with
+# one line naming it.
 try:
+    for _path in workflow.configfiles:
+        cfg.load_yaml(_path)
     cfg.validate_config(config)
-except cfg.ConfigError as exc:
+except cfg.HarnessError as exc:
     raise WorkflowError(str(exc))
 
 DATASETS = list(cfg.DATASETS)
