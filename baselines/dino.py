@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from alice.models.heads import ProjectionHead, Prototypes
 from alice.ssl.encoder import build_encoder, pool, transferable_state
 from alice.ssl.losses import dino_loss, spread, update_center
-from alice.ssl.momentum import MomentumMethod
+from alice.ssl.momentum import MomentumMethod, linear_warmup
 from alice.ssl.registry import checked_build, register_method
 from alice.ssl.views import check_view_options
 
@@ -106,12 +106,8 @@ class DINO(MomentumMethod):
         return transferable_state(self.encoder)
 
     def teacher_temperature_at(self, step: int, total_steps: int) -> float:
-        warm = int(round(self.teacher_warmup_fraction * total_steps))
-        if self.teacher_warmup_fraction > 0:
-            warm = max(warm, 1)
-        if step >= warm:
-            return self.teacher_temperature
-        return self.teacher_temperature_warmup + (self.teacher_temperature - self.teacher_temperature_warmup) * step / warm
+        return linear_warmup(self.teacher_temperature_warmup, self.teacher_temperature,
+                             self.teacher_warmup_fraction, step, total_steps)
 
     def after_step(self, step: int, total_steps: int) -> None:
         super().after_step(step, total_steps)

@@ -161,17 +161,14 @@ def _check_format(path: Path, img: nib.Nifti1Image):
 def _gz_content_size(path: Path, size: int, need: int) -> int:
     """How many bytes the gzip stream of `path` decompresses to, counted up to `need` at most.
 
-    The trailer (ISIZE) answers at once when it holds `need` bytes or more (a writer may pad after
-    the voxels; below 4 GiB, where ISIZE is not wrapped); otherwise the stream is decompressed in
-    chunks (nothing is kept) until `need` bytes or its end. The voxel reader checks the stream's
-    CRC and length in full anyway: this pass only has to stop absurd headers cheaply."""
+    The trailer (ISIZE) answers at once when it equals `need` (modulo 2^32), as it does for a file
+    written whole; otherwise (a truncated stream ends in arbitrary bytes, a writer may pad) the
+    stream is decompressed in chunks (nothing is kept) until `need` bytes or its end."""
     with open(path, "rb") as fh:
         fh.seek(max(0, size - 4))
         trailer = fh.read(4)
-    if len(trailer) == 4:
-        isize = struct.unpack("<I", trailer)[0]
-        if isize == need % _GZIP_ISIZE_MOD or (need < _GZIP_ISIZE_MOD and isize >= need):
-            return need
+    if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == need % _GZIP_ISIZE_MOD:
+        return need
     total = 0
     with gzip.open(path, "rb") as fh:
         while total < need:

@@ -77,3 +77,44 @@ def update_center(center: torch.Tensor, teacher_logits: list[torch.Tensor], mome
         dist.all_reduce(total)
         dist.all_reduce(count)
     center.mul_(momentum).add_((total / count).to(center.dtype), alpha=1.0 - momentum)
+
+
+def unigrad_loss(student: torch.Tensor, teacher: torch.Tensor, neg_weight: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """UniGrad (Tao et al., CVPR 2022), the dense loss of SIM (Tao et al., CVPR 2023), on rows of
+    (..., C) features (every token a row), the teacher side detached:
+
+        ℓ = ( mean_i ‖s_i − t_i‖² + λ · mean_i s_iᵀ F s_i ) / C,    F = mean_j t_j t_jᵀ
+
+    a positive term pulling each student row to its teacher row and a negative term pushing the
+    students off the directions the teachers' correlation matrix F spans (UniGrad's gradient
+    −t + λ·F·s); F is averaged over every row of every process. Returns (ℓ, positive term,
+    negative term), the terms divided by C, without λ and detached."""
+    c = student.shape[-1]
+    s = student.reshape(-1, c)
+    t = teacher.detach().reshape(-1, c)
+    pos = ((s - t) ** 2).sum(-1).mean()
+    with torch.no_grad():
+        corr = t.t() @ t / t.shape[0]
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(corr)
+            corr = corr / dist.get_world_size()
+    neg = ((s @ corr) * s).sum(-1).mean()
+    return (pos + float(neg_weight) * neg) / c, pos.detach() / c, neg.detach() / c
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent (SimCLR, Chen et al. 2020, eq. 1; the contrastive coding of Tang et al. 2022, §3.2) of
+    two views' (B, C) embeddings: over the 2B l2-normalised embeddings v, each anchor i's positive
+    is the other view of its sample and its denominator every k ≠ i,
+
+        ℓ_i = −log exp(v_i·v_j / τ) / Σ_{k ≠ i} exp(v_i·v_k / τ),    averaged over the 2B anchors
+
+    (both sides carry gradients; in-batch negatives of this process only, as `info_nce`)."""
+    b = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=-1)
+    logits = z @ z.t() / temperature
+    self_pairs = torch.eye(2 * b, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_pairs, float("-inf"))
+    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    return F.cross_entropy(logits, targets)

@@ -1,4 +1,5 @@
-"""The momentum (EMA) target shared by the methods with a teacher: BYOL, MoCo v3, DINO, Alice.
+"""The momentum (EMA) target shared by the methods with a teacher (MoCo v3, DINO, iBOT, SIM, CMAE,
+UniMiSS, Alice), and the teacher-temperature warm-up of the self-distillation methods.
 
 `MomentumMethod` is an `SSLMethod` whose subclass names its (online, target) module pairs in
 `ema_pairs()`. After every optimizer step the trainer calls `after_step`, which moves each target
@@ -28,6 +29,18 @@ def ema_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -
     §3.2, DINO §3.1)."""
     t = min(1.0, step / max(1, total_steps - 1))
     return final - (final - base) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def linear_warmup(start: float, end: float, fraction: float, step: int, total_steps: int) -> float:
+    """Linear warm-up from `start` to `end` over the first `fraction` of `total_steps`, then `end`:
+    the teacher temperature of the self-distillation methods (DINO's implementation details: τ_t
+    0.04 → 0.07 over the first 30 epochs; iBOT likewise; here a fraction of the iterations)."""
+    warm = int(round(fraction * total_steps))
+    if fraction > 0:
+        warm = max(warm, 1)
+    if step >= warm:
+        return end
+    return start + (end - start) * step / warm
 
 
 class MomentumMethod(SSLMethod):
