@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from alice.models.heads import ProjectionHead, Prototypes
 from alice.ssl.encoder import build_encoder, pool, transferable_state
 from alice.ssl.losses import dino_loss, spread, update_center
-from alice.ssl.momentum import MomentumMethod, linear_warmup
+from alice.ssl.momentum import MomentumMethod, check_distillation_options, linear_warmup
 from alice.ssl.registry import checked_build, register_method
 from alice.ssl.views import check_view_options
 
@@ -69,14 +69,10 @@ class DINO(MomentumMethod):
         super().__init__(method_config, momentum, momentum_schedule)
         self.views = check_view_options("multi_crop", views, "pretrain.methods.dino.views")
         self.global_views = int(self.views["global_views"])
-        for name, value in (("student_temperature", student_temperature), ("teacher_temperature", teacher_temperature),
-                            ("teacher_temperature_warmup", teacher_temperature_warmup)):
-            if float(value) <= 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        if not 0.0 <= float(teacher_warmup_fraction) <= 1.0:
-            raise ValueError(f"teacher_warmup_fraction must be in [0, 1], got {teacher_warmup_fraction!r}")
-        if not 0.0 <= float(center_momentum) < 1.0:
-            raise ValueError(f"center_momentum must be in [0, 1), got {center_momentum!r}")
+        check_distillation_options({"student_temperature": student_temperature,
+                                    "teacher_temperature": teacher_temperature,
+                                    "teacher_temperature_warmup": teacher_temperature_warmup},
+                                   teacher_warmup_fraction, center_momentum)
         self.student_temperature = float(student_temperature)
         self.teacher_temperature = float(teacher_temperature)
         self.teacher_temperature_warmup = float(teacher_temperature_warmup)

@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from alice.models.heads import ProjectionHead, Prototypes
 from alice.ssl.encoder import build_encoder, pool, transferable_state
 from alice.ssl.losses import dino_loss, spread, update_center
-from alice.ssl.momentum import MomentumMethod, linear_warmup
+from alice.ssl.momentum import MomentumMethod, check_distillation_options, linear_warmup
 from alice.ssl.registry import checked_build, register_method
 from alice.ssl.token_masking import MaskTokenEncoder, sample_unit_masks
 from alice.ssl.views import check_view_options
@@ -117,16 +117,12 @@ class IBOT(MomentumMethod):
         super().__init__(method_config, momentum, momentum_schedule)
         self.views = check_view_options("multi_crop", views, "pretrain.methods.ibot.views")
         self.global_views = int(self.views["global_views"])
-        for name, value in (("student_temperature", student_temperature), ("teacher_temperature", teacher_temperature),
-                            ("teacher_temperature_warmup", teacher_temperature_warmup),
-                            ("teacher_patch_temperature", teacher_patch_temperature),
-                            ("teacher_patch_temperature_warmup", teacher_patch_temperature_warmup)):
-            if float(value) <= 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        if not 0.0 <= float(teacher_warmup_fraction) <= 1.0:
-            raise ValueError(f"teacher_warmup_fraction must be in [0, 1], got {teacher_warmup_fraction!r}")
-        if not 0.0 <= float(center_momentum) < 1.0:
-            raise ValueError(f"center_momentum must be in [0, 1), got {center_momentum!r}")
+        check_distillation_options({"student_temperature": student_temperature,
+                                    "teacher_temperature": teacher_temperature,
+                                    "teacher_temperature_warmup": teacher_temperature_warmup,
+                                    "teacher_patch_temperature": teacher_patch_temperature,
+                                    "teacher_patch_temperature_warmup": teacher_patch_temperature_warmup},
+                                   teacher_warmup_fraction, center_momentum)
         ratio = [float(mask_ratio)] * 2 if isinstance(mask_ratio, (int, float)) else [float(r) for r in mask_ratio]
         if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1] < 1.0:
             raise ValueError(f"mask_ratio must be a ratio in (0, 1) or [lo, hi] with 0 < lo <= hi < 1, "

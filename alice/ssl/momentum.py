@@ -31,6 +31,19 @@ def ema_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -
     return final - (final - base) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def check_distillation_options(temperatures: Mapping[str, float], warmup_fraction: float,
+                               center_momentum: float) -> None:
+    """ValueError naming the option unless every temperature is > 0, the warm-up fraction in [0, 1]
+    and the centre momentum in [0, 1) (the self-distillation methods' options, DINO §3.1)."""
+    for name, value in temperatures.items():
+        if float(value) <= 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    if not 0.0 <= float(warmup_fraction) <= 1.0:
+        raise ValueError(f"teacher_warmup_fraction must be in [0, 1], got {warmup_fraction!r}")
+    if not 0.0 <= float(center_momentum) < 1.0:
+        raise ValueError(f"center_momentum must be in [0, 1), got {center_momentum!r}")
+
+
 def linear_warmup(start: float, end: float, fraction: float, step: int, total_steps: int) -> float:
     """Linear warm-up from `start` to `end` over the first `fraction` of `total_steps`, then `end`:
     the teacher temperature of the self-distillation methods (DINO's implementation details: τ_t

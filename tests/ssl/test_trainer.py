@@ -12,7 +12,7 @@ import torch
 
 from alice.errors import ConfigError, HarnessError, InputError
 from alice.ssl import registry
-from alice.ssl.momentum import ema_momentum
+from alice.ssl.momentum import check_distillation_options, ema_momentum, linear_warmup
 from alice.training import build_lr_scheduler, lr_factor
 from alice.ssl.trainer import EX_TEMPFAIL, NonFiniteLoss, Preempted
 
@@ -56,6 +56,13 @@ def test_cosine_with_warmup_values():
         sched.step()
     assert lrs == pytest.approx([2.0 * f(i) for i in range(10)])
     assert ema_momentum(0, 10, 0.99) == pytest.approx(0.99) and ema_momentum(9, 10, 0.99) == pytest.approx(1.0)
+    # the teacher temperature's warm-up: 0.04 -> 0.07 over the first 30 % of 10 steps, then 0.07
+    assert [linear_warmup(0.04, 0.07, 0.3, i, 10) for i in (0, 1, 3, 9)] == pytest.approx([0.04, 0.05, 0.07, 0.07])
+    assert linear_warmup(0.04, 0.07, 0.0, 0, 10) == 0.07
+    with pytest.raises(ValueError, match="teacher_temperature must be > 0"):
+        check_distillation_options({"teacher_temperature": 0.0}, 0.0, 0.9)
+    with pytest.raises(ValueError, match="center_momentum"):
+        check_distillation_options({"teacher_temperature": 0.04}, 0.0, 1.0)
     with pytest.raises(ConfigError, match="optim.schedule"):
         lr_factor("step", 0, 10)
 
