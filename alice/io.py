@@ -191,6 +191,17 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def files_under(root: str | Path) -> list[str]:
+    """Every non-folder entry under `root` (relative POSIX paths, sorted), symlinks to folders
+    included and not followed: what an output folder holds when deciding whether it is ours."""
+    root = Path(root)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            found.append(Path(folder, name).relative_to(root).as_posix())
+    return sorted(found)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path, suffix=".json") as tmp:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -57,7 +56,7 @@ from alice.data.validate import (
 )
 from alice.io import settings_hash
 from alice.errors import ConfigError, InputError
-from alice.io import read_json, save_npy, write_json
+from alice.io import files_under, read_json, save_npy, write_json
 from alice.labels import LABEL_NAMES
 
 # Bump when a change to this module changes cached arrays: old caches are then recomputed.
@@ -465,15 +464,6 @@ def _clean_temp_files(out_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- the output folder
-def _present(out_dir: Path) -> list[str]:
-    """Every non-folder entry under `out_dir` (relative POSIX paths), without following links."""
-    found = []
-    for folder, dirs, files in os.walk(out_dir):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
-            found.append(Path(folder, name).relative_to(out_dir).as_posix())
-    return sorted(found)
-
-
 def _is_own_name(name: str) -> bool:
     """Whether `name` (in the folder itself) is a file prepare or `alice folds` writes there."""
     temporary = _TEMPORARY.fullmatch(name)
@@ -508,7 +498,7 @@ def check_out_dir(out_dir: Path, dataset: str) -> None:
     """Refuse (without writing) an output folder holding anything but an earlier cache of `dataset`."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, f"output path exists and is not a folder; {_ADVICE}")
-    present = _present(out_dir) if out_dir.is_dir() else []
+    present = files_under(out_dir) if out_dir.is_dir() else []
     if not present:
         return
     marker = _marker(out_dir)

@@ -11,26 +11,16 @@ an `InputError` naming the folder, before any write.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from alice.errors import InputError
-from alice.io import read_json, temporary_pattern, write_json
+from alice.io import files_under, read_json, temporary_pattern, write_json
 
 MARKER = ".alice-phantom.json"
 WRITER = "alice phantom"
 # Snakemake's stamp in a `directory()` output (the `phantom` rule's): part of an earlier phantom.
 BOOKKEEPING = frozenset({".snakemake_timestamp"})
 _ADVICE = "empty it or choose another folder"
-
-
-def _present(root: Path) -> list[str]:
-    """Every non-folder entry under `root` (relative POSIX paths), without following links."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
-            found.append(Path(folder, name).relative_to(root).as_posix())
-    return sorted(found)
 
 
 def _listed(root: Path) -> list[str] | None:
@@ -76,7 +66,7 @@ def claim(root: Path, files: list[str], record: dict) -> None:
     remove that earlier phantom and write the marker listing `files` (plus `record`)."""
     if root.exists() and not root.is_dir():
         raise InputError(root, f"output path exists and is not a folder; {_ADVICE}")
-    present = _present(root) if root.is_dir() else []
+    present = files_under(root) if root.is_dir() else []
     if present:
         listed = _listed(root)
         if listed is None:
