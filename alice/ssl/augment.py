@@ -45,6 +45,35 @@ def _uniform(shape, lo, hi, generator):
     return torch.rand(shape, generator=generator) * (hi - lo) + lo
 
 
+def _flip_samples(out: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Flip sample i of `out` (B, C, X, Y, Z) along axis a where flips[i, a] (B, 3) is True."""
+    b = out.shape[0]
+    for axis in range(3):
+        sel = flips[:, axis].to(out.device)
+        if sel.any():
+            out = torch.where(sel.view(b, 1, 1, 1, 1), out.flip(2 + axis), out)
+    return out
+
+
+def _gain_bias(out: torch.Tensor, scale: float, shift: float, generator) -> torch.Tensor:
+    """A per-sample intensity gain in [1 − scale, 1 + scale] and bias in [−shift, shift]."""
+    b = out.shape[0]
+    gain = _uniform((b, 1, 1, 1, 1), 1 - scale, 1 + scale, generator)
+    bias = _uniform((b, 1, 1, 1, 1), -shift, shift, generator)
+    return out * gain.to(out) + bias.to(out)
+
+
+def _resample_boxes(x: torch.Tensor, frac: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """Resample each sample's box (fraction and centre of the crop per axis, normalised
+    coordinates) to the full crop size, trilinearly."""
+    theta = torch.zeros(x.shape[0], 3, 4)
+    for row, axis in enumerate((2, 1, 0)):  # affine_grid's coordinate order is (Z, Y, X)
+        theta[:, row, row] = frac[:, axis]
+        theta[:, row, 3] = centre[:, axis]
+    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def _rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
     """(B, 3) angles in radians -> (B, 3, 3) = Rz @ Ry @ Rx."""
     b = angles.shape[0]
@@ -75,15 +104,9 @@ def strong_augment(
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     # --- flips
-    flips = torch.rand((b, 3), generator=generator) < config.flip_prob
-    for axis in range(3):
-        sel = flips[:, axis].to(x.device)
-        if sel.any():
-            out = torch.where(sel.view(b, 1, 1, 1, 1), out.flip(2 + axis), out)
+    out = _flip_samples(out, torch.rand((b, 3), generator=generator) < config.flip_prob)
     # --- intensity scale and shift
-    gain = _uniform((b, 1, 1, 1, 1), 1 - config.intensity_scale, 1 + config.intensity_scale, generator)
-    bias = _uniform((b, 1, 1, 1, 1), -config.intensity_shift, config.intensity_shift, generator)
-    return out * gain.to(x) + bias.to(x)
+    return _gain_bias(out, config.intensity_scale, config.intensity_shift, generator)
 
 
 @dataclass(frozen=True)
@@ -123,19 +146,11 @@ def mae_augment(
         return x
     b = x.shape[0]
     frac, centre = _crop_boxes(b, generator, config)
-    # affine_grid's coordinate order is (Z, Y, X): output coord t in [-1, 1] samples centre + frac * t
-    theta = torch.zeros(b, 3, 4)
-    for row, axis in enumerate((2, 1, 0)):
-        theta[:, row, row] = frac[:, axis]
-        theta[:, row, 3] = centre[:, axis]
-    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = _resample_boxes(x, frac, centre)  # output coord t in [-1, 1] samples centre + frac * t
     flips = torch.rand((b, 3), generator=generator) < config.flip_prob
-    for axis in config.flip_axes:
-        sel = flips[:, axis].to(x.device)
-        if sel.any():
-            out = torch.where(sel.view(b, 1, 1, 1, 1), out.flip(2 + axis), out)
-    return out
+    keep = torch.zeros(3, dtype=torch.bool)
+    keep[list(config.flip_axes)] = True
+    return _flip_samples(out, flips & keep)
 
 
 @dataclass(frozen=True)
@@ -199,23 +214,13 @@ def box_view(x: torch.Tensor, generator: torch.Generator | None, config: BoxView
     b = x.shape[0]
     frac, centre = _crop_boxes(b, generator, MaeAugmentConfig(scale_range=tuple(config.scale_range),
                                                               ratio_range=tuple(config.ratio_range)))
-    theta = torch.zeros(b, 3, 4)
-    for row, axis in enumerate((2, 1, 0)):  # affine_grid's coordinate order is (Z, Y, X)
-        theta[:, row, row] = frac[:, axis]
-        theta[:, row, 3] = centre[:, axis]
-    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = _resample_boxes(x, frac, centre)
     flip = torch.rand((b, 3), generator=generator) < config.flip_prob
     keep = torch.zeros(3, dtype=torch.bool)
     keep[list(config.flip_axes)] = True
     flip = flip & keep
-    for axis in range(3):
-        sel = flip[:, axis].to(x.device)
-        if sel.any():
-            out = torch.where(sel.view(b, 1, 1, 1, 1), out.flip(2 + axis), out)
-    gain = _uniform((b, 1, 1, 1, 1), 1 - config.intensity_scale, 1 + config.intensity_scale, generator)
-    bias = _uniform((b, 1, 1, 1, 1), -config.intensity_shift, config.intensity_shift, generator)
-    return out * gain.to(x) + bias.to(x), frac, centre, flip
+    out = _gain_bias(_flip_samples(out, flip), config.intensity_scale, config.intensity_shift, generator)
+    return out, frac, centre, flip
 
 
 # --- 90° rotations and cutout (Tang et al., CVPR 2022, §3.2: rotation prediction and masked volume
