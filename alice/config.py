@@ -385,7 +385,7 @@ def pretrain_settings(config: dict, run: str, encoder: str = "vit") -> dict:
     optimisation, the method's own settings (with the masking ratio and the run's ablation
     switches) and, for a method of matched crop pairs, how they are mined. `run` is a method name or a variant run id
     (`alice__casa-false`, see alice.ssl.variants); `encoder` a `pretrain.encoders` name."""
-    from alice.ssl.catalog import require
+    from alice.ssl.catalog import needs_matcher, require
     from alice.ssl.variants import parse_run_id
 
     section = config.get("pretrain")
@@ -402,7 +402,9 @@ def pretrain_settings(config: dict, run: str, encoder: str = "vit") -> dict:
                 "checkpoint_every": section.get("checkpoint_every", 1000),
                 "grad_clip": section.get("grad_clip", 3.0), "amp": section.get("amp"),
                 "seed": config["seed"], "device": config.get("device", "auto")}
-    if info.views == "matched_pair":
+    # how matched crops are mined: Alice's pairs, or the views of a run whose `matcher` switch is
+    # on (alice.ssl.catalog; method_config holds the run's switches, so the method is asked)
+    if info.views == "matched_pair" or needs_matcher(method, method_config):
         settings["pairs"] = section.get("pairs", {})
     return settings
 

@@ -61,6 +61,42 @@ global views, bottleneck) and `token_spread` (their patch-token embeddings), `te
 `patch_entropy` (the mean entropy of the teachers' [CLS] and patch distributions over log K: 1 when
 uniform, 0 when one prototype takes all, DINO §5.3's two collapses), and `masked` (the fraction of
 the global views' units masked this step).
+
+Switches (the ablation rows of the paper, alice.ssl.variants; both off in the Table 1 run, which
+they leave unchanged: with both false the same parameters are built and the same random numbers
+drawn as without them):
+
+`inter_volume` (Table 5, "iBOT ✓ inter-volume"): the model is unchanged; the data loader
+(alice.ssl.run) cuts the global views from anatomically matched crops of two different volumes
+(global view 0 from volume Q's crop, the others from volume K's matched crop), so L_[CLS], DINO's
+cross-view term, becomes an inter-volume term (the role of Alice's ℓ_dv, eq. 2). The flag is stored
+(`self.inter_volume`) for the loader and the records; `forward` does not read it.
+
+`casa` (Table 6, "iBOT w/. vs. w/o. CASA": "We apply the CASA on different siamese SSL
+architectures which take masked view and unmasked view as inputs"): L_MIM is replaced by a
+cross-view term aligned by CASA (alice.models.casa, the paper's eqs. 3–4). The paper does not say
+where CASA sits in iBOT; this is the harness's reading, the counterpart of Alice's ℓ_st (eq. 5).
+For each global view u and each other global view v (with iBOT's two global views: the other one),
+with V_û the student encoder's tokens of the masked û, z_θ(û) the student patch head's bottleneck
+tokens of û (ProjectionHead's l2-normalised output, before the prototype layer) and z_θ'(v) the
+teacher patch head's bottleneck tokens of the intact v,
+
+    S_û   = CASA(V_û, z_θ(û))            (eqs. 3–4: query V_û, keys and values z_θ(û))
+    T_û,v = CASA(V_û, z_θ'(v))           (the same CASA module and query; computed under no_grad)
+    L_MIM^CASA = − Σ_i m_i · P_θ'(T_û,v,i)ᵀ log P_θ(S_û,i)   (over the masked units i of û,
+                                         averaged over the (u, v) pairs)
+    loss  = λ_cls · L_[CLS] + λ_mim · L_MIM^CASA
+
+with P_θ the student's patch prototype layer on S (l2-normalised, as the head's output is) at
+`student_temperature` and P_θ' the teacher's patch prototype layer on T, centred by c' and
+sharpened by the patch temperature (`mim_loss`, as above). Since V_û attends over v's tokens, token
+i of T carries what of v matches unit i of û, although the two views' voxels do not correspond. As
+in Alice's ℓ_st, the whole teacher side is stop-gradient: CASA's weights and the query V_û receive
+gradient only through S. The patch centre c' is updated over the teacher's CASA logits (the ones
+L_MIM^CASA centres) and `patch_entropy` is measured on them. CASA(embed_dim, proj_dim = kv_dim =
+the head's bottleneck width) is a student-only module: no EMA copy, not transferred
+(`encoder_state_dict` stays the encoder's). Logged besides: `casa_spread` (the collapse monitor on
+S, token-averaged, like Alice's `st_spread`).
 """
 
 from __future__ import annotations
@@ -72,6 +108,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from alice.models.casa import CASA
 from alice.models.heads import ProjectionHead, Prototypes
 from alice.ssl.encoder import build_encoder, pool, transferable_state
 from alice.ssl.losses import dino_loss, spread, update_center
@@ -86,7 +123,10 @@ METHOD = {
     "objective": "self-distillation of masked patch tokens (online tokenizer) + DINO's cross-view [CLS] term",
     "views": "multi_crop",
     "encoders": ["vit", "swin", "nnformer"],
+    "matcher": "inter_volume",  # mines matched crops (its global views, alice.ssl.views) when on
     "masking": True,
+    # the ablation switches (alice.ssl.variants) and their defaults, the constructor's
+    "switches": {"inter_volume": False, "casa": False},
     "smoke": {"head": {"hidden_dim": 32, "bottleneck_dim": 16}, "prototypes": 64,
               "views": {"global_views": 2, "local_views": 1}},
 }
@@ -113,8 +153,11 @@ class IBOT(MomentumMethod):
                  center_momentum: float = 0.9, mask_ratio: float | Sequence[float] = (0.1, 0.5),
                  mask_probability: float = 0.5, loss_weights: Mapping[str, float] | None = None,
                  momentum: float = 0.996, momentum_schedule: str = "cosine",
-                 views: Mapping[str, Any] | None = None, method_config: Mapping[str, Any] | None = None):
+                 views: Mapping[str, Any] | None = None, inter_volume: bool = False, casa: bool = False,
+                 method_config: Mapping[str, Any] | None = None):
         super().__init__(method_config, momentum, momentum_schedule)
+        self.inter_volume = bool(inter_volume)  # read by the loader (module docstring, "Switches")
+        self.use_casa = bool(casa)
         self.views = check_view_options("multi_crop", views, "pretrain.methods.ibot.views")
         self.global_views = int(self.views["global_views"])
         check_distillation_options({"student_temperature": student_temperature,
@@ -172,6 +215,9 @@ class IBOT(MomentumMethod):
         # this step's teacher temperatures: buffers, so a resumed run continues the warm-up exactly
         self.register_buffer("tau_t", torch.tensor(self.teacher_temperature_at("cls", 0, 1)))
         self.register_buffer("tau_tp", torch.tensor(self.teacher_temperature_at("patch", 0, 1)))
+        if self.use_casa:  # built last: every other parameter draws the same initial values as without it
+            width = self.head.out_dim
+            self.casa = CASA(self.encoder.embed_dim, width, kv_dim=width)
         self.last_mask: torch.Tensor | None = None
 
     def ema_pairs(self):
@@ -194,17 +240,43 @@ class IBOT(MomentumMethod):
         self.tau_t.fill_(self.teacher_temperature_at("cls", step + 1, total_steps))  # the next step's
         self.tau_tp.fill_(self.teacher_temperature_at("patch", step + 1, total_steps))
 
-    def _outputs(self, tokens: torch.Tensor, teacher: bool) -> tuple[torch.Tensor, ...]:
-        """(crop embedding z, patch embeddings, crop logits, patch logits) of (R, N, D) tokens."""
+    def _patch_prototypes(self, teacher: bool) -> torch.nn.Module:
+        pre = "teacher_" if teacher else ""
+        return getattr(self, pre + ("prototypes" if self.shared_head else "patch_prototypes"))
+
+    def _outputs(self, tokens: torch.Tensor, teacher: bool, patch_logits: bool = True
+                 ) -> tuple[torch.Tensor, ...]:
+        """(crop embedding z, patch embeddings, crop logits, patch logits) of (R, N, D) tokens; the
+        patch logits are None with `patch_logits=False` (CASA's L_MIM takes the prototypes of
+        CASA's outputs instead)."""
         pre = "teacher_" if teacher else ""
         head, protos = getattr(self, pre + "head"), getattr(self, pre + "prototypes")
         if self.shared_head:  # one call, the crop embedding in the place of iBOT's [CLS] token
             z = head(torch.cat([pool(tokens).unsqueeze(1), tokens], 1))
+            if not patch_logits:
+                return z[:, 0], z[:, 1:], protos(z[:, 0]).float(), None
             logits = protos(z).float()
             return z[:, 0], z[:, 1:], logits[:, 0], logits[:, 1:]
         z_cls, z_patch = head(pool(tokens)), getattr(self, pre + "patch_head")(tokens)
         return (z_cls, z_patch, protos(z_cls).float(),
-                getattr(self, pre + "patch_prototypes")(z_patch).float())
+                getattr(self, pre + "patch_prototypes")(z_patch).float() if patch_logits else None)
+
+    def _casa_mim(self, tokens: torch.Tensor, z_patch: torch.Tensor, t_z_patch: torch.Tensor,
+                  mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """L_MIM^CASA (module docstring, "Switches") of the global views' student encoder tokens
+        (G, B, N, D), student and teacher patch bottleneck tokens (G, B, N, C) and masks (G, B, N):
+        (loss, S (G, B, N, C), the teacher's CASA logits (pairs, B, N, K) for the centre)."""
+        g = tokens.shape[0]
+        s = self.casa(tokens.flatten(0, 1), z_patch.flatten(0, 1)).unflatten(0, (g, -1))  # S_û
+        s_logits = self._patch_prototypes(False)(s).float()  # Prototypes l2-normalises S first
+        pairs = [(i, j) for i in range(g) for j in range(g) if j != i]
+        with torch.no_grad():  # the whole teacher side: T_û,v = CASA(V_û, z_θ'(v))
+            t = torch.stack([self.casa(tokens[i], t_z_patch[j]) for i, j in pairs])
+            t_logits = self._patch_prototypes(True)(t).float()
+        index = [i for i, _ in pairs]
+        loss = mim_loss(s_logits[index], t_logits, self.center_patch, mask[index], self.student_temperature,
+                        self.tau_tp)
+        return loss, s, t_logits
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         views = batch["views"]
@@ -213,17 +285,26 @@ class IBOT(MomentumMethod):
         n = self.num_units
         mask = sample_unit_masks(g * b, n, self.mask_ratio, self.mask_probability, device=flat.device)
         full = torch.cat([mask, mask.new_zeros((v - g) * b, n)])  # local views: never masked
-        z_cls, z_patch, s_cls, s_patch = self._outputs(self.encoder(flat, full), teacher=False)
+        casa = self.use_casa
+        tokens = self.encoder(flat, full)
+        z_cls, z_patch, s_cls, s_patch = self._outputs(tokens, teacher=False, patch_logits=not casa)
         with torch.no_grad():
-            _, _, t_cls, t_patch = self._outputs(self.teacher_encoder(flat[: g * b]), teacher=True)
+            _, t_z_patch, t_cls, t_patch = self._outputs(self.teacher_encoder(flat[: g * b]), teacher=True,
+                                                         patch_logits=not casa)
         s_cls, t_cls = s_cls.reshape(v, b, -1), t_cls.reshape(g, b, -1)
-        s_patch = s_patch.reshape(v, b, n, -1)[:g]
-        t_patch = t_patch.reshape(g, b, n, -1)
         tau_t, tau_tp = self.tau_t, self.tau_tp
         pairs = [(i, j) for i in range(g) for j in range(v) if j != i]
         l_cls = sum(dino_loss(s_cls[j], t_cls[i], self.center, self.student_temperature, tau_t)
                     for i, j in pairs) / len(pairs)
-        l_mim = mim_loss(s_patch, t_patch, self.center_patch, mask.reshape(g, b, n), self.student_temperature, tau_tp)
+        if casa:  # L_MIM^CASA (module docstring, "Switches"); t_patch: the teacher's CASA logits
+            l_mim, s_casa, t_patch = self._casa_mim(
+                tokens[: g * b].unflatten(0, (g, b)), z_patch[: g * b].unflatten(0, (g, b)),
+                t_z_patch.unflatten(0, (g, b)), mask.reshape(g, b, n))
+        else:
+            s_patch = s_patch.reshape(v, b, n, -1)[:g]
+            t_patch = t_patch.reshape(g, b, n, -1)
+            l_mim = mim_loss(s_patch, t_patch, self.center_patch, mask.reshape(g, b, n), self.student_temperature,
+                             tau_tp)
         with torch.no_grad():
             entropy = {}
             for key, logits, center, tau in (("teacher_entropy", t_cls, self.center, tau_t),
@@ -239,6 +320,8 @@ class IBOT(MomentumMethod):
         if b > 1:
             out["spread"] = spread(z_cls[: g * b])
             out["token_spread"] = spread(z_patch[: g * b].reshape(-1, z_patch.shape[-1]))
+            if casa:
+                out["casa_spread"] = spread(s_casa.flatten(0, 1))  # S token-averaged, per (view, sample)
         self.last_mask = mask.detach().reshape(g, b, n)  # (views, B, N) True = masked, for tests
         return out
 
@@ -246,7 +329,7 @@ class IBOT(MomentumMethod):
 _KWARGS = ("head", "prototypes", "shared_head", "head_norm", "student_temperature", "teacher_temperature",
            "teacher_temperature_warmup", "teacher_patch_temperature", "teacher_patch_temperature_warmup",
            "teacher_warmup_fraction", "center_momentum", "mask_ratio", "mask_probability", "loss_weights",
-           "momentum", "momentum_schedule", "views")
+           "momentum", "momentum_schedule", "views", "inter_volume", "casa")
 
 
 @register_method("ibot")

@@ -53,7 +53,29 @@ Logged: `l_sim` (= loss), its terms `l_pos` and `l_neg` (before λ), and two col
 the batch, and `token_spread`, of every target token of the batch (dense collapse: all tokens one
 point).
 
-CASA (Alice's Table 6, "SIM w/. vs. w/o." CASA) is not implemented here: the default SIM is.
+Switches (alice.ssl.variants; `METHOD["switches"]`, each a constructor argument):
+- `casa` (default False: SIM as published). Alice's Table 6, "SIM w/. vs. w/o. CASA" ("We apply the
+  CASA on different siamese SSL architectures which take masked view and unmasked view as inputs"),
+  run id `sim__casa-true`. The paper does not spell out where CASA sits in SIM; this is the
+  harness's reading, the counterpart of Alice's ℓ_st (alice.ssl.alice): CASA (alice.models.casa,
+  the paper's eqs. 3–4) takes as query V_a the online encoder's tokens of the masked view a (the
+  encoder's output as returned: the ViT's visible tokens, Swin's and nnFormer's N units), and as
+  keys and values either the decoder's predictions ŷ_b (student) or the momentum targets y_b
+  (teacher), so both are re-expressed at view a's tokens by attention instead of being compared
+  position by position:
+
+      ATT(V, K) = softmax( LN(V) W_q (LN(K) W_k)ᵀ / √C )                   eq. 3
+      S = CASA(V_a, ŷ_b) = ζ( ATT(V_a, ŷ_b) · LN(ŷ_b) W_ν )   (B, N_a, C)   eq. 4
+      T = CASA(V_a, y_b) = ζ( ATT(V_a, y_b) · LN(y_b) W_ν )    (B, N_a, C)
+      ℓ = UniGrad(S, LN(T))   over every query token of the batch
+
+  One CASA module (query width = the encoder's, C = `decoder.dim` for the projections and the
+  keys/values), online only: not an EMA pair, not in the checkpoint's encoder. T is computed under
+  `torch.no_grad()` as a whole (as Alice's teacher T), so CASA's weights and V_a get gradient
+  through S only; LN is the loss's target normalisation (LayerNorm without affine), as on y_b
+  without CASA. CASA is built after every other module, so with `casa=False` the model, its random
+  draws and its loss are exactly those of SIM without the switch. Logged with it: `casa_spread`
+  (alice.ssl.losses.spread of S).
 """
 
 from __future__ import annotations
@@ -66,6 +88,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import TransformerBlock
 from torch import nn
 
+from alice.models.casa import CASA
 from alice.ssl.augment import BoxViewConfig, box_view
 from alice.ssl.encoder import build_encoder, freeze_cross_attention, pool, transferable_state
 from alice.ssl.losses import spread, unigrad_loss
@@ -79,6 +102,8 @@ METHOD = {
     "views": "crop",
     "encoders": ["vit", "swin", "nnformer"],
     "masking": True,
+    # the ablation switches (alice.ssl.variants) and their defaults, the constructor's
+    "switches": {"casa": False},
     "smoke": {"decoder": {"dim": 16, "depth": 1, "heads": 2}, "projector_depth": 1},
 }
 BLOCK_NORMS = ("batch", "layer")
@@ -186,7 +211,8 @@ class SIM(MomentumMethod):
     def __init__(self, encoder_config: Mapping[str, Any], crop, mask_ratio: float = 0.75,
                  decoder: Mapping[str, Any] | None = None, projector_depth: int = 2, block_norm: str = "batch",
                  neg_weight: float = 0.02, momentum: float = 0.995, momentum_schedule: str = "cosine",
-                 augment: Mapping[str, Any] | None = None, method_config: Mapping[str, Any] | None = None):
+                 augment: Mapping[str, Any] | None = None, casa: bool = False,
+                 method_config: Mapping[str, Any] | None = None):
         super().__init__(method_config, momentum, momentum_schedule)
         if not 0.0 < float(mask_ratio) < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}")
@@ -196,6 +222,8 @@ class SIM(MomentumMethod):
             raise ValueError(f"block_norm must be one of {BLOCK_NORMS}, got {block_norm!r}")
         if int(projector_depth) < 0:
             raise ValueError(f"projector_depth must be >= 0, got {projector_depth!r}")
+        if not isinstance(casa, bool):
+            raise ValueError(f"casa must be true or false, got {casa!r}")
         self.mask_ratio = float(mask_ratio)
         self.neg_weight = float(neg_weight)
         self.augment = BoxViewConfig.from_mapping(augment)
@@ -221,6 +249,8 @@ class SIM(MomentumMethod):
         self.target_projector = copy.deepcopy(self.projector)
         self.freeze_targets()
         freeze_cross_attention(self)
+        # the `casa` switch: built last, so the modules above draw the same initial weights either way
+        self.casa = CASA(self.encoder.embed_dim, dim, kv_dim=dim) if casa else None
 
     def ema_pairs(self):
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
@@ -237,12 +267,27 @@ class SIM(MomentumMethod):
     def predict(self, xa: torch.Tensor, box_a, box_b) -> tuple[torch.Tensor, torch.Tensor]:
         """ŷ_b (B, N, dim) from the masked view a, and the (B, N_t) raster index of each token the
         encoder returned (the ViT's visible patches, every unit for Swin and nnFormer)."""
+        pred, ids, _ = self.encode_and_predict(xa, box_a, box_b)
+        return pred, ids
+
+    def encode_and_predict(self, xa: torch.Tensor, box_a, box_b
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`predict`'s (ŷ_b, ids) and the online encoder's tokens V_a (B, N_t, width) of view a."""
         tokens, _, ids_restore = self.encoder(xa, self.mask_ratio)
         ids = torch.argsort(ids_restore, dim=1)[:, : tokens.shape[1]]  # raster index of each returned token
         pos_a = grid_indices(self.grid).to(tokens.device)[ids]           # (B, N_t, 3)
         pos_b, log_scale = cross_view_positions(box_a, box_b, self.grid)
         pred = self.decoder(self.projector(tokens), pos_a, pos_b.to(tokens.device), log_scale.to(tokens.device))
-        return pred, ids
+        return pred, ids, tokens
+
+    def aligned(self, v: torch.Tensor, pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `casa` switch: S = CASA(V_a, ŷ_b) and T = LN(CASA(V_a, y_b)), (B, N_t, dim) each, T
+        wholly without gradient (eqs. 3–4; the module docstring)."""
+        s = self.casa(v, pred)
+        with torch.no_grad():  # the whole teacher side is stop-gradient, as Alice's T
+            t = self.casa(v, y).float()
+            t = F.layer_norm(t, (t.shape[-1],))
+        return s, t
 
     @torch.no_grad()
     def target(self, xb: torch.Tensor) -> torch.Tensor:
@@ -252,18 +297,24 @@ class SIM(MomentumMethod):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         xa, xb, box_a, box_b = self.views(batch["x"])
-        pred, _ = self.predict(xa, box_a, box_b)
+        pred, _, v = self.encode_and_predict(xa, box_a, box_b)
         y = self.target(xb)
-        loss, pos, neg = unigrad_loss(pred.float(), y, self.neg_weight)
+        if self.casa is None:
+            student, teacher = pred, y
+        else:
+            student, teacher = self.aligned(v, pred, y)
+        loss, pos, neg = unigrad_loss(student.float(), teacher, self.neg_weight)
         out = {"loss": loss, "l_sim": loss.detach(), "l_pos": pos, "l_neg": neg}
         if y.shape[0] > 1:
             out["spread"] = spread(pool(y))
             out["token_spread"] = spread(y.reshape(-1, y.shape[-1]))
+            if self.casa is not None:
+                out["casa_spread"] = spread(student)
         return out
 
 
 _KWARGS = ("mask_ratio", "decoder", "projector_depth", "block_norm", "neg_weight", "momentum", "momentum_schedule",
-           "augment")
+           "augment", "casa")
 
 
 @register_method("sim")

@@ -180,8 +180,8 @@ def test_classification_tables_dry_run_one_job_per_split(tmp_path):
     counts = dict(line.split()[:2] for line in result.stdout.splitlines()
                   if len(line.split()) == 2 and line.split()[1].isdigit())
     # (rand_init resnet3d, rand_init vit, alice vit) x 10 splits; the baselines' ViT rows (MoCo v3,
-    # DINO, MAE) split 0 (fold policy)
-    assert counts["finetune_classifier"] == "33"
+    # DINO, iBOT, SIM, MAE, SemMAE, CMAE, Tang et al.) split 0 (fold policy)
+    assert counts["finetune_classifier"] == "38"
     assert counts["table"] == "2"
 
 
@@ -312,6 +312,22 @@ def test_the_critical_path_outranks_every_other_job(tmp_path, matcher, pool_done
     lowest = min(p for _, p in critical)
     outranking = [(rule, w) for rule, w, p in others if p >= lowest]
     assert lowest > 0 and not outranking, (lowest, outranking[:5])
+
+
+def test_a_switch_that_mines_matched_crops_adds_the_embeddings(tmp_path):
+    """`ibot__inter_volume-true` (Table 5) cuts its global views from matched crop pairs: with the
+    learned matcher its pretraining reads every train volume's embeddings (and the anatomy cache);
+    the plain `ibot` run reads neither."""
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config["pretrain"]["pairs"]["matcher"] = "sam"
+    path = tmp_path / "sam.yaml"
+    path.write_text(yaml.safe_dump(config))
+    pool_folds_done(tmp_path)
+    matched = dry_run_jobs(tmp_path, path, "results/pretrain/ibot__inter_volume-true/vit/checkpoint.pt")
+    assert {rule for rule, _, _ in matched} == {"anatomy_prepare", "anatomy_train", "anatomy_embed", "pretrain"}
+    assert sorted(w["case"] for rule, w, _ in matched if rule == "anatomy_embed") == ["P1", "P2"]
+    plain = dry_run_jobs(tmp_path, path, "results/pretrain/ibot/vit/checkpoint.pt")
+    assert [rule for rule, _, _ in plain] == ["pretrain"]
 
 
 def test_a_one_core_run_starts_with_the_pools_data_stage(tmp_path):

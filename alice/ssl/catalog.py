@@ -11,7 +11,8 @@ named `METHOD` at module level, read with `ast.literal_eval`:
         "objective": "masked reconstruction",  # one line for the README's table of methods
         "views": "crop",                       # what it eats, one of VIEWS below
         "encoders": ["vit", "swin", "nnformer"],
-        "matcher": False,                      # True: mines its crops with the anatomical matcher
+        "matcher": False,                      # mines its crops with the anatomical matcher: True,
+                                               # False, or the name of a bool switch turning it on
         "masking": True,                       # True: takes the shared `pretrain.mask_ratio`
         "switches": {},                        # ablation switches {name: default} (alice.ssl.variants)
         "smoke": {"decoder": {"dim": 16}},     # method_config overrides with which the smoke test
@@ -26,6 +27,15 @@ is first built. The views are cut by `alice.ssl.views` from the unlabeled pool:
     multi_crop    one crop, `global_views` global and `local_views` local augmented views, all
                   resampled to the encoder's crop: {"views": (V, B, 1, X, Y, Z)}, globals first
     matched_pair  anatomically matched crops of two volumes (alice.ssl.pairs): {"Q": ..., "K": ...}
+
+`matcher` says whether a run mines anatomically matched crops of two volumes with
+`pretrain.pairs`' matcher (and so reads the learned matcher's embeddings when it is `sam`):
+`True` (Alice: its `matched_pair` views), `False`, or the name of one of its bool `switches` whose
+value turns the mining on: iBOT declares `"matcher": "inter_volume"`, and its run
+`ibot__inter_volume-true` (Table 5) cuts its global views from a matched pair (alice.ssl.views:
+global view 0 and the local views from Q's crop, the other global views from K's). A switch-named
+matcher is for `two_views` and `multi_crop` methods. `needs_matcher(run, method_config)` answers
+for a run id.
 """
 
 from __future__ import annotations
@@ -37,11 +47,13 @@ import pkgutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from alice.errors import ConfigError
 
 VIEWS = ("crop", "two_views", "multi_crop", "matched_pair")
+# the views a switch-named `matcher` may cut from a matched pair (alice.ssl.views.CropViews)
+MATCHED_VIEWS = ("two_views", "multi_crop")
 ENCODERS = ("vit", "swin", "nnformer")
 # where methods live: the paper's own method, then every module of these packages
 METHOD_MODULES = ("alice.ssl.alice",)
@@ -60,7 +72,7 @@ class MethodInfo:
     objective: str
     views: str
     encoders: tuple[str, ...]
-    matcher: bool = False
+    matcher: bool | str = False  # True, False or the name of the bool switch that turns mining on
     masking: bool = False
     switches: dict[str, Any] = field(default_factory=dict)
     smoke: dict[str, Any] = field(default_factory=dict)
@@ -119,9 +131,21 @@ def _info(module: str, path: Path, decl: dict) -> MethodInfo:
     switches = decl.get("switches") or {}
     if not isinstance(switches, dict):
         raise ConfigError(f"{where}.switches", "must be a dict {switch: default}")
+    matcher = decl.get("matcher", False)
+    if isinstance(matcher, str):
+        bools = sorted(k for k, v in switches.items() if isinstance(v, bool))
+        if matcher not in bools:
+            raise ConfigError(f"{where}.matcher", f"'{matcher}' is not one of its bool switches "
+                                                  f"({', '.join(bools) or 'none'})")
+        if views not in MATCHED_VIEWS:
+            raise ConfigError(f"{where}.matcher", f"a switch turns matched crops on for "
+                                                  f"{' or '.join(MATCHED_VIEWS)} views only, not '{views}'")
+    elif not isinstance(matcher, bool):
+        raise ConfigError(f"{where}.matcher", f"must be true, false or the name of a bool switch, "
+                                              f"got {matcher!r}")
     return MethodInfo(name=str(name), module=module, path=str(path), paper=decl["paper"],
                       objective=decl["objective"], views=views, encoders=encoders,
-                      matcher=bool(decl.get("matcher", False)), masking=bool(decl.get("masking", False)),
+                      matcher=matcher, masking=bool(decl.get("masking", False)),
                       switches=dict(switches), smoke=_smoke(where, decl.get("smoke")))
 
 
@@ -172,7 +196,16 @@ def require(name: str, key: str = "pretrain.method") -> MethodInfo:
     return info
 
 
-def needs_matcher(run: str) -> bool:
-    """Whether pretraining run `run` (a method or a variant run id) mines crops with the matcher."""
+def needs_matcher(run: str, method_config: Mapping[str, Any] | None = None) -> bool:
+    """Whether pretraining run `run` (a method or a variant run id, alice.ssl.variants) mines its
+    crops with the matcher: its method's `matcher` when a bool, else the value of the switch it
+    names for that run: the run id's variant, else `method_config`'s value (the method's config
+    section, `pretrain.methods.<method>`), else the switch's default. A run id that is not
+    canonical for `method_config` is a ConfigError (alice.ssl.variants.parse_run_id)."""
     info = method_info(run.split("__")[0])
-    return bool(info and info.matcher)
+    if info is None or isinstance(info.matcher, bool):
+        return bool(info and info.matcher)
+    from alice.ssl.variants import effective_switches, parse_run_id
+
+    method, variant = parse_run_id(run, method_config)
+    return bool({**effective_switches(method, method_config), **variant}[info.matcher])

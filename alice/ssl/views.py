@@ -20,6 +20,13 @@ because the encoders are built for one input size (MONAI's ViT has a fixed grid 
 embeddings), so here a local view is a small region seen at a higher resolution rather than a
 smaller tensor: the local-to-global correspondence DINO learns is kept, its saving in compute is not.
 
+Matched views (Table 5's "iBOT, inter-volume"): a method whose declaration names a switch as its
+`matcher` (alice.ssl.catalog) cuts, when the switch is on, its views from an anatomically matched
+crop pair of two volumes (alice.ssl.pairs.CropPairDataset, mined with `pretrain.pairs` as Alice's
+are): global view 0 and the local views from Q's crop, global view 1 (and any further global view)
+from K's, each augmented exactly as above. The views of one sample are then two volumes' views of
+one body region instead of two views of one crop.
+
 Determinism: sample b of step i depends only on (seed, i, b) and the data (numpy generator
 [seed, i, b] for the crop, a torch generator seeded with (seed, i) for the views), so a resumed run
 sees exactly the batches of an uninterrupted one.
@@ -147,16 +154,30 @@ class PoolVolumes(abc.ABC):
 
 
 class CropViews(PoolVolumes):
-    """Batches of the `crop`, `two_views` and `multi_crop` kinds (module docstring)."""
+    """Batches of the `crop`, `two_views` and `multi_crop` kinds (module docstring).
+
+    `pairs` (an alice.ssl.pairs.CropPairDataset over the same pool, seed and batch size): the views
+    of a run that mines matched crops (alice.ssl.catalog `matcher` switch, e.g. iBOT's
+    `inter_volume`) are cut from step i's matched pair instead of one crop: global view 0 and the
+    local views from Q's crop, global view 1 and any further global view from K's crop (another
+    volume, matched to Q by `pretrain.pairs`' matcher), each view augmented as without pairs.
+    """
 
     def __init__(self, kind: str, data_dir: str | Path, case_ids: Sequence[str], *, crop: Sequence[int],
-                 batch_size: int, seed: int, options: Mapping[str, Any] | None = None, **kw) -> None:
+                 batch_size: int, seed: int, options: Mapping[str, Any] | None = None, pairs: Any = None,
+                 **kw) -> None:
         if kind not in ("crop", "two_views", "multi_crop"):
             raise ValueError(f"CropViews cuts crop, two_views or multi_crop views, not {kind!r}")
         super().__init__(data_dir, case_ids, crop, batch_size, seed, **kw)
         self.kind = kind
         self.options = check_view_options(kind, options)
         self.augment = ViewAugmentConfig.from_mapping(self.options.get("augment"))
+        if pairs is not None:
+            if kind == "crop":
+                raise ValueError("matched pairs make views: two_views or multi_crop, not crop")
+            if (tuple(pairs.crop), pairs.batch_size, pairs.seed) != (self.crop, self.batch_size, self.seed):
+                raise ValueError("the matched pairs must have the views' crop, batch size and seed")
+        self.pairs = pairs
 
     def crops(self, step: int) -> tuple[torch.Tensor, list[str]]:
         """Step `step`'s crops (B, 1, X, Y, Z) and their case ids."""
@@ -168,23 +189,43 @@ class CropViews(PoolVolumes):
             cases.append(vol.case_id)
         return torch.from_numpy(np.stack(out)[:, None]), cases
 
-    def _views(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def view_configs(self) -> list[tuple[bool, ViewAugmentConfig]]:
+        """(global?, augmentation) of every view in batch order: two_views two global views of
+        `augment`; multi_crop the global views at `global_scale`, then the local ones at
+        `local_scale`."""
         if self.kind == "two_views":
-            return torch.stack([view_augment(x, generator, self.augment) for _ in range(2)])
+            return [(True, self.augment)] * 2
         o = self.options
-        scales = [o["global_scale"]] * int(o["global_views"]) + [o["local_scale"]] * int(o["local_views"])
-        views = []
-        for scale in scales:
-            config = ViewAugmentConfig.from_mapping({**vars(self.augment), "scale_range": list(scale)})
-            views.append(view_augment(x, generator, config))
+        scales = ([(True, o["global_scale"])] * int(o["global_views"])
+                  + [(False, o["local_scale"])] * int(o["local_views"]))
+        return [(is_global, ViewAugmentConfig.from_mapping({**vars(self.augment), "scale_range": list(scale)}))
+                for is_global, scale in scales]
+
+    def _views(self, x: torch.Tensor, generator: torch.Generator,
+               matched: torch.Tensor | None = None) -> torch.Tensor:
+        """The augmented views (V, B, 1, X, Y, Z) of crops `x`; with `matched` (crops of the same
+        shape matched to `x`'s), global views 1, 2, ... are cut from `matched` instead. The
+        generator draws in view order either way."""
+        views, n_global = [], 0
+        for is_global, config in self.view_configs():
+            source = matched if matched is not None and is_global and n_global >= 1 else x
+            n_global += is_global
+            views.append(view_augment(source, generator, config))
         return torch.stack(views)
 
     def batch(self, step: int) -> dict[str, Any]:
-        x, cases = self.crops(step)
-        out: dict[str, Any] = {"case": cases, "step": int(step)}
+        matched = None
+        if self.pairs is not None:
+            pair = self.pairs.batch(step)
+            x, cases, matched = pair["Q"], pair["q_case"], pair["K"]
+            out: dict[str, Any] = {"case": cases, "matched_case": pair["k_case"], "score": pair["score"],
+                                   "step": int(step)}
+        else:
+            x, cases = self.crops(step)
+            out = {"case": cases, "step": int(step)}
         if self.kind == "crop":
             out["x"] = x
             return out
         generator = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, int(step)]).integers(2**62)))
-        out["views"] = self._views(x, generator)
+        out["views"] = self._views(x, generator, matched)
         return out

@@ -134,3 +134,60 @@ def test_the_cli_and_the_rules_name_no_method():
         code = "\n".join(line.split("#", 1)[0] for line in rules.read_text().splitlines())
         for name in names:
             assert f'"{name}"' not in code and f"'{name}'" not in code, f"{rules.name} names method {name}"
+
+
+MATCHED = ('METHOD = {{"name": "{name}", "paper": "none (a test)", "objective": "x", "views": "{views}", '
+           '"encoders": ["vit"], "matcher": {matcher}, "switches": {{"inter_volume": False, "scale": 1.0}}}}\n')
+
+
+def test_a_switch_named_matcher_mines_when_its_switch_is_on(toy_file):
+    """`"matcher": "<switch>"`: the run mines matched crops when the switch is on for it, from its
+    run id, else its config section, else the switch's default."""
+    from alice.config import load_config, pretrain_settings
+    from alice.ssl.catalog import methods, needs_matcher
+
+    (toy_file / "toyviews.py").write_text(MATCHED.format(name="toyviews", views="multi_crop",
+                                                         matcher='"inter_volume"'))
+    assert methods()["toyviews"].matcher == "inter_volume"
+    assert needs_matcher("toyviews") is False
+    assert needs_matcher("toyviews__inter_volume-true") is True
+    assert needs_matcher("toyviews__inter_volume-true__scale-2.0") is True
+    assert needs_matcher("toyviews__scale-2.0") is False
+    # the config section turns it on for the plain run; its variant then turns it off
+    on = {"inter_volume": True}
+    assert needs_matcher("toyviews", on) is True
+    assert needs_matcher("toyviews__inter_volume-false", on) is False
+    with pytest.raises(ConfigError, match="not a canonical run id"):
+        needs_matcher("toyviews__inter_volume-true", on)
+    # the settings of a run that mines carry pretrain.pairs (how it mines), the others none
+    config = load_config(REPO_ROOT / "config" / "config.yaml")
+    assert pretrain_settings(config, "toyviews__inter_volume-true")["pairs"] == config["pretrain"]["pairs"]
+    assert "pairs" not in pretrain_settings(config, "toyviews")
+
+
+@pytest.mark.parametrize("views, matcher, message", [
+    ("multi_crop", '"casa"', r"'casa' is not one of its bool switches \(inter_volume\)"),
+    ("multi_crop", '"scale"', r"'scale' is not one of its bool switches"),
+    ("crop", '"inter_volume"', "two_views or multi_crop views only, not 'crop'"),
+    ("multi_crop", "1", "must be true, false or the name of a bool switch"),
+])
+def test_a_bad_matcher_declaration_names_the_file_and_key(toy_file, views, matcher, message):
+    from alice.ssl.catalog import methods
+
+    (toy_file / "badmatch.py").write_text(MATCHED.format(name="badmatch", views=views, matcher=matcher))
+    with pytest.raises(ConfigError, match=r"badmatch\.py: METHOD\.matcher") as err:
+        methods()
+    assert err.match(message)
+
+
+def test_which_runs_mine_matched_crops():
+    """Alice always; iBOT with its `inter_volume` switch on (Table 5); the others never."""
+    from alice.ssl.catalog import method_info, needs_matcher
+
+    assert method_info("alice").matcher is True and needs_matcher("alice") is True
+    assert needs_matcher("alice__casa-false") is True
+    assert needs_matcher("mae") is False and needs_matcher("rand_init") is False
+    assert method_info("ibot").matcher == "inter_volume"
+    assert needs_matcher("ibot") is False
+    assert needs_matcher("ibot__inter_volume-true") is True
+    assert needs_matcher("ibot__casa-true") is False

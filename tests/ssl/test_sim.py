@@ -1,5 +1,7 @@
 """SIM (baselines/sim.py): the cross-view positions agree with the voxels the views show, the
-UniGrad loss at a known input, and only the online branch learns."""
+UniGrad loss at a known input, and only the online branch learns; the `casa` switch (Alice's
+Table 6): off, SIM is unchanged; on, S = CASA(V_a, ŷ_b) against T = CASA(V_a, y_b) trains CASA and
+the online branch only, stays out of the checkpoint and lowers its loss."""
 
 from __future__ import annotations
 
@@ -12,6 +14,11 @@ from alice.ssl.losses import unigrad_loss
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 VIT = {"name": "vit", "embed_dim": 24, "depth": 2, "heads": 2, "mlp_ratio": 2, "patch": [16, 16, 16]}
+SWIN = {"name": "swin", "embed_dim": 12, "depths": [2, 1, 1, 1], "heads": [3, 6, 12, 24], "window": [4, 4, 2],
+        "mlp_ratio": 2}
+NNFORMER = {"name": "nnformer", "embed_dim": 8, "depths": [2, 2, 1], "heads": [1, 2, 4], "window": [4, 4, 2],
+            "patch": [2, 2, 2], "mlp_ratio": 2, "global_stages": 1}
+TINY = {"vit": (VIT, [48, 32, 32]), "swin": (SWIN, [64, 32, 32]), "nnformer": (NNFORMER, [32, 32, 16])}
 
 
 def _coordinate_image(b: int, size) -> torch.Tensor:
@@ -94,3 +101,99 @@ def test_only_the_online_branch_learns_and_predicts_every_target_token():
     model.update_target(0.9)                                              # EMA: 10% of the way
     after = list(model.target_projector.parameters())
     torch.testing.assert_close(after[0], before[0] + 0.1)
+
+
+def _smoke(encoder: str, seed: int = 0, **method_config):
+    """SIM at its declaration's smoke widths on a tiny encoder, built through its factory."""
+    from baselines.sim import METHOD, build
+
+    enc, crop = TINY[encoder]
+    torch.manual_seed(seed)
+    model = build({**METHOD["smoke"], "mask_ratio": 0.5, **method_config}, enc, crop)
+    return model.train(), crop
+
+
+def _loss(model, x: torch.Tensor, seed: int = 1) -> dict:
+    torch.manual_seed(seed)  # the views and the masks: the global RNG, as the trainer reseeds it
+    return model({"x": x})
+
+
+def test_casa_is_a_declared_switch_off_by_default():
+    import inspect
+
+    from alice.ssl.variants import parse_run_id, run_id
+    from baselines.sim import _KWARGS, METHOD, SIM
+
+    assert METHOD["switches"] == {"casa": False}
+    params = inspect.signature(SIM.__init__).parameters
+    assert all(params[k].default == v for k, v in METHOD["switches"].items()) and "casa" in _KWARGS
+    assert run_id("sim", {"casa": True}) == "sim__casa-true" and run_id("sim", {"casa": False}) == "sim"
+    assert parse_run_id("sim__casa-true") == ("sim", {"casa": True})
+
+
+@pytest.mark.parametrize("encoder", ["vit", "swin"])
+def test_casa_false_is_sim_without_the_switch(encoder):
+    plain, crop = _smoke(encoder)
+    off, _ = _smoke(encoder, casa=False)
+    assert off.casa is None and off.method_config["casa"] is False
+    a, b = dict(plain.state_dict()), dict(off.state_dict())
+    assert list(a) == list(b) and not any("casa" in k for k in a)
+    assert [n for n, _ in plain.named_parameters()] == [n for n, _ in off.named_parameters()]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(2, 1, *crop)
+    out_plain, after_plain = _loss(plain, x), torch.rand(4)
+    out_off, after_off = _loss(off, x), torch.rand(4)
+    assert set(out_plain) == set(out_off) and "casa_spread" not in out_off
+    assert all(torch.equal(out_plain[k], out_off[k]) for k in out_plain)
+    assert torch.equal(after_plain, after_off)                            # the same random draws
+
+
+@pytest.mark.parametrize("encoder", ["vit", "nnformer"])
+def test_casa_true_trains_casa_and_the_online_branch_only(encoder):
+    from alice.models.casa import CASA
+
+    model, crop = _smoke(encoder, casa=True)
+    plain, _ = _smoke(encoder)
+    assert isinstance(model.casa, CASA) and model.casa.proj_dim == model.decoder.pred.out_features
+    # every other module starts as SIM's own (CASA is built last)
+    ref = plain.state_dict()
+    assert {k: v for k, v in model.state_dict().items() if not k.startswith("casa.")}.keys() == ref.keys()
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items() if not k.startswith("casa."))
+    x = torch.randn(2, 1, *crop)
+    torch.manual_seed(1)
+    xa, xb, box_a, box_b = model.views(x)
+    pred, ids, v = model.encode_and_predict(xa, box_a, box_b)
+    y = model.target(xb)
+    s, t = model.aligned(v, pred, y)
+    assert v.shape[:2] == ids.shape and s.shape == t.shape == (*ids.shape, pred.shape[-1])
+    assert s.requires_grad and not t.requires_grad
+    torch.testing.assert_close(t.mean(-1), torch.zeros(ids.shape), atol=1e-5, rtol=0)  # LN'd targets
+    grad_v, grad_pred = torch.autograd.grad(unigrad_loss(s, t, 0.02)[0], (v, pred))  # query and keys/values
+    assert grad_v.abs().sum() > 0 and grad_pred.abs().sum() > 0
+    out = _loss(model, x)
+    assert torch.isfinite(out["loss"]) and out["casa_spread"] >= 0 and {"l_pos", "l_neg", "spread"} <= set(out)
+    out["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.casa.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.transferable.parameters())
+    assert model.decoder.mask_token.grad is not None and model.projector.embed.weight.grad is not None
+    assert all(not p.requires_grad and p.grad is None
+               for p in (*model.target_encoder.parameters(), *model.target_projector.parameters()))
+    assert all(model.casa not in pair and all(m is not model.casa for m in pair) for pair in model.ema_pairs())
+    state = model.encoder_state_dict()
+    assert state.keys() == plain.encoder_state_dict().keys() and not any("casa" in k for k in state)
+
+
+def test_casa_true_loss_falls_on_a_fixed_batch():
+    model, crop = _smoke("vit", casa=True)
+    torch.manual_seed(2)
+    x = torch.randn(2, 1, *crop)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.05)
+    losses = []
+    for _ in range(6):
+        loss = _loss(model, x)["loss"]                                    # the same views and masks
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]

@@ -67,8 +67,10 @@ def test_bad_variant_values_are_named():
         normalize_variant("alice", {"objectives": ["mim", "jigsaw"]})
     with pytest.raises(ConfigError, match="variant.casa"):
         normalize_variant("alice", {"casa": "no"})
+    with pytest.raises(ConfigError, match="not an ablation switch of method 'mae'"):
+        run_id("mae", {"casa": False})
     with pytest.raises(ConfigError, match="not an ablation switch of method 'ibot'"):
-        run_id("ibot", {"casa": False})
+        run_id("ibot", {"objectives": ["mim"]})
 
 
 def test_pretrain_settings_merge_the_variant():

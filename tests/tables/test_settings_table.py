@@ -36,15 +36,18 @@ def test_columns_read_every_model_behind_a_reproduced_cell():
     # only UNETR ran: the Swin UNETR and nnFormer columns are not reproduced
     assert set(sources) == {"flare22_unetr"}
     models = [p for p in sources["flare22_unetr"] if p.endswith("model.pt")]
-    # Table 1's headline methods on 5 folds, fold 0 of its baseline rows (MoCo v3, DINO, MAE) and of
-    # each ablation variant run
+    # Table 1's headline methods on 5 folds, fold 0 of its nine baseline rows and of each ablation
+    # variant run
     assert "results/finetune/flare22/rand_init/unetr/fold4/model.pt" in models
     assert "results/finetune/flare22/alice__objectives-mim-dv/unetr/fold0/model.pt" in models
     assert "results/finetune/flare22/alice__objectives-mim-dv/unetr/fold1/model.pt" not in models
-    # 7 variant runs: Tables 5 and 6 read two of Table 11's (table5.yaml, table6.yaml)
+    # 10 variant runs: Alice's 7 (Tables 5 and 6 read two of Table 11's: table5.yaml, table6.yaml),
+    # iBOT's inter-volume (Table 5), iBOT's and SIM's with CASA (Table 6)
+    assert "results/finetune/flare22/ibot__inter_volume-true/unetr/fold0/model.pt" in models
+    assert "results/finetune/flare22/sim__casa-true/unetr/fold0/model.pt" in models
     assert "results/finetune/flare22/mae/unetr/fold0/model.pt" in models
     assert "results/finetune/flare22/mae/unetr/fold1/model.pt" not in models
-    assert len(models) == len(set(models)) == 2 * 5 + 3 + 7
+    assert len(models) == len(set(models)) == 2 * 5 + 9 + 10
     assert sources["flare22_unetr"][-1] == "results/data/flare22/manifest.json"
     # the demo config runs the paper's backbones: every column has runs (BTCV: Table 3 on nnFormer)
     full = cell_sources(spec, find_row(spec, "base_lr"), table_settings(CONFIG))
@@ -59,7 +62,7 @@ def test_cells_show_the_recorded_settings_and_follow_a_config_change(tmp_path, f
     assert lr["status"] == "reproduced"
     assert lr["reproduced"] == format_setting(CONFIG["finetune"]["unetr"]["optim"]["lr"]) == "5e-3"
     assert lr["paper"] == "1e-4"  # beside it, never copied
-    assert lr["n_folds"] == 20 and lr["sources"].count("model.pt") == 20  # 2 x 5 + 3 baselines + 7 variants
+    assert lr["n_folds"] == 29 and lr["sources"].count("model.pt") == 29  # 2 x 5 + 9 baselines + 10 variants
     assert table8_row("crop_size", config, tmp_path).loc["flare22_unetr", "reproduced"] == "32×32×32"
     assert table8_row("spacing", config, tmp_path).loc["flare22_unetr", "reproduced"] == "6×6×6"
     # the config's words in the paper's (the spec's vocabulary)

@@ -160,8 +160,11 @@ def phantom_truth(wildcards):
 
 def uses_learned_matcher(run):
     """Whether pretraining run `run` mines its crops with the learned matcher: its method declares
-    matched crops (alice.ssl.catalog) and pretrain.pairs.matcher is sam."""
-    return needs_matcher(run) and config["pretrain"].get("pairs", {}).get("matcher") == "sam"
+    matched crops, or a switch that turns them on and is on for this run, its variant or its
+    config section (alice.ssl.catalog.needs_matcher), and pretrain.pairs.matcher is sam."""
+    method_config = cfg.plain_method_config(config, run.split("__")[0])
+    return (needs_matcher(run, method_config)
+            and config["pretrain"].get("pairs", {}).get("matcher") == "sam")
 
 
 def pretrain_inputs(wildcards):
