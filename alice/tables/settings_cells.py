@@ -5,9 +5,10 @@ A Table 8 row names a `key` (its spec): a path in the `finetune.<backbone>` sect
 `alice finetune` stores in every `model.pt` as "settings" (`optim.lr`, `augmentation`, `crop`, ...),
 or `dataset_spacing`, the voxel spacing of the preprocessing cache the runs trained on (the
 dataset's `manifest.json`, "preprocessing"). Which models a column reads is
-`alice.tables.spec.settings_cell_runs`: every run behind a reproduced cell of that (dataset,
-backbone). They must all record the same value (one config made them); a disagreement names
-a file that differs from the rest. Values print in the paper's notation: 1e-4, 96×96×96,
+`alice.tables.spec.settings_cell_runs`: the runs behind the headline rows' reproduced cells of
+that (dataset, backbone), every fold (every method fine-tunes from the same `finetune.<backbone>`
+section), or every reproduced run where no headline row ran on it. They must all record the same
+value (one config made them); a disagreement names a file that differs from the rest. Values print in the paper's notation: 1e-4, 96×96×96,
 comma-separated lists, and the config's words in the paper's (the spec's `vocabulary`).
 """
 

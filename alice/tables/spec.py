@@ -240,27 +240,36 @@ def cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
 
 
 def finetuned_models(settings: dict) -> dict[tuple[str, str], dict[tuple[str, int], str]]:
-    """Every fine-tuning folder behind a reproduced segmentation cell of any table, as
-    {(dataset, backbone): {(run, fold): folder}}: the runs whose settings Table 8 reports."""
+    """The fine-tuning folders whose settings Table 8 reports, as {(dataset, backbone): {(run,
+    fold): folder}}: per (dataset, backbone), those behind the reproduced cells of the headline rows
+    (`reproduce.headline`, every fold) of any segmentation table, or, where no headline row ran on
+    it, those behind every reproduced cell. Every method fine-tunes from the same
+    `finetune.<backbone>` section, so the headline runs stand for the baselines' and the ablations'
+    folds, and Table 8 alone costs the headline runs, not every run of Tables 1-11."""
     found: dict[tuple[str, str], dict[tuple[str, int], str]] = {}
+    headline: dict[tuple[str, str], dict[tuple[str, int], str]] = {}
     for table in table_ids():
         spec = load_spec(table)
         if spec.get("task") != "segmentation":
             continue
         for row in spec["rows"]:
+            is_headline = row_kind(spec, row, settings) == "headline"
             for run in cell_runs(spec, row, settings).values():
                 for fold, path in zip(run["folds"], run["paths"]):
                     key = (run["dataset"], run["backbone"])
                     found.setdefault(key, {})[run["run"], fold] = path.rsplit("/", 1)[0]
-    return found
+                    if is_headline:
+                        headline.setdefault(key, {})[run["run"], fold] = path.rsplit("/", 1)[0]
+    return {key: headline.get(key) or runs for key, runs in found.items()}
 
 
 def settings_cell_runs(spec: dict, row: dict, settings: dict) -> dict[str, dict]:
     """`cell_runs` of a settings table (supplementary Table 8: fine-tuning settings per
     (dataset, backbone) column): a column is reproduced when some reproduced table cell was
     fine-tuned on its dataset with its backbone, and its value is then read from what those runs
-    recorded (every such `model.pt`, plus the dataset's preprocessing `manifest.json` for the
-    spacing), never from the config file, so the table shows the configuration that actually ran.
+    recorded (the `model.pt` of `finetuned_models`, plus the dataset's preprocessing
+    `manifest.json` for the spacing), never from the config file, so the table shows the
+    configuration that actually ran.
     "run" lists the runs (comma-separated), "folds" the folds any of them used."""
     models = finetuned_models(settings)
     runs: dict[str, dict] = {}
