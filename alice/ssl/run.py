@@ -44,17 +44,15 @@ def _loader(views: str, data: Path, train_ids: list[str], settings: Mapping[str,
     # the learned matcher reads the cached embeddings of every pool volume (never the network)
     matcher_options = {"embeddings_dir": embeddings} if matcher == "sam" else None
 
+    def mining(same_volume: bool) -> dict[str, Any]:
+        return {"matcher": matcher, "min_score": pairs.get("min_score", 0.7),
+                "max_tries": pairs.get("max_tries", 100), "same_volume": same_volume}
+
     def pair_dataset(seed: int, same_volume: bool):
         from alice.ssl.pairs import CropPairDataset
 
         return CropPairDataset(data, train_ids, crop=crop, batch_size=batch_size, seed=seed,
-                               matcher=matcher, matcher_options=matcher_options,
-                               min_score=pairs.get("min_score", 0.7), max_tries=pairs.get("max_tries", 100),
-                               same_volume=same_volume)
-
-    def mining(same_volume: bool) -> dict[str, Any]:
-        return {"matcher": matcher, "min_score": pairs.get("min_score", 0.7),
-                "max_tries": pairs.get("max_tries", 100), "same_volume": same_volume}
+                               matcher_options=matcher_options, **mining(same_volume))
 
     if views == "matched_pair":
         # Table 5's "intra-volume" variant: Q and K are two crops of the same volume
