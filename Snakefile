@@ -45,6 +45,4 @@ rule all:
         ([] if cfg.dataset_root(config, "flare22")
          or not any(uses_learned_matcher(m) for m in config["reproduce"]["methods"])
          else ["results/anatomy/matching.csv", "results/figures/matching.png"]),
-        expand("results/figures/pretrain_{method}_{encoder}.png",
-               method=[m for m in config["reproduce"]["methods"] if m != "rand_init"],
-               encoder=reproduced_encoders()),
+        pretrain_figures(),

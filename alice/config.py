@@ -352,16 +352,16 @@ def vit_encoder_config(config: dict) -> dict:
 
 
 def classification_settings(config: dict, backbone: str) -> dict:
-    """What `alice finetune --dataset mosmed` needs: the `classification` section, the ViT
-    encoder, seed, device, threads. `backbone` is checked against the networks the section sizes
-    (resnet3d has its own subsection; vit is the pretraining encoder)."""
+    """What `alice finetune --dataset mosmed` needs: the `classification` section, the backbone's
+    pretraining encoder (vit: pretrain.encoders.vit, resnet3d: pretrain.encoders.resnet3d), seed,
+    device, threads."""
     section = config.get("classification")
     if section is None:
         raise ConfigError("classification", "missing: no classification fine-tuning settings")
     if backbone not in ("vit", "resnet3d"):
         raise ConfigError("--backbone", f"'{backbone}' is not a classification backbone "
                                         "(known: vit, resnet3d)")
-    return {"classification": copy.deepcopy(section), "encoder": vit_encoder_config(config),
+    return {"classification": copy.deepcopy(section), "encoder": encoder_config(config, backbone_encoder(backbone)),
             "seed": config["seed"], "device": config.get("device", "auto"),
             "threads": section.get("threads", 1)}
 

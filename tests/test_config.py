@@ -32,8 +32,9 @@ def test_shipped_configs_validate():
 
 def test_paper_settings(tmp_path):
     paper = cfg.load_config(cfg.REPO_ROOT / "config" / "paper.yaml")
-    assert paper["pretrain"]["crop"] == {"vit": [192, 192, 64], "swin": [192, 192, 64],
-                                         "nnformer": [192, 192, 64]}
+    assert {k: paper["pretrain"]["crop"][k] for k in ("vit", "swin", "nnformer")} == {
+        "vit": [192, 192, 64], "swin": [192, 192, 64], "nnformer": [192, 192, 64]}
+    assert set(paper["pretrain"]["crop"]) == set(paper["pretrain"]["encoders"])  # one per encoder
     assert paper["pretrain"]["encoders"]["vit"]["embed_dim"] == 768
     assert paper["pretrain"]["encoders"]["swin"] == {"embed_dim": 48, "depths": [2, 2, 2, 2],
                                                      "heads": [3, 6, 12, 24], "window": [7, 7, 7],

@@ -28,10 +28,6 @@ from torch import nn
 
 from alice.models.vit import ViTEncoder
 
-# depth -> (MONAI block, blocks per stage), the standard ResNet family (He et al. 2016)
-RESNET_LAYERS = {10: ("basic", [1, 1, 1, 1]), 18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]),
-                 50: ("bottleneck", [3, 4, 6, 3])}
-RESNET_WIDTHS = (64, 128, 256, 512)
 HEAD_NORMS = ("none", "batchnorm")
 
 
@@ -65,14 +61,10 @@ class ResNetClassifier(nn.Module):
     def __init__(self, depth: int, widen_factor: float, num_classes: int, in_channels: int = 1,
                  head_norm: str = "none"):
         super().__init__()
-        from monai.networks.nets.resnet import ResNet
+        from alice.models.cnn import resnet_encoder
 
-        block, layers = RESNET_LAYERS[depth]
-        # stem stride 2 as in the standard ResNet (MONAI's default 1 runs the 7³ stem at full
-        # resolution, 4x the cost for no benefit on 128x128x64 inputs)
-        self.encoder = ResNet(block=block, layers=layers, block_inplanes=list(RESNET_WIDTHS), spatial_dims=3,
-                              n_input_channels=in_channels, conv1_t_size=7, conv1_t_stride=2,
-                              widen_factor=widen_factor, feed_forward=False)
+        # the encoder of alice.models.cnn's ResNet U-Net, key for key (a CNN checkpoint loads into both)
+        self.encoder = resnet_encoder(depth, widen_factor, in_channels)
         # in_planes: the last stage's width
         self.head = classification_head(self.encoder.in_planes, num_classes, head_norm)
 

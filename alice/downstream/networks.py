@@ -13,6 +13,16 @@ the accessor of the encoder sub-module whose state dict a pretraining checkpoint
     swin_unetr  MONAI SwinUNETR        encoder swin      sub-module net.swinViT
     nnformer    alice.models.nnformer  encoder nnformer  sub-module net.encoder
 
+The convolutional backbones (alice.models.cnn, paper Table 2) are the network their pretraining
+trained plus a 1³ output convolution; a checkpoint holds the whole network (encoder and decoder),
+and a backbone takes the part Table 2 says ("Pre-trained Parts"):
+
+    resnet_unet  3D ResNet + U-Net decoder  encoder resnet3d  E.     net.body.encoder
+    unet3d       3D U-Net (BasicUNet)       encoder unet3d    E.&D.  net.body
+    nsunet3d     nnU-Net's U-Net (DynUNet)  encoder nsunet3d  E.     net.body's encoder levels
+    unet         U-Net (MONAI UNet)         encoder unet      E.&D.  net.body
+    vnet         V-Net                      encoder vnet      E.&D.  net.body
+
 Deep supervision: a network with `deep_supervision` set returns a list of logits (full resolution
 first, then 1/2, 1/4, ...) in training mode and only the full-resolution logits in eval mode;
 alice.downstream.segmentation weights the scales.
@@ -48,6 +58,12 @@ class Backbone:
     build: Callable[[int, Mapping[str, Any], Mapping[str, Any]], "torch.nn.Module"]
     encoder_module: Callable[["torch.nn.Module"], "torch.nn.Module"]  # the sub-module a checkpoint's "encoder" fills
     task: str = "segmentation"
+    # the part of a checkpoint's "encoder" state this backbone takes, under the sub-module's key
+    # names (a CNN checkpoint holds encoder and decoder; an "E." backbone takes the encoder)
+    take: Callable[[dict], dict] | None = None
+    parts: str = "encoder"  # "encoder" (Table 2's "E.") or "encoder_decoder" ("E.&D.")
+    # False: another program trains it (nnunet: nnunetv2's own planner and trainer, `alice nnunet`)
+    build_by_harness: bool = True
 
     @property
     def encoder_names(self) -> tuple[str, ...]:
@@ -238,20 +254,49 @@ def _build_vit_classifier(num_classes: int, settings: Mapping[str, Any],
 
 def _build_resnet_classifier(num_classes: int, settings: Mapping[str, Any],
                              encoder_config: Mapping[str, Any]) -> "torch.nn.Module":
-    from alice.downstream.classifiers import RESNET_LAYERS, ResNetClassifier
+    """The 3-D ResNet of `pretrain.encoders.resnet3d` (depth, widen_factor: the encoder the CNN
+    methods pretrain) + pooling + the FC layer."""
+    from alice.downstream.classifiers import ResNetClassifier
 
-    section = settings.get("resnet3d")
-    if not isinstance(section, Mapping):
-        raise ConfigError("classification.resnet3d", "missing: depth and widen_factor of the 3-D ResNet")
-    depth = section.get("depth")
-    if depth not in RESNET_LAYERS:
-        raise ConfigError("classification.resnet3d.depth",
-                          f"must be one of {sorted(RESNET_LAYERS)}, got {depth!r}")
-    widen = section.get("widen_factor")
-    if isinstance(widen, bool) or not isinstance(widen, (int, float)) or not widen > 0:
-        raise ConfigError("classification.resnet3d.widen_factor", f"must be a positive number, got {widen!r}")
+    enc = _encoder_for("resnet3d", encoder_config)
     _input_size(settings)
-    return ResNetClassifier(int(depth), float(widen), num_classes, head_norm=_head_norm(settings, "resnet3d"))
+    return ResNetClassifier(enc["depth"], enc["widen_factor"], num_classes, head_norm=_head_norm(settings, "resnet3d"))
+
+
+# ------------------------------------------------------------------------------- convolutional
+def _build_cnn_segmenter(backbone: str):
+    def build(num_classes: int, settings: Mapping[str, Any], encoder_config: Mapping[str, Any]) -> "torch.nn.Module":
+        from alice.models.cnn import CNNSegmenter, build_cnn
+
+        enc = _encoder_for(backbone, encoder_config)
+        check_crop(enc, crop_of(settings, f"finetune.{backbone}.crop"), f"finetune.{backbone}.crop")
+        return CNNSegmenter(build_cnn(enc), num_classes)
+
+    return build
+
+
+def _prefixed(prefix: str, names: tuple[str, ...] | None = None) -> Callable[[dict], dict]:
+    """The keys under `prefix` (and, if given, one of `names` right after it), `prefix` stripped."""
+    def take(state: dict) -> dict:
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
+                and (names is None or k[len(prefix):].split(".")[0] in names)}
+
+    return take
+
+
+_DYNUNET_ENCODER = ("input_block", "downsamples", "bottleneck")
+
+
+def _dynunet_encoder(net: "torch.nn.Module") -> "torch.nn.Module":
+    """nnU-Net's U-Net's encoder levels as one module (the same parameters, DynUNet's key names)."""
+    from torch import nn
+
+    return nn.ModuleDict({name: getattr(net.body.net, name) for name in _DYNUNET_ENCODER})
+
+
+def _build_nnunet(num_classes: int, settings: Mapping[str, Any], encoder_config: Mapping[str, Any]):
+    raise ConfigError("backbone", "nnunet is planned and trained by nnunetv2 itself (`alice nnunet`), "
+                                  "not built by the harness")
 
 
 # -------------------------------------------------------------------------------------- registry
@@ -260,8 +305,18 @@ BACKBONES: dict[str, Backbone] = {
     "swin_unetr": Backbone("swin_unetr", "swin", _build_swin_unetr, lambda net: net.swinViT),
     "nnformer": Backbone("nnformer", "nnformer", _build_nnformer, lambda net: net.encoder),
     "vit": Backbone("vit", "vit", _build_vit_classifier, lambda net: net.encoder, task="classification"),
-    "resnet3d": Backbone("resnet3d", None, _build_resnet_classifier, lambda net: net.encoder,
-                         task="classification"),
+    "resnet3d": Backbone("resnet3d", "resnet3d", _build_resnet_classifier, lambda net: net.encoder,
+                         task="classification", take=_prefixed("encoder.")),
+    "resnet_unet": Backbone("resnet_unet", "resnet3d", _build_cnn_segmenter("resnet_unet"),
+                            lambda net: net.body.encoder, take=_prefixed("encoder.")),
+    "unet3d": Backbone("unet3d", "unet3d", _build_cnn_segmenter("unet3d"), lambda net: net.body,
+                       parts="encoder_decoder"),
+    "nsunet3d": Backbone("nsunet3d", "nsunet3d", _build_cnn_segmenter("nsunet3d"), _dynunet_encoder,
+                         take=_prefixed("net.", _DYNUNET_ENCODER)),
+    "unet": Backbone("unet", "unet", _build_cnn_segmenter("unet"), lambda net: net.body, parts="encoder_decoder"),
+    "vnet": Backbone("vnet", "vnet", _build_cnn_segmenter("vnet"), lambda net: net.body, parts="encoder_decoder"),
+    # nnU-Net (Isensee et al. 2021) through the nnunetv2 package: supervised, nothing pre-trained
+    "nnunet": Backbone("nnunet", None, _build_nnunet, lambda net: net, build_by_harness=False),
 }
 
 

@@ -111,6 +111,9 @@ def load_encoder_checkpoint(
         check_method(path, ckpt, run)
     check_encoder_config(path, backbone, ckpt["encoder_config"], encoder_config)
     state = {str(k): v for k, v in ckpt["encoder"].items()}
+    spec = get_backbone(backbone)
+    if spec.take is not None:  # the part of a whole CNN this backbone transfers (its encoder)
+        state = spec.take(state)
     encoder = encoder_of(net, backbone)
     target = encoder.state_dict()
 

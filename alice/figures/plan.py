@@ -2,12 +2,14 @@
 tables reproduce — Table 1 (FLARE22, UNETR / Swin UNETR / nnFormer columns) and Table 3 (BTCV
 offline, nnFormer or `reproduce.substitute.backbone`) — with the methods of their reproduced rows,
 in the table's row order. The ablation tables' variants are left out: Fig. 4 and Fig. 7 of the
-paper compare methods, not ablations."""
+paper compare methods, not ablations; so is nnU-Net, which nnunetv2 trains and predicts with its
+own files (no fine-tuning log or saved predictions of the harness's)."""
 
 from __future__ import annotations
 
 import shlex
 
+from alice.downstream.networks import get_backbone
 from alice.errors import ConfigError
 from alice.tables.spec import cell_runs, load_spec
 
@@ -31,6 +33,8 @@ def segmentation_figures(settings: dict) -> dict[tuple[str, str], list[dict]]:
             continue
         for row in spec["rows"]:
             for run in cell_runs(spec, row, settings).values():
+                if not get_backbone(run["backbone"]).build_by_harness:
+                    continue
                 entries = figures.setdefault((run["dataset"], run["backbone"]), [])
                 if any(e["run"] == run["run"] for e in entries):
                     continue  # a row's DSC and NSD columns share the run

@@ -14,6 +14,18 @@ compares field by field (`FIELDS[name]`) before loading weights.
 - nnformer: the nnFormer encoder (alice.models.nnformer): embed_dim, depths, heads, window (the
   LV-MSA window), patch (the convolutional embedding's stride, 1, 2 or 4 per axis), mlp_ratio,
   global_stages (how many of the last stages use GV-MSA instead of LV-MSA).
+
+The convolutional family (alice.models.cnn): each is a whole encoder-decoder network whose last
+decoder level has `features` channels (a 1x1 convolution maps them to the classes); pretraining
+trains the network, fine-tuning transfers its encoder ("E.") or encoder and decoder ("E.&D.").
+
+- resnet3d: MONAI's 3-D ResNet (depth 10/18/34/50, widen_factor) under a U-Net decoder; stride 32.
+- unet3d: MONAI's BasicUNet (Çiçek et al. 2016's 3-D U-Net): its six `widths`; stride 16.
+- nsunet3d: MONAI's DynUNet (nnU-Net's U-Net): `filters` per level (the first is the dense output's
+  width, no `features`), 3³ kernels; stride 2^(levels-1).
+- unet: MONAI's UNet (residual units): `channels` per level, `res_units`; stride 2^(levels-1).
+- vnet: the V-Net of Milletari et al. 2016 (alice.models.cnn.VNet): `width` of its first stage
+  (paper 16), doubled at each of four downsamplings; stride 16.
 """
 
 from __future__ import annotations
@@ -23,12 +35,20 @@ from typing import Any, Mapping, Sequence
 
 from alice.errors import ConfigError
 
-ENCODERS = ("vit", "swin", "nnformer")
+TRANSFORMER_ENCODERS = ("vit", "swin", "nnformer")
+CNN_ENCODERS = ("resnet3d", "unet3d", "nsunet3d", "unet", "vnet")
+ENCODERS = TRANSFORMER_ENCODERS + CNN_ENCODERS
 FIELDS: dict[str, tuple[str, ...]] = {
     "vit": ("embed_dim", "depth", "heads", "mlp_ratio", "patch"),
     "swin": ("embed_dim", "depths", "heads", "window", "mlp_ratio"),
     "nnformer": ("embed_dim", "depths", "heads", "window", "patch", "mlp_ratio", "global_stages"),
+    "resnet3d": ("depth", "widen_factor", "features"),
+    "unet3d": ("widths",),
+    "nsunet3d": ("filters",),
+    "unet": ("channels", "res_units", "features"),
+    "vnet": ("width", "features"),
 }
+RESNET_DEPTHS = (10, 18, 34, 50)
 SWIN_PATCH = 2      # SwinUNETR's decoder upsamples by 2 five times: patch 2, then 4 patch mergings
 SWIN_STAGES = 4
 NNFORMER_PATCH = (1, 2, 4)  # two stride-s convolutions, s in {1, 2}, make the embedding layer
@@ -102,6 +122,8 @@ def normalized_encoder_config(encoder_config: Mapping[str, Any]) -> dict[str, An
     if name not in FIELDS:
         raise ConfigError("pretrain.encoders", f"unknown encoder {name!r} (known: {', '.join(ENCODERS)})")
     key = config_key(name)
+    if name in CNN_ENCODERS:
+        return _normalized_cnn(name, encoder_config, key)
     out: dict[str, Any] = {"name": name, "embed_dim": _positive_int(_required(encoder_config, "embed_dim", key),
                                                                    f"{key}.embed_dim")}
     out["mlp_ratio"] = _ratio(encoder_config, key)
@@ -136,6 +158,36 @@ def normalized_encoder_config(encoder_config: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+def _normalized_cnn(name: str, encoder_config: Mapping[str, Any], key: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name}
+    if name == "unet3d":
+        out["widths"] = _int_list(_required(encoder_config, "widths", key), f"{key}.widths", 6)
+        return out
+    if name != "nsunet3d":  # DynUNet's dense output is its first level's width
+        out["features"] = _positive_int(_required(encoder_config, "features", key), f"{key}.features")
+    if name == "resnet3d":
+        depth = _required(encoder_config, "depth", key)
+        if depth not in RESNET_DEPTHS or isinstance(depth, bool):
+            raise ConfigError(f"{key}.depth", f"must be one of {', '.join(map(str, RESNET_DEPTHS))}, got {depth!r}")
+        widen = _required(encoder_config, "widen_factor", key)
+        if isinstance(widen, bool) or not isinstance(widen, (int, float)) or not widen > 0:
+            raise ConfigError(f"{key}.widen_factor", f"must be a positive number, got {widen!r}")
+        out.update(depth=int(depth), widen_factor=float(widen))
+    elif name in ("nsunet3d", "unet"):
+        field = "filters" if name == "nsunet3d" else "channels"
+        out[field] = _int_list(_required(encoder_config, field, key), f"{key}.{field}")
+        if len(out[field]) < 2:
+            raise ConfigError(f"{key}.{field}", f"needs at least 2 levels, got {out[field]}")
+        if name == "unet":
+            res = encoder_config.get("res_units", 0)
+            if isinstance(res, bool) or not isinstance(res, int) or res < 0:
+                raise ConfigError(f"{key}.res_units", f"must be an integer >= 0, got {res!r}")
+            out["res_units"] = res
+    else:  # vnet
+        out["width"] = _positive_int(_required(encoder_config, "width", key), f"{key}.width")
+    return out
+
+
 # ---------------------------------------------------------------------------------------- strides
 def encoder_stride(encoder_config: Mapping[str, Any]) -> list[int]:
     """Voxels per bottleneck cell along x, y, z: the encoder's total downsampling (ViT: the patch)."""
@@ -144,7 +196,19 @@ def encoder_stride(encoder_config: Mapping[str, Any]) -> list[int]:
         return list(enc["patch"])
     if enc["name"] == "swin":
         return [SWIN_PATCH * 2 ** SWIN_STAGES] * 3
+    if enc["name"] in CNN_ENCODERS:
+        return [CNN_STRIDE[enc["name"]](enc)] * 3
     return [p * 2 ** (len(enc["depths"]) - 1) for p in enc["patch"]]
+
+
+# the convolutional networks' downsampling, bottleneck cell to voxels (alice.models.cnn)
+CNN_STRIDE = {
+    "resnet3d": lambda enc: 32,   # stride-2 stem, max pooling, three stride-2 stages
+    "unet3d": lambda enc: 16,     # BasicUNet: four poolings
+    "nsunet3d": lambda enc: 2 ** (len(enc["filters"]) - 1),
+    "unet": lambda enc: 2 ** (len(enc["channels"]) - 1),
+    "vnet": lambda enc: 16,       # four stride-2 down-convolutions
+}
 
 
 def check_crop(encoder_config: Mapping[str, Any], crop: Sequence[int], key: str) -> list[int]:

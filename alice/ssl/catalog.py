@@ -50,11 +50,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from alice.errors import ConfigError
+from alice.models.configs import ENCODERS
 
 VIEWS = ("crop", "two_views", "multi_crop", "matched_pair")
 # the views a switch-named `matcher` may cut from a matched pair (alice.ssl.views.CropViews)
 MATCHED_VIEWS = ("two_views", "multi_crop")
-ENCODERS = ("vit", "swin", "nnformer")
 # where methods live: the paper's own method, then every module of these packages
 METHOD_MODULES = ("alice.ssl.alice",)
 METHOD_PACKAGES = ("baselines",)

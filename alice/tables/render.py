@@ -51,6 +51,8 @@ from alice.tables.settings_cells import recorded_setting
 from alice.tables.spec import cell_experiment, cell_runs, find_row, in_paper, load_spec, row_kind
 
 NOT_REPRODUCED = "not reproduced yet"
+# a row the harness cannot run (a spec row's `not_reproducible: <why>`), the cell says why
+NOT_REPRODUCIBLE = "not reproducible"
 NOT_APPLICABLE = "n/a"
 LEADERBOARD = "leaderboard"
 NOT_IN_PAPER = "not in the paper"
@@ -211,6 +213,9 @@ def compute_row(table: str, row_id: str, settings: dict, root: Path = Path("."))
             record.update(status="not_applicable", reproduced=NOT_APPLICABLE)
         elif column.get("source") == LEADERBOARD:
             record.update(status="leaderboard", reproduced=LEADERBOARD)
+        elif row.get("not_reproducible"):
+            record.update(status="not_reproduced",
+                          reproduced=f"{NOT_REPRODUCIBLE}: {' '.join(str(row['not_reproducible']).split())}")
         else:
             record.update(status="not_reproduced", reproduced=NOT_REPRODUCED)
         records.append(record)
@@ -463,6 +468,8 @@ def _latex_value(text: str, bold: bool) -> str:
         return "--"
     if text == NOT_REPRODUCED:
         return r"\textit{n.r.}"
+    if text.startswith(NOT_REPRODUCIBLE + ":"):
+        return r"\textit{n.p.}"
     if text == NOT_APPLICABLE:
         return r"n/a"
     if text == LEADERBOARD:
@@ -506,6 +513,10 @@ def latex_table(table: str, rows: pd.DataFrame) -> str:
     caption = (_latex_escape(spec["caption"]) + r" Reproduced values (\emph{ours}, mean$\pm$std "
                r"over folds) beside the paper's; best reproduced value per column in bold; "
                r"\textit{n.r.}: not reproduced yet; \textit{lb.}: leaderboard only.")
+    why = [f"{r.get('label', r['row'])}: {' '.join(str(r['not_reproducible']).split())}"
+           for r in spec["rows"] if r.get("not_reproducible")]
+    if why:
+        caption += " " + _latex_escape("n.p.: not reproducible here (" + "; ".join(why) + ").")
     if not all(in_paper(r) for r in spec["rows"]):
         caption += (r" $^\dagger$: the harness's own row, not in the paper "
                     r"(\textit{n.i.p.}: not in the paper).")

@@ -24,6 +24,13 @@ ENCODERS = {
     "nnformer": ({"name": "nnformer", "embed_dim": 8, "depths": [2, 2, 1], "heads": [1, 2, 4],
                   "window": [4, 4, 2], "patch": [2, 2, 2], "mlp_ratio": 2, "global_stages": 1},
                  [32, 32, 16], "nnformer"),
+    # the convolutional family: the network a method pretrains, and a backbone that takes it
+    "resnet3d": ({"name": "resnet3d", "depth": 10, "widen_factor": 0.0625, "features": 4}, [32, 32, 32],
+                 "resnet_unet"),
+    "unet3d": ({"name": "unet3d", "widths": [4, 4, 8, 8, 16, 4]}, [32, 32, 16], "unet3d"),
+    "nsunet3d": ({"name": "nsunet3d", "filters": [4, 8, 16]}, [32, 32, 16], "nsunet3d"),
+    "unet": ({"name": "unet", "channels": [4, 8, 16], "res_units": 1, "features": 4}, [32, 32, 16], "unet"),
+    "vnet": ({"name": "vnet", "width": 2, "features": 4}, [32, 32, 16], "vnet"),
 }
 CASES = [(name, encoder) for name, info in methods().items() for encoder in info.encoders]
 

@@ -167,7 +167,10 @@ def test_every_cell_is_marked_and_every_reproduced_cell_traceable(rendered, tabl
             assert shown not in (render.NOT_REPRODUCED, "", render.NOT_APPLICABLE)
             _check_value(spec, row, cell, files, root)
         elif cell["status"] == "not_reproduced":
-            assert shown == render.NOT_REPRODUCED
+            # a row the harness cannot run says why (its spec's `not_reproducible`)
+            why = row.get("not_reproducible")
+            assert shown == (f"{render.NOT_REPRODUCIBLE}: {' '.join(why.split())}" if why
+                             else render.NOT_REPRODUCED)
             assert not cell["sources"] and not cell["settings_hash"]
         elif cell["status"] == "not_applicable":
             assert shown == render.NOT_APPLICABLE and cell["paper"] == "-"

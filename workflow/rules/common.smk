@@ -8,7 +8,9 @@ from types import SimpleNamespace
 from alice import config as cfg
 from alice.data.folds import label_fraction_dir, offline_test_split
 from alice.tables.online import online_models
-from alice.ssl.catalog import needs_matcher
+from alice.downstream.networks import BACKBONES
+from alice.models.configs import ENCODERS
+from alice.ssl.catalog import method_info, needs_matcher
 from alice.tables.spec import cell_sources, find_row, load_spec, table_ids, table_settings
 
 # Snakemake reads `configfile:` and `--configfile` with its own YAML loader, which resolves a
@@ -59,6 +61,9 @@ TABLES = table_ids()
 ABLATION_TABLES = [t for t in TABLES if load_spec(t).get("ablation")]
 # a pretraining run: a method, maybe with ablation switches (alice__casa-false, alice.ssl.variants)
 RUN_PATTERN = r"[a-z0-9_]+(__[a-z0-9_]+-[a-z0-9_.\-]+)*"
+ENCODER_PATTERN = "|".join(ENCODERS)
+# the segmentation backbones the harness trains itself (nnunet: nnunetv2's own trainer, nnunet.smk)
+SEGMENTATION_BACKBONES = "|".join(n for n, b in BACKBONES.items() if b.task == "segmentation" and b.build_by_harness)
 
 
 def finetune_init(wildcards):
@@ -71,9 +76,20 @@ def finetune_init(wildcards):
 
 
 def reproduced_encoders():
-    """The encoders of the backbones whose table cells the DAG computes (resnet3d has none)."""
+    """The encoders of the backbones whose table cells the DAG computes (nnunet has none)."""
     encoders = {cfg.backbone_encoder(b) for b in config["reproduce"]["backbones"]}
     return sorted(e for e in encoders if e)
+
+
+def pretrain_figures():
+    """The pretraining curves of every reproduced method on each reproduced encoder it declares."""
+    encoders = reproduced_encoders()
+    out = []
+    for method in config["reproduce"]["methods"]:
+        info = method_info(method)
+        if info is not None:
+            out += [f"results/figures/pretrain_{method}_{e}.png" for e in info.encoders if e in encoders]
+    return out
 
 
 def finetune_inputs(wildcards):
@@ -91,13 +107,11 @@ LABEL_DIRS = [label_fraction_dir(f) for f in LABEL_FRACTIONS]
 
 
 def classifier_init(wildcards):
-    """'scratch' for Rand. init., else the ViT checkpoint of the pretraining run."""
+    """'scratch' for Rand. init., else the checkpoint of the pretraining run on the backbone's
+    encoder (vit: vit, resnet3d: resnet3d)."""
     if wildcards.method == "rand_init":
         return "scratch"
-    if wildcards.backbone != "vit":
-        raise WorkflowError(f"no pretrained '{wildcards.backbone}' encoder exists (no CNN pretraining "
-                            f"method yet): only rand_init runs on it, not '{wildcards.method}'")
-    encoder = cfg.vit_encoder_config(config)["name"]
+    encoder = cfg.backbone_encoder(wildcards.backbone)
     return f"results/pretrain/{wildcards.method}/{encoder}/checkpoint.pt"
 
 

@@ -21,7 +21,7 @@ rule overlays:
                labels={"figure": "overlays", "dataset": "{dataset}", "backbone": "{backbone}"}),
     wildcard_constraints:
         dataset="flare22|btcv",
-        backbone="unetr|swin_unetr|nnformer",
+        backbone=SEGMENTATION_BACKBONES,
     params:
         runs=lambda w: figure_plan.overlay_args(
             figure_plan.runs_of(SEGMENTATION_FIGURES, w.dataset, w.backbone)),
@@ -52,7 +52,7 @@ rule finetune_curves:
                        "backbone": "{backbone}"}),
     wildcard_constraints:
         dataset="flare22|btcv",
-        backbone="unetr|swin_unetr|nnformer",
+        backbone=SEGMENTATION_BACKBONES,
     params:
         logs=lambda w: figure_plan.finetune_log_args(
             figure_plan.runs_of(SEGMENTATION_FIGURES, w.dataset, w.backbone)),

@@ -13,6 +13,7 @@ rule finetune:
         log="results/finetune/{dataset}/{method}/{backbone}/fold{fold}/log.csv",
     wildcard_constraints:
         dataset="flare22|btcv",
+        backbone=SEGMENTATION_BACKBONES,
         fold=r"\d+",
     params:
         settings=lambda w: as_json(cfg.finetune_settings(config, w.backbone)),
@@ -40,6 +41,7 @@ rule evaluate:
         "results/finetune/{dataset}/{method}/{backbone}/fold{fold}/metrics.json",
     wildcard_constraints:
         dataset="flare22|btcv",
+        backbone=SEGMENTATION_BACKBONES,
         fold=r"\d+",
     params:
         model_dir=lambda w, input: str(Path(input.model).parent),

@@ -1,6 +1,7 @@
 # Pretraining stage: one self-supervised run per (run, encoder) on the unlabeled pool; a run is a
 # method or one of its ablation variants (`alice__casa-false`, see alice.ssl.variants), the encoder
-# one of pretrain.encoders (vit, swin, nnformer) with its own pretraining crop.
+# one of pretrain.encoders (vit, swin, nnformer; the CNN family's resnet3d, unet3d, nsunet3d, unet,
+# vnet) with its own pretraining crop.
 # checkpoint.pt appears only when the run has finished. The running state is resume.pt and the
 # per-step losses log.csv: neither is a declared output, so Snakemake keeps them when a job fails
 # or is preempted (exit 75) and the resubmitted job resumes from resume.pt.
@@ -31,7 +32,7 @@ rule pretrain:
         checkpoint="results/pretrain/{method}/{encoder}/checkpoint.pt",
     wildcard_constraints:
         method=RUN_PATTERN,
-        encoder="vit|swin|nnformer",
+        encoder=ENCODER_PATTERN,
     params:
         settings=lambda w: as_json(cfg.pretrain_settings(config, w.method, w.encoder)),
         out=lambda w: f"results/pretrain/{w.method}/{w.encoder}",
@@ -66,7 +67,7 @@ rule pretrain_curves:
                labels={"figure": "pretraining curves", "run": "{method}", "encoder": "{encoder}"}),
     wildcard_constraints:
         method=RUN_PATTERN,
-        encoder="vit|swin|nnformer",
+        encoder=ENCODER_PATTERN,
     conda:
         "../../environment.yml"
     log:
