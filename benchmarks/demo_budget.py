@@ -470,8 +470,7 @@ def method_jobs(config: dict, method: str, jobs: list[Job], curves: bool) -> lis
     added: list[Job] = []
     pretraining = set()
     for dataset, run, backbone, fold in sorted(after - before):
-        encoder = (cfg.vit_encoder_config(config)["name"] if dataset == "mosmed" and backbone == "vit"
-                   else cfg.backbone_encoder(backbone))
+        encoder = cfg.backbone_encoder(backbone)
         init = [checkpoint(run, encoder)] if encoder else []
         if encoder:
             pretraining.add((run, encoder))
@@ -484,8 +483,12 @@ def method_jobs(config: dict, method: str, jobs: list[Job], curves: bool) -> lis
             wildcards = {"dataset": dataset, **wildcards}
             added.append(new("finetune", wildcards, [folds, *init], [f"{out}/model.pt"]))
             added.append(new("evaluate", wildcards, [f"{out}/model.pt", folds], [f"{out}/metrics.json"]))
-    if curves:  # `all` draws the pretraining curves of every reproduced method on every reproduced encoder
-        encoders = {cfg.backbone_encoder(b) for b in config["reproduce"]["backbones"]} - {None}
+    if curves:  # `all` draws the pretraining curves of every reproduced method on each reproduced encoder it declares
+        from alice.ssl.catalog import method_info
+
+        info = method_info(method)
+        encoders = ({cfg.backbone_encoder(b) for b in config["reproduce"]["backbones"]}
+                    & set(info.encoders if info else ()))
         for encoder in sorted(encoders):
             pretraining.add((method, encoder))
             added.append(new("pretrain_curves", {"method": method, "encoder": encoder},

@@ -145,7 +145,7 @@ class CostModel:
         size = config["datasets"]["mosmed"]["size"]
         cls = config["classification"]
         for b in ("vit", "resnet3d"):
-            net = build_classification_network(b, 2, cls, cfg.vit_encoder_config(config), size)
+            net = build_classification_network(b, 2, cls, cfg.encoder_config(config, cfg.backbone_encoder(b)), size)
             self.params[f"cls_{b}"] = n_params(net)
             self.fwd[f"cls_{b}"] = forward_gflops(net, size)
             self.step_ms[f"cls_{b}"] = BATCH * 3 * self.fwd[f"cls_{b}"] / self.tflops[b]

@@ -226,7 +226,8 @@ def test_table9_from_an_empty_folder(tmp_path):
                                              "mlp_ratio": 2, "patch": [16, 16, 16]}
     cls = config["classification"]
     cls["optim"].update(iterations=2, warmup_iterations=1, batch_size=2)
-    cls.update(val_every=1, resnet3d={"depth": 10, "widen_factor": 0.125})
+    cls.update(val_every=1)
+    config["pretrain"]["encoders"]["resnet3d"] = {"depth": 10, "widen_factor": 0.125, "features": 4}
     path = tmp_path / "cls.yaml"
     path.write_text(yaml.safe_dump(config))
     result = snakemake("results/table9.csv", "--cores", "2", "--directory", str(tmp_path), "--snakefile",

@@ -19,7 +19,7 @@ supplementary B.3, Tables 4 and 9.
   follows (see `AUGMENTATIONS`).
 - Network (B.3, "we extract the pretrained online encoder and appended a FC layer"):
   `build_classification_network` (vit: ViT encoder + token mean + linear; resnet3d: MONAI 3-D
-  ResNet + linear; `head_norm: batchnorm` puts an affine-free BatchNorm1d before the linear layer,
+  ResNet of `pretrain.encoders.resnet3d` + linear, the encoder the CNN methods pretrain; `head_norm: batchnorm` puts an affine-free BatchNorm1d before the linear layer,
   `alice.downstream.classifiers`). `init` is "scratch" (Rand. init.) or a pretraining checkpoint loaded strictly
   into the encoder (`load_encoder_checkpoint`, position embeddings interpolated to the MosMed
   token grid).
@@ -367,9 +367,6 @@ def finetune_classifier(
         (out_dir / stale).unlink(missing_ok=True)
     cfg = _parse(settings)
     init = str(init)
-    if backbone == "resnet3d" and init != "scratch":
-        raise ConfigError("--init", "resnet3d has no pretrained encoder in the harness (no CNN SSL method yet): "
-                                    "use 'scratch'")
     torch.set_num_threads(int(threads))
     dev = resolve_device(device)
     folds_path = data_dir / "folds.json"

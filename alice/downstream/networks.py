@@ -348,8 +348,8 @@ def build_classification_network(
 ) -> "torch.nn.Module":
     """The classifier of `backbone` (vit, resnet3d) for inputs of `input_size` (x, y, z).
 
-    settings: the `classification` section (resnet3d: depth, widen_factor); encoder_config: the
-    ViT encoder architecture (`alice.config.vit_encoder_config`).
+    settings: the `classification` section; encoder_config: the backbone's pretraining encoder
+    (`pretrain.encoders.vit` or `.resnet3d`, with its name: `alice.config.classification_settings`).
     """
     return _build("classification", backbone, num_classes, {**settings, "input_size": list(input_size)},
                   encoder_config)

@@ -129,6 +129,7 @@ def dx():
         ras_spacing=ras_spacing,
         CLS_SETTINGS=CLS_SETTINGS,
         CLS_ENCODER=CLS_ENCODER,
+        CLS_RESNET=CLS_RESNET,
     )
 
 
@@ -142,8 +143,9 @@ CLS_SETTINGS = {
                      "low_resolution"],
     "val_every": 2,
     "selection": "best_val",
-    "resnet3d": {"depth": 10, "widen_factor": 0.125},
 }
+# the ResNet classifier's encoder: pretrain.encoders.resnet3d's network (alice.models.cnn)
+CLS_RESNET = {"name": "resnet3d", "depth": 10, "widen_factor": 0.125, "features": 4}
 CLS_SIZE = [16, 16, 16]
 # 6 CT-0 and 6 CT-1..4 studies: enough for 2 stratified 50/25/25 splits with label fractions 0.5, 1.0
 MOSMED_STUDIES = {0: [1, 2, 3, 4, 5, 6], 1: [7, 8], 2: [9, 10], 3: [11], 4: [12]}
@@ -198,3 +200,8 @@ def cls_settings():
 @pytest.fixture
 def cls_encoder():
     return copy.deepcopy(CLS_ENCODER)
+
+
+@pytest.fixture
+def cls_resnet():
+    return copy.deepcopy(CLS_RESNET)

@@ -104,27 +104,29 @@ def test_every_augmentation_keeps_shape_and_range():
 
 # --------------------------------------------------------------------------------------- networks
 @pytest.mark.parametrize("backbone", ["vit", "resnet3d"])
-def test_classifier_forward_shapes(backbone, cls_settings, cls_encoder):
+def test_classifier_forward_shapes(backbone, cls_settings, cls_encoder, cls_resnet):
     torch.manual_seed(0)
-    net = build_classification_network(backbone, 2, cls_settings, cls_encoder, [16, 16, 32])
+    enc = cls_encoder if backbone == "vit" else cls_resnet
+    net = build_classification_network(backbone, 2, cls_settings, enc, [16, 16, 32])
     out = net(torch.rand(3, 1, 16, 16, 32))
     assert out.shape == (3, 2)
     assert isinstance(net.head, torch.nn.Linear) and net.head.out_features == 2
     assert encoder_of(net, backbone) is net.encoder
 
 
-def test_resnet_width_follows_widen_factor(cls_settings, cls_encoder):
-    cls_settings["resnet3d"] = {"depth": 18, "widen_factor": 0.25}
-    net = build_classification_network("resnet3d", 2, cls_settings, cls_encoder, SIZE)
+def test_resnet_width_follows_widen_factor(cls_settings, cls_resnet):
+    cls_resnet.update(depth=18, widen_factor=0.25)
+    net = build_classification_network("resnet3d", 2, cls_settings, cls_resnet, SIZE)
     assert net.head.in_features == 128 and len(net.encoder.layer1) == 2
 
 
 @pytest.mark.parametrize("backbone", ["vit", "resnet3d"])
-def test_batchnorm_head_standardises_pooled_features(backbone, cls_settings, cls_encoder):
+def test_batchnorm_head_standardises_pooled_features(backbone, cls_settings, cls_encoder, cls_resnet):
     """head_norm: batchnorm = an affine-free BatchNorm1d before the FC layer: in training the
     features reaching the FC layer have zero mean and unit variance over the batch, so volumes
     whose pooled features differ by little still get logits that differ."""
     torch.manual_seed(0)
+    cls_encoder = cls_encoder if backbone == "vit" else cls_resnet
     net = build_classification_network(backbone, 2, {**cls_settings, "head_norm": {backbone: "batchnorm"}},
                                        cls_encoder, SIZE)
     norm, linear = net.head
@@ -159,9 +161,11 @@ def test_network_registry_keeps_tasks_apart(cls_settings, cls_encoder, settings,
         build_classification_network("unetr", 2, cls_settings, cls_encoder, SIZE)
     with pytest.raises(ConfigError, match=r"datasets.mosmed.size.*not a multiple of the ViT patch"):
         build_classification_network("vit", 2, cls_settings, cls_encoder, [16, 16, 12])
-    with pytest.raises(ConfigError, match="classification.resnet3d.depth"):
-        build_classification_network("resnet3d", 2, {**cls_settings, "resnet3d": {"depth": 11, "widen_factor": 1}},
-                                     cls_encoder, SIZE)
+    with pytest.raises(ConfigError, match=r"pretrain.encoders.resnet3d.depth"):
+        build_classification_network("resnet3d", 2, cls_settings,
+                                     {"name": "resnet3d", "depth": 11, "widen_factor": 1, "features": 4}, SIZE)
+    with pytest.raises(ConfigError, match="resnet3d needs a 'resnet3d' encoder config"):
+        build_classification_network("resnet3d", 2, cls_settings, cls_encoder, SIZE)
 
 
 # --------------------------------------------------------------------------------------- transfer
@@ -202,9 +206,10 @@ def test_other_architecture_or_resnet_refuses_the_checkpoint(tmp_path, cls_setti
     net = build_classification_network("vit", 2, cls_settings, wider, SIZE)
     with pytest.raises(WeightTransferError, match="embed_dim: checkpoint 24 vs run 32"):
         load_encoder_checkpoint(net, "vit", tmp_path / "ckpt.pt", wider)
-    resnet = build_classification_network("resnet3d", 2, cls_settings, cls_encoder, SIZE)
+    resnet_config = {"name": "resnet3d", "depth": 10, "widen_factor": 0.125, "features": 4}
+    resnet = build_classification_network("resnet3d", 2, cls_settings, resnet_config, SIZE)
     with pytest.raises(WeightTransferError, match="cannot initialise backbone 'resnet3d'"):
-        load_encoder_checkpoint(resnet, "resnet3d", tmp_path / "ckpt.pt", cls_encoder)
+        load_encoder_checkpoint(resnet, "resnet3d", tmp_path / "ckpt.pt", resnet_config)
 
 
 # --------------------------------------------------------------------------------- training (CLI)
@@ -281,15 +286,20 @@ def test_alice_init_and_last_model_selection(tiny_mosmed, tmp_path, cls_settings
     assert summary["selected_iteration"] == 4 and summary["best_val_auc"] is None
 
 
-def test_resnet_trains_from_scratch_only(tiny_mosmed, tmp_path, cls_settings, cls_encoder):
+def test_resnet_trains_from_scratch_or_from_a_cnn_checkpoint(tiny_mosmed, tmp_path, cls_settings, cls_resnet):
+    from alice.models.cnn import build_cnn, transferable_parts
+
     summary = finetune_classifier(backbone="resnet3d", method="rand_init", init="scratch", fold=0,
                                   label_fraction=1.0, data_dir=tiny_mosmed, out_dir=tmp_path / "rn",
-                                  settings=cls_settings, encoder_config=cls_encoder, seed=0, progress=False)
+                                  settings=cls_settings, encoder_config=cls_resnet, seed=0, progress=False)
     assert summary["iterations"] == 4 and (tmp_path / "rn" / "model.pt").is_file()
-    with pytest.raises(ConfigError, match="resnet3d has no pretrained encoder"):
-        finetune_classifier(backbone="resnet3d", method="byol", init=str(tmp_path / "x.pt"), fold=0,
-                            label_fraction=1.0, data_dir=tiny_mosmed, out_dir=tmp_path / "rn2",
-                            settings=cls_settings, encoder_config=cls_encoder, seed=0, progress=False)
+    # a CNN method's checkpoint (the whole ResNet U-Net): the classifier takes its encoder
+    body = build_cnn(cls_resnet)
+    save_encoder_checkpoint(tmp_path / "byol.pt", transferable_parts(body, "encoder_decoder"), cls_resnet, "byol")
+    summary = finetune_classifier(backbone="resnet3d", method="byol", init=str(tmp_path / "byol.pt"), fold=0,
+                                  label_fraction=1.0, data_dir=tiny_mosmed, out_dir=tmp_path / "rn2",
+                                  settings=cls_settings, encoder_config=cls_resnet, seed=0, progress=False)
+    assert summary["n_loaded"] == len(body.encoder.state_dict())
 
 
 def test_one_class_test_part_is_a_clear_error(tiny_mosmed, tmp_path, cls_settings, cls_encoder, capsys):
