@@ -107,6 +107,8 @@ def run_pretraining(run: str, encoder: str, data: str | Path, out: str | Path, s
     # the initial weights depend on the seed only (the trainer reseeds every step from then on)
     seed_everything(step_seed(settings["seed"], -1))
     method = build_method(method_name, method_config, settings["encoder"], settings["crop"])
+    if hasattr(method, "attach_pool"):  # a method that cuts its own crops (TransVW's visual words)
+        method.attach_pool(data, train_ids)
     # the switch values are in method_config already (alice.config.pretrain_settings), so ask for
     # the method itself with them, not for the run id
     factory, batches = _loader(info.views, data, train_ids, settings, method_config,
