@@ -332,6 +332,28 @@ def cmd_evaluate(args) -> None:
               args.threads or 1, not args.no_progress, args.allow_fold_mismatch)
 
 
+def cmd_nnunet(args) -> None:
+    """nnU-Net v2 on one fold (alice.downstream.nnunet): the nnU-Net rows of Tables 2 and 3."""
+    def from_config(c):
+        section = c.get("finetune", {}).get("nnunet")
+        if section is None:
+            raise ConfigError("finetune.nnunet", "missing: no nnU-Net settings")
+        return {**section, "seed": c["seed"]}
+
+    from alice.downstream.nnunet import run_nnunet
+
+    settings = _settings(args, from_config)
+    data = Path(args.data) if args.data else Path("results/data") / args.dataset
+    _check_fold(data / "folds.json", args.fold, args.dataset)
+    work = Path(args.work) if args.work else Path("results/nnunet") / args.dataset / f"fold{args.fold}"
+    metrics = run_nnunet(dataset=args.dataset, fold=args.fold, data_dir=data, out_dir=Path(args.out),
+                         work_dir=work, settings=settings, threads=args.threads or 1,
+                         device=args.device or "cpu", progress=not args.no_progress,
+                         keep_work=args.keep_work)
+    log.info("nnU-Net %s fold %d: mean DSC %.4f, NSD %.4f over %d cases -> %s", args.dataset,
+             args.fold, metrics["mean"]["dsc"], metrics["mean"]["nsd"], metrics["n_cases"], args.out)
+
+
 def cmd_predict(args) -> None:
     """Submission files of a test set whose labels are not public (BTCV online)."""
     from alice.downstream.submission import write_submission
@@ -517,8 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
               "(mosmed) a classifier on one split per label fraction")
     p.add_argument("--dataset", required=True, choices=["flare22", "btcv", "mosmed"])
     p.add_argument("--backbone", required=True,
-                   help="segmentation: unetr, swin_unetr or nnformer (its encoder: vit, swin, "
-                   "nnformer; --init must be a checkpoint of that encoder); mosmed: vit, resnet3d")
+                   help="segmentation: unetr, swin_unetr, nnformer (encoders vit, swin, nnformer) or "
+                   "Table 2's resnet_unet, unet3d, nsunet3d, unet, vnet (encoders resnet3d, unet3d, "
+                   "nsunet3d, unet, vnet); --init must be a checkpoint of that encoder; mosmed: vit, "
+                   "resnet3d")
     p.add_argument("--method", required=True, help="pretraining run that made --init (a method "
                    "or a variant run id: the checkpoint must record its method); rand_init: none")
     p.add_argument("--init", required=True, help="'scratch' (rand_init only) or a pretraining "
@@ -570,6 +594,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a case list of folds.json")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
     p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = stage("nnunet", cmd_nnunet, "nnU-Net v2 (nnunetv2: its planning, preprocessing, "
+              "training, prediction) on one fold's training cases, scored on the fold's test cases "
+              "like `alice evaluate` (Tables 2, 3)")
+    p.add_argument("--dataset", required=True, choices=["flare22", "btcv"])
+    p.add_argument("--fold", required=True, type=non_negative_int)
+    p.add_argument("--out", required=True, help="e.g. results/finetune/flare22/nnunet/nnunet/fold0: "
+                   "metrics.json, predictions/, plans.json, checkpoint_final.pth, train_summary.json")
+    p.add_argument("--data", default=None, help="prepared cache (default results/data/DATASET)")
+    p.add_argument("--work", default=None, help="nnU-Net's raw/preprocessed/results folders "
+                   "(default results/nnunet/DATASET/foldK; cleared first, removed after)")
+    p.add_argument("--keep-work", action="store_true", help="keep the --work folder")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads and nnU-Net's processes")
     p.add_argument("--no-progress", action="store_true")
 
     p = stage("table", cmd_table, "compute a table row, or render a table to CSV + LaTeX")
