@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from alice import config as cfg
+from alice.models.configs import ENCODERS
 from alice.errors import ConfigError, HarnessError
 
 log = logging.getLogger("alice")
@@ -523,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
               "(resumes from OUT/resume.pt; OUT/checkpoint.pt appears when finished; exit 75 = preempted, resubmit to resume)")
     p.add_argument("--method", required=True, help="an SSL method (one file: alice.ssl.catalog) or one "
                    "of its ablation variants as a run id <method>__<switch>-<value> (alice.ssl.variants)")
-    p.add_argument("--encoder", required=True, choices=["vit", "swin", "nnformer"])
+    p.add_argument("--encoder", required=True, choices=list(ENCODERS),
+                   help="the transformers vit, swin, nnformer; the CNN family resnet3d, unet3d, "
+                   "nsunet3d, unet, vnet (pretrain.encoders)")
     p.add_argument("--out", required=True, help="e.g. results/pretrain/<run>/<encoder>")
     p.add_argument("--embeddings", default="results/anatomy/embeddings",
                    help="cached anatomical embeddings of the pool (methods that mine matched crops "

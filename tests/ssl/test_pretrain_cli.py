@@ -140,3 +140,12 @@ def test_resume_refuses_a_changed_run_naming_the_keys(pool, tmp_path, monkeypatc
     assert main(["pretrain", "--method", "alice", "--encoder", "vit", "--out", str(out),
                  "--data", str(pool), "--settings", json.dumps(settings(steps=4)), "--no-progress"]) == 0
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
+def test_every_encoder_is_a_choice_of_the_command_line():
+    from alice.cli import build_parser
+    from alice.models.configs import ENCODERS
+
+    for encoder in ENCODERS:  # the CNN family's networks as well as the transformers
+        args = build_parser().parse_args(["pretrain", "--method", "mae", "--encoder", encoder, "--out", "x"])
+        assert args.encoder == encoder
