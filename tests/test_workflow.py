@@ -180,8 +180,9 @@ def test_classification_tables_dry_run_one_job_per_split(tmp_path):
     counts = dict(line.split()[:2] for line in result.stdout.splitlines()
                   if len(line.split()) == 2 and line.split()[1].isdigit())
     # (rand_init resnet3d, rand_init vit, alice vit) x 10 splits; the baselines' ViT rows (MoCo v3,
-    # DINO, iBOT, SIM, MAE, SemMAE, CMAE, Tang et al.) split 0 (fold policy)
-    assert counts["finetune_classifier"] == "38"
+    # DINO, iBOT, SIM, MAE, SemMAE, CMAE, Tang et al.) and 3-D ResNet rows (MoCo v2, BYOL,
+    # ContrastiveCrop, LoGo, PCRL, PCRLv2, PGL, DiRA) split 0 (fold policy)
+    assert counts["finetune_classifier"] == "46"
     assert counts["table"] == "2"
 
 
@@ -341,7 +342,7 @@ def test_a_one_core_run_starts_with_the_pools_data_stage(tmp_path):
     config["datasets"]["btcv"]["folds"] = 2
     path = tmp_path / "order.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = snakemake("results/rows/table2/byol.csv", "results/data/btcv/folds.json",
+    result = snakemake("results/rows/table3/dodnet.csv", "results/data/btcv/folds.json",
                        "results/data/flare22/folds.json", "results/data/flare22_pool/folds.json",
                        "--cores", "1", "--directory", str(tmp_path), "--snakefile",
                        str(REPO_ROOT / "Snakefile"), "--configfile", str(path))

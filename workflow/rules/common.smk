@@ -11,7 +11,7 @@ from alice.tables.online import online_models
 from alice.downstream.networks import BACKBONES
 from alice.models.configs import ENCODERS
 from alice.ssl.catalog import method_info, needs_matcher
-from alice.tables.spec import cell_sources, find_row, load_spec, table_ids, table_settings
+from alice.tables.spec import cell_runs, cell_sources, find_row, load_spec, table_ids, table_settings
 
 # Snakemake reads `configfile:` and `--configfile` with its own YAML loader, which resolves a
 # duplicate key or an unquoted `yes` silently: each file is read once more with the harness's
@@ -140,10 +140,17 @@ def online_model_files(wildcards):
 
 
 def online_methods():
-    """Methods whose Table 3 offline cell the DAG reproduces (and so can predict the test set)."""
+    """Methods whose Table 3 offline cell the DAG reproduces on a network the harness trains (and
+    so can predict the test set with its models; nnU-Net's models are nnunetv2's own), once each."""
     spec = load_spec("table3")
     settings = table_settings(config)
-    return [row["method"] for row in spec["rows"] if cell_sources(spec, row, settings)]
+    methods = []
+    for row in spec["rows"]:
+        runs = cell_runs(spec, row, settings).values()
+        if (runs and all(BACKBONES[run["backbone"]].build_by_harness for run in runs)
+                and row["method"] not in methods):
+            methods.append(row["method"])
+    return methods
 
 
 def table_rows(wildcards):
