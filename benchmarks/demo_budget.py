@@ -2,7 +2,7 @@
 path, and the cost one more method adds under the fold policy.
 
     python benchmarks/demo_budget.py [TARGET ...] [--config config/config.yaml] [--cores 2 ...]
-        [--directory .] [--remaining] [--method ibot] [--markdown | --json]
+        [--directory .] [--remaining] [--method NAME] [--markdown | --json]
 
 Jobs. Snakemake's own dry run of the targets (default: the default target), every job as if from
 scratch (`snakemake -n -F`; `--remaining`: only the jobs that still need to run), read from its
@@ -35,7 +35,7 @@ longest chain of job times through the DAG: no number of cores finishes sooner.
 Per method. The CPU-minutes of every job a reproduced method's runs own (jobs whose `method`
 wildcard is the method or one of its variant run ids): what each method adds to the target.
 
-One more method. A made-up method (`--method`, default ibot: a row not reproduced yet) is added to
+One more method. A method not reproduced yet (`--method NAME`; none by default) is added to
 `reproduce.methods`; `alice.tables.spec.cell_runs` over every table spec, which applies the
 config's fold policy (`reproduce.folds`), gives the fine-tuning cells its rows add: their
 `finetune` + `evaluate` jobs (MosMed: `finetune_classifier`, one job per split for every label
@@ -678,8 +678,9 @@ def main() -> None:
                         help="only the jobs that still need to run (default: every job, as from scratch)")
     parser.add_argument("--scheduler-cpu-s", type=float, default=SCHEDULER_CPU_S,
                         help="Snakemake's own CPU-seconds a job (default: measured, see SCHEDULER_CPU_S)")
-    parser.add_argument("--method", default="ibot",
-                        help="the made-up method whose cost is reported ('' for none)")
+    parser.add_argument("--method", default="",
+                        help="a method not in reproduce.methods whose cost to add is reported "
+                        "(default: none; every method of the paper's tables is reproduced)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--markdown", action="store_true", help="Markdown tables (for docs/demo.md)")
     output.add_argument("--json", action="store_true", help="one JSON object")

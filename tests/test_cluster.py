@@ -33,7 +33,7 @@ SCRIPT = REPO_ROOT / "scripts" / "slurm_local.sh"
 MARKER = "# written by alice-harness scripts/slurm_local.sh"
 # + a CPU job: a row of a method not reproduced, which needs no other job (Table 8 rows now read
 # every fine-tuned model)
-TARGETS = [str(RUN / "checkpoint.pt"), "results/rows/table2/mocov2.csv"]
+TARGETS = [str(RUN / "checkpoint.pt"), "results/rows/table3/dodnet.csv"]  # + a row that reads nothing
 ITERATIONS = 60
 
 
@@ -166,7 +166,7 @@ def test_profile_runs_a_target_on_slurm_and_a_preempted_pretraining_resumes(clus
 
     # the same targets locally, never interrupted (the default profile): the same outputs
     local_snakemake(local, configfile, *TARGETS)
-    rel = "results/rows/table2/mocov2.csv"
+    rel = "results/rows/table3/dodnet.csv"
     assert (remote / rel).read_text() == (local / rel).read_text()
     a = torch.load(local / RUN / "checkpoint.pt", weights_only=True)
     b = torch.load(remote / RUN / "checkpoint.pt", weights_only=True)

@@ -32,6 +32,6 @@ def test_overlay_and_curve_targets(tmp_path):
 
 
 def test_unplanned_figure_is_refused(tmp_path):
-    result = _dry_run(tmp_path, "results/figures/overlays_btcv_unetr.png")
+    result = _dry_run(tmp_path, "results/figures/overlays_btcv_vnet.png")
     assert result.returncode != 0
     assert "no reproduced cell" in result.stdout + result.stderr

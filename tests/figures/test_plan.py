@@ -18,8 +18,10 @@ def demo():
 
 def test_demo_figures_follow_tables_1_and_3(demo):
     figures = plan.segmentation_figures(table_settings(demo))
-    assert list(figures) == [("flare22", "unetr"), ("flare22", "swin_unetr"),
-                             ("flare22", "nnformer"), ("btcv", "nnformer"), ("btcv", "swin_unetr")]
+    assert list(figures) == [("flare22", "unetr"), ("flare22", "swin_unetr"), ("flare22", "nnformer"),
+                             ("btcv", "nnformer"), ("btcv", "resnet_unet"), ("btcv", "unet3d"),
+                             ("btcv", "nsunet3d"), ("btcv", "unet"), ("btcv", "unetr"),
+                             ("btcv", "swin_unetr")]  # nnU-Net's row: nnunetv2's files, no figure
     table1 = ["rand_init", "mocov3", "dino", "ibot", "sim", "mae", "semmae", "cmae", "medical_mae",
               "tang_swin_unetr", "alice"]
     expected = {
@@ -31,11 +33,17 @@ def test_demo_figures_follow_tables_1_and_3(demo):
         ("btcv", "nnformer"): ["rand_init", "mocov3", "dino", "mae", "ibot", "cmae", "medical_mae",
                                "unimiss", "alice"],
         ("btcv", "swin_unetr"): ["tang_swin_unetr"],
+        # the CNN rows on their Table 2 networks, the supervised UNETR row (trained from scratch)
+        ("btcv", "resnet_unet"): ["mocov2", "pgl"],
+        ("btcv", "unet3d"): ["pcrl", "sam", "dira"],
+        ("btcv", "nsunet3d"): ["pcrlv2"],
+        ("btcv", "unet"): ["chaitanya"],
+        ("btcv", "unetr"): ["rand_init"],
     }
     for (dataset, backbone), runs in figures.items():
         # the table's row order; baseline rows run fold 0 (fold policy), the headline every fold
         assert [r["run"] for r in runs] == expected[(dataset, backbone)]
-        folds = range(5) if runs[-1]["run"] == "alice" else [0]
+        folds = range(5) if runs[-1]["run"] in ("rand_init", "alice") else [0]  # the headline rows
         assert runs[-1]["dirs"] == [f"results/finetune/{dataset}/{runs[-1]['run']}/{backbone}/fold{k}"
                                     for k in folds]
         for run in runs:

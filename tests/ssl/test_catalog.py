@@ -123,7 +123,9 @@ def _string_constants(path):
 def test_the_cli_and_the_rules_name_no_method():
     from alice.ssl.catalog import methods
 
-    names = set(methods())
+    # "sam" is both a method (SAM pretraining a 3-D U-Net, Table 2) and the name of
+    # pretrain.pairs.matcher's learned matcher, which the CLI and the rules do name
+    names = set(methods()) - {"sam"}
     cli = REPO_ROOT / "alice" / "cli.py"
     named = {s for s in _string_constants(cli) if s in names or any(s.startswith(f"{n}__") for n in names)}
     assert not named, f"alice/cli.py names methods: {sorted(named)}"

@@ -45,6 +45,9 @@ def test_cells_the_paper_prints_alike_read_one_run(config_name):
     groups = paper_cells_by_value(table_settings(config))
     shared = {key: cells for key, cells in groups.items() if len(cells) > 1}
     differing = {key: cells for key, cells in shared.items() if len({c[3] for c in cells}) > 1}
+    # one coincidence of the printed values across tables, two different experiments: Table 1's
+    # DINO on Swin UNETR and Table 2's LoGo on a 3-D ResNet both print NSD 87.08±3.17
+    differing.pop(("87.08±3.17", "flare22", "nsd"), None)
     assert not differing, differing
     # the two pairs the ablation tables print twice with a variant run behind them
     runs = {key[0]: {c[3] for c in cells} for key, cells in shared.items()}
