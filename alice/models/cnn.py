@@ -26,6 +26,7 @@ its encoder ("E.", `body.encoder_prefixes`); `alice.downstream.networks` says wh
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -36,17 +37,19 @@ from alice.models.configs import CNN_ENCODERS, normalized_encoder_config
 PARTS = ("encoder", "encoder_decoder")
 
 
-class CNNBody(nn.Module):
-    """An encoder-decoder network without its output layer."""
+class CNNBody(nn.Module, metaclass=abc.ABCMeta):
+    """An encoder-decoder network without its output layer; each kind implements both passes."""
 
     features: int                       # channels of the dense output (decoder's last level)
     encoder_prefixes: tuple[str, ...]   # top-level state-dict prefixes of the encoder
 
+    @abc.abstractmethod
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The encoder levels, shallow to deep (the last is the bottleneck)."""
 
+    @abc.abstractmethod
     def decode(self, enc: list[torch.Tensor]) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The decoder levels from `encode`'s, deep to shallow (the last: the dense features)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The dense features (B, features, *x's size)."""
