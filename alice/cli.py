@@ -255,7 +255,8 @@ def _finetune(args) -> None:
                        settings=settings["finetune"], encoder_config=settings["encoder"],
                        seed=settings["seed"], device=device, threads=threads,
                        progress=not args.no_progress, labeled=args.labeled,
-                       subset_seed=args.subset_seed, allow_unfinished=args.allow_unfinished)
+                       subset_seed=args.subset_seed, allow_unfinished=args.allow_unfinished,
+                       fast_path=settings.get("fast_path"))
     run = (f"{args.labeled} labeled (subset {args.subset_seed})" if args.labeled is not None
            else f"fold {args.fold}")
     log.info("fine-tuned %s/%s/%s %s: %s", args.dataset, args.method, args.backbone, run,
@@ -300,7 +301,8 @@ def _finetune_classification(args) -> None:
                                       out_dir=out, settings=settings["classification"],
                                       encoder_config=settings["encoder"], seed=settings["seed"],
                                       device=device, threads=threads, progress=not args.no_progress,
-                                      allow_unfinished=args.allow_unfinished)
+                                      allow_unfinished=args.allow_unfinished,
+                                      fast_path=settings.get("fast_path"))
         log.info("fine-tuned mosmed/%s/%s split %d, %g labels: %d iterations in %.1f s",
                  args.method, args.backbone, args.fold, fraction, summary["iterations"],
                  summary["seconds"])

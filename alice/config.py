@@ -334,6 +334,15 @@ def pretrain_crop(config: dict, encoder: str) -> list:
     return list(crops[encoder])
 
 
+def _fast_path_entry(config: dict) -> dict:
+    """{"fast_path": the switches set} for a training job's settings, {} when every switch is left
+    to the device (`auto`, compile off): a job's settings, and Snakemake's params of it, change
+    only when a switch is set (alice/fastpath.py)."""
+    section = dict(config.get("fast_path") or {})
+    switches = {k: v for k, v in section.items() if v != "auto" and not (k == "compile" and v is False)}
+    return {"fast_path": switches} if switches else {}
+
+
 def finetune_settings(config: dict, backbone: str) -> dict:
     """What `alice finetune` needs: the backbone's section, its encoder, seed, device, threads."""
     section = config.get("finetune", {}).get(backbone)
@@ -342,7 +351,7 @@ def finetune_settings(config: dict, backbone: str) -> dict:
     encoder = encoder_config(config, backbone_encoder(backbone))
     return {"finetune": section, "encoder": encoder, "seed": config["seed"],
             "device": config.get("device", "auto"),
-            "threads": config.get("finetune", {}).get("threads", 1)}
+            "threads": config.get("finetune", {}).get("threads", 1), **_fast_path_entry(config)}
 
 
 def vit_encoder_config(config: dict) -> dict:
@@ -363,7 +372,7 @@ def classification_settings(config: dict, backbone: str) -> dict:
                                         "(known: vit, resnet3d)")
     return {"classification": copy.deepcopy(section), "encoder": encoder_config(config, backbone_encoder(backbone)),
             "seed": config["seed"], "device": config.get("device", "auto"),
-            "threads": section.get("threads", 1)}
+            "threads": section.get("threads", 1), **_fast_path_entry(config)}
 
 
 def plain_method_config(config: dict, method: str) -> dict:
@@ -401,7 +410,7 @@ def pretrain_settings(config: dict, run: str, encoder: str = "vit") -> dict:
                 "method_config": method_config,
                 "checkpoint_every": section.get("checkpoint_every", 1000),
                 "grad_clip": section.get("grad_clip", 3.0), "amp": section.get("amp"),
-                "seed": config["seed"], "device": config.get("device", "auto")}
+                "seed": config["seed"], "device": config.get("device", "auto"), **_fast_path_entry(config)}
     # how matched crops are mined: Alice's pairs, or the views of a run whose `matcher` switch is
     # on (alice.ssl.catalog; method_config holds the run's switches, so the method is asked)
     if info.views == "matched_pair" or needs_matcher(method, method_config):

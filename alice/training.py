@@ -6,6 +6,8 @@ validation, what its checkpoint holds); the rest is here or in alice.runstate:
 - `OptimizerStep`: one optimizer step — the forward pass's autocast, the stop on a non-finite loss
   or loss term (every process agrees under DDP), backward (loss scaling for float16), gradient
   clipping with its norm, the stop on a non-finite gradient, the optimizer and scheduler steps;
+  or `OptimizerStep.deferred` with `PendingSteps`: the same step without reading anything on the
+  host, the loss terms read (and checked) every few steps at once (alice.fastpath `sync_every`);
 - `write_log` / `CsvLog`: a run's log.csv, rewritten atomically from the rows a resume restores, or
   appended row by row with the rows after a resumed step dropped (`truncate_log`);
 - `progress_bar`: the tqdm bar (a no-op when progress is off);
@@ -106,34 +108,60 @@ class OptimizerStep:
             finite = flag > 0
         return bool(finite)
 
-    def __call__(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor] | None = None, *,
-                 describe: Callable[[dict[str, float]], str]) -> tuple[dict[str, float], float | None]:
-        """Backward and step; returns ({"loss": value, <term>: value, ...}, the gradient norm or None)."""
-        named = {"loss": loss, **{k: v for k, v in (terms or {}).items() if k != "loss"}}
-        values = torch.stack([v.detach().float().reshape(()) for v in named.values()])
-        floats = dict(zip(named, values.tolist()))
-        if not self._finite(values):
-            raise NonFiniteLoss(describe(floats))
+    @staticmethod
+    def _named(loss: torch.Tensor, terms: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        return {"loss": loss, **{k: v for k, v in (terms or {}).items() if k != "loss"}}
+
+    def _backward_step(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """zero_grad, backward (scaled for float16), clipping; the gradient norm as a tensor."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        grad_norm = None
-        if self.measure_norm:
-            bound = self.grad_clip if self.grad_clip else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, bound))
+        if not self.measure_norm:
+            return None
+        bound = self.grad_clip if self.grad_clip else float("inf")
+        return torch.nn.utils.clip_grad_norm_(self.params, bound)
+
+    def _update(self) -> None:
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            if grad_norm is not None and not math.isfinite(grad_norm):
-                raise NonFiniteLoss(describe({**floats, "grad_norm": grad_norm}))
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
+
+    def __call__(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor] | None = None, *,
+                 describe: Callable[[dict[str, float]], str]) -> tuple[dict[str, float], float | None]:
+        """Backward and step; returns ({"loss": value, <term>: value, ...}, the gradient norm or None)."""
+        named = self._named(loss, terms)
+        values = torch.stack([v.detach().float().reshape(()) for v in named.values()])
+        floats = dict(zip(named, values.tolist()))
+        if not self._finite(values):
+            raise NonFiniteLoss(describe(floats))
+        norm = self._backward_step(loss)
+        grad_norm = None if norm is None else float(norm)
+        if self.scaler is None and grad_norm is not None and not math.isfinite(grad_norm):
+            raise NonFiniteLoss(describe({**floats, "grad_norm": grad_norm}))
+        self._update()
         return floats, grad_norm
+
+    def deferred(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor] | None = None) -> tuple[list[str], torch.Tensor]:
+        """Backward and step without reading anything on the host: (names, their values on the
+        device), the gradient norm last as `grad_norm` when measured. The finite check is
+        `PendingSteps.flush`'s, after the weights have moved (alice.fastpath `sync_every`)."""
+        named = self._named(loss, terms)
+        parts = [v.detach().float().reshape(1) for v in named.values()]
+        names = list(named)
+        norm = self._backward_step(loss)
+        if norm is not None:
+            parts.append(norm.detach().float().reshape(1).to(parts[0].device))
+            names.append("grad_norm")
+        self._update()
+        return names, torch.cat(parts)
 
     def state_dict(self) -> dict[str, Any]:
         """The loss scaler's state (empty without one); optimizer and scheduler are the caller's."""
@@ -142,6 +170,49 @@ class OptimizerStep:
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(dict(state))
+
+
+class PendingSteps:
+    """Steps whose logged values are still on the device (`OptimizerStep.deferred`): `flush()`
+    reads them all with one transfer, in order, and raises `NonFiniteLoss` for the first step with
+    a non-finite value (`describe(info, values)` gives its message), so a loop reads the host every
+    `sync_every` steps instead of every step. Under DDP every process agrees (a MIN all-reduce)."""
+
+    def __init__(self, distributed: bool = False) -> None:
+        self.distributed = distributed
+        self.items: list[tuple[Any, list[str], torch.Tensor, Callable[[dict[str, float]], str]]] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, info: Any, names: list[str], values: torch.Tensor,
+            describe: Callable[[dict[str, float]], str]) -> None:
+        self.items.append((info, names, values, describe))
+
+    def flush(self) -> list[tuple[Any, dict[str, float]]]:
+        """[(info, {name: value})] of every pending step, oldest first; empties the list."""
+        if not self.items:
+            return []
+        items, self.items = self.items, []
+        table = torch.cat([values for _, _, values, _ in items])
+        finite = torch.isfinite(table).all()
+        if self.distributed:
+            import torch.distributed as dist
+
+            flag = finite.to(torch.float32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag > 0
+        flat = table.tolist()
+        done, at = [], 0
+        for info, names, _, describe in items:
+            row = dict(zip(names, flat[at:at + len(names)]))
+            at += len(names)
+            if not all(math.isfinite(v) for v in row.values()):
+                raise NonFiniteLoss(describe(row))
+            done.append((info, row))
+        if not bool(finite):  # another process saw a non-finite value
+            raise NonFiniteLoss(items[0][3](done[0][1]) + " (non-finite on another process)")
+        return done
 
 
 # ------------------------------------------------------------------------------- learning rate

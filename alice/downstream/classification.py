@@ -66,7 +66,8 @@ from alice.io import (atomic_path, file_sha256, load_torch_dict, read_json, remo
                       write_json)
 from alice.runstate import (Checkpoints, Preempted, StopFlag, init_identity, load_state, rng_state,
                             run_identity, save_state, set_rng_state, set_transform_state, transform_state)
-from alice.training import OptimizerStep, amp_dtype, progress_bar, write_log
+from alice.fastpath import maybe_compile, optimizer_options, resolve_fast_path, set_attention
+from alice.training import OptimizerStep, PendingSteps, amp_dtype, progress_bar, write_log
 from alice.version import code_version
 
 log = logging.getLogger("alice")
@@ -346,11 +347,13 @@ def finetune_classifier(
     checkpoint_minutes: float = 10.0,
     allow_unfinished: bool = False,
     step_callback: Callable[[int], None] | None = None,
+    fast_path: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one classifier; write log.csv, model.pt and train_summary.json in `out_dir`; return the summary.
 
     The running state goes to `out_dir/resume.pt` every `checkpoint_every` iterations (if given),
-    every `checkpoint_minutes` and on a stop signal; a rerun resumes from it (module docstring)."""
+    every `checkpoint_minutes` and on a stop signal; a rerun resumes from it (module docstring).
+    `fast_path`: how a step runs on the device (alice.fastpath; not part of the run identity)."""
     from monai.utils import set_determinism
 
     from alice.downstream.inference import check_threads, resolve_device
@@ -386,13 +389,16 @@ def finetune_classifier(
         net, backbone, init, encoder_config, allow_unfinished=allow_unfinished, run=method)
     net.to(dev)
     net.train()
+    fast = resolve_fast_path(fast_path, dev)
+    set_attention(net, fast.attention)
+    forward = maybe_compile(net, fast)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     transform = train_transform(cfg["augmentation"])
     transform.set_random_state(seed=rs)
     batches = index_batches(len(train_ids), cfg["batch_size"], torch.Generator().manual_seed(rs))
     total = cfg["iterations"]
-    optimizer = build_optimizer(net.parameters(), cfg["optim"])
+    optimizer = build_optimizer(net.parameters(), cfg["optim"], **optimizer_options(fast))
     scheduler = build_scheduler(optimizer, cfg["schedule"], cfg["warmup"], total)
     loss_fn = torch.nn.CrossEntropyLoss()
     optimizer_step = OptimizerStep(optimizer, scheduler, device=dev, dtype=amp_dtype("auto", dev))
@@ -437,6 +443,14 @@ def finetune_classifier(
 
     clock = Checkpoints(checkpoint_every, checkpoint_minutes)
     bar = progress_bar(total, start, f"classify {backbone} split{fold} {label_fraction:g}", "it", progress)
+    pending = PendingSteps()
+
+    def record(done) -> None:
+        """The log rows of iterations whose loss the host has read."""
+        for (at, lr_at), terms in done:
+            rows.append({"iteration": at, "loss": terms["loss"], "lr": lr_at, "val_auc": None, "val_loss": None})
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{lr_at:.2e}", refresh=False)
+
     try:
         with StopFlag() as stop:
             for it in range(start + 1, total + 1):
@@ -445,25 +459,32 @@ def finetune_classifier(
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 lr = optimizer_step.lr
                 with optimizer_step.autocast():
-                    logits = net(x)
-                terms, _ = optimizer_step(loss_fn(logits.float(), y), describe=lambda t, at=it: (
-                    f"{out_dir}: loss is {t['loss']} at iteration {at}; lower classification.optim.lr?"))
-                value = terms["loss"]
+                    logits = forward(x)
+                loss = loss_fn(logits.float(), y)
+                describe = lambda t, at=it: (  # noqa: E731
+                    f"{out_dir}: loss is {t['loss']} at iteration {at}; lower classification.optim.lr?")
+                if fast.sync_every == 1:
+                    terms, _ = optimizer_step(loss, describe=describe)
+                    record([((it, lr), terms)])
+                else:
+                    pending.add((it, lr), *optimizer_step.deferred(loss), describe)
                 train_seconds += time.perf_counter() - t_it
-                row = {"iteration": it, "loss": value, "lr": lr, "val_auc": None, "val_loss": None}
-                rows.append(row)
-                if cfg["selection"] == "best_val" and (it % cfg["val_every"] == 0 or it == total):
+                validating = cfg["selection"] == "best_val" and (it % cfg["val_every"] == 0 or it == total)
+                if validating or it == total or len(pending) >= fast.sync_every:
+                    record(pending.flush())
+                if validating:
+                    row = rows[-1]
                     labels, scores, val_loss = predict(net, volumes, val_ids, dev)
                     row.update(val_auc=auc(labels, scores), val_loss=val_loss)
                     if _better(row["val_auc"], val_loss, best):
                         best, best_iteration = (row["val_auc"], val_loss), it
                         best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                     write_log(out_dir / LOG_FILE, LOG_COLUMNS, rows)
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update(1)
                 if step_callback is not None:
                     step_callback(it)
                 if it < total and (stop.name or clock.due(it)):
+                    record(pending.flush())  # the state holds every row up to this iteration
                     save(it)
                     if stop.name:
                         raise Preempted(it, state_path, stop.name)

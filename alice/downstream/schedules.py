@@ -38,7 +38,8 @@ def positive_int(optim: Mapping[str, Any], key: str, default: Any = None, minimu
     return value
 
 
-def build_optimizer(params, optim: Mapping[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(params, optim: Mapping[str, Any], **options: Any) -> torch.optim.Optimizer:
+    """The `optim` section's optimizer; `options` go to its constructor (alice.fastpath's `fused`)."""
     name = optim.get("optimizer")
     lr = _number(optim, "lr")
     if lr <= 0:
@@ -48,10 +49,10 @@ def build_optimizer(params, optim: Mapping[str, Any]) -> torch.optim.Optimizer:
         betas = optim.get("betas") or [0.9, 0.999]
         if len(betas) != 2:
             raise ConfigError("optim.betas", f"must be 2 numbers, got {betas!r}")
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=(float(betas[0]), float(betas[1])))
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=(float(betas[0]), float(betas[1])), **options)
     if name == "sgd":
         momentum = _number(optim, "momentum", 0.99)
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum, nesterov=momentum > 0)
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum, nesterov=momentum > 0, **options)
     raise ConfigError("optim.optimizer", f"must be adamw or sgd, got {name!r}")
 
 

@@ -75,7 +75,8 @@ from alice.runstate import (Checkpoints, Preempted, StopFlag, init_identity, loa
                             rng_state, run_identity, save_state, set_rng_state, set_transform_state,
                             transform_state)
 from alice.labels import LABEL_NAMES
-from alice.training import AMP_MODES, OptimizerStep, amp_dtype, progress_bar, write_log
+from alice.fastpath import maybe_compile, optimizer_options, resolve_fast_path, set_attention
+from alice.training import AMP_MODES, OptimizerStep, PendingSteps, amp_dtype, progress_bar, write_log
 
 log = logging.getLogger("alice")
 
@@ -221,13 +222,15 @@ def finetune(
     checkpoint_minutes: float = 10.0,
     allow_unfinished: bool = False,
     step_callback: Callable[[int], None] | None = None,
+    fast_path: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune one fold; write log.csv, model.pt and train_summary.json in `out_dir`; return the summary.
 
     With `labeled` and `subset_seed`: a low-label run on that subset, with fold `fold`'s number of
     optimizer steps (module docstring). The running state is written to `out_dir/resume.pt` every
     `checkpoint_every` steps (if given), every `checkpoint_minutes` of training and on a stop
-    signal; `step_callback(step)` is called after each step (tests, hooks)."""
+    signal; `step_callback(step)` is called after each step (tests, hooks). `fast_path`: how a step
+    runs on the device (alice.fastpath; not part of the run identity)."""
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
@@ -269,6 +272,9 @@ def finetune(
     n_loaded = 0 if init == "scratch" else load_encoder_checkpoint(
         net, backbone, init, encoder_config, allow_unfinished=allow_unfinished, run=method)
     net.to(dev, memory_format=memory_format(settings))
+    fast = resolve_fast_path(fast_path, dev)
+    set_attention(net, fast.attention)
+    forward = maybe_compile(net, fast)
 
     name = f"{labeled} labeled, subset {subset_seed}" if subset else f"fold {fold}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +285,7 @@ def finetune(
                           num_workers=cfg["num_workers"])
     spe = batches.steps_per_epoch
     total = cfg["epochs"] * spe
-    optimizer = build_optimizer(net.parameters(), cfg["optim"])
+    optimizer = build_optimizer(net.parameters(), cfg["optim"], **optimizer_options(fast))
     warmup_steps = plan["warmup_steps"] if subset else cfg["warmup_epochs"] * spe
     scheduler = build_scheduler(optimizer, cfg["schedule"], warmup_steps, total)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=cfg["batch_dice"])
@@ -320,6 +326,14 @@ def finetune(
 
     clock = Checkpoints(checkpoint_every, checkpoint_minutes)
     bar = progress_bar(total, step, f"finetune {backbone} {name}", "step", progress)
+    pending = PendingSteps()
+
+    def record(done) -> None:
+        """The log rows of steps whose loss the host has read."""
+        for (ep, at, lr_at), terms in done:
+            rows.append({"epoch": ep, "step": at, "loss": terms["loss"], "lr": lr_at, "val_dice": None})
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{lr_at:.2e}", refresh=False)
+
     try:
         with StopFlag() as stop:
             for epoch in range(first_epoch, cfg["epochs"] + 1):
@@ -342,25 +356,31 @@ def finetune(
                     label = label.to(dev, non_blocking=True)
                     lr = optimizer_step.lr
                     with optimizer_step.autocast():
-                        logits = net(image)
+                        logits = forward(image)
                     loss = deep_supervision_loss(loss_fn, logits, label)
-                    terms, _ = optimizer_step(loss, describe=lambda t, at=step + 1, ep=epoch: (
-                        f"{out_dir}: loss is {t['loss']} at step {at} (epoch {ep}); lower optim.lr?"))
-                    value = terms["loss"]
+                    describe = lambda t, at=step + 1, ep=epoch: (  # noqa: E731
+                        f"{out_dir}: loss is {t['loss']} at step {at} (epoch {ep}); lower optim.lr?")
                     step += 1
                     in_epoch += 1
-                    rows.append({"epoch": epoch, "step": step, "loss": value, "lr": lr, "val_dice": None})
-                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
+                    if fast.sync_every == 1:
+                        terms, _ = optimizer_step(loss, describe=describe)
+                        record([((epoch, step, lr), terms)])
+                    else:
+                        pending.add((epoch, step, lr), *optimizer_step.deferred(loss), describe)
                     bar.update(1)
                     if step_callback is not None:
                         step_callback(step)
-                    if in_epoch < spe and (stop.name or clock.due(step)):
+                    due = in_epoch < spe and (stop.name or clock.due(step))
+                    if due or len(pending) >= fast.sync_every or in_epoch == spe:
+                        record(pending.flush())
+                    if due:
                         train_seconds += time.perf_counter() - t_epoch
                         t_epoch = time.perf_counter()
                         save(epoch, in_epoch, data_rng)
                         write_log(out_dir / LOG_FILE, LOG_COLUMNS, rows)
                         if stop.name:
                             raise Preempted(step, state_path, stop.name)
+                record(pending.flush())
                 train_seconds += time.perf_counter() - t_epoch
                 if val_ids and cfg["val_every"] and (epoch % cfg["val_every"] == 0 or epoch == cfg["epochs"]):
                     score = validate(net, data_dir, val_ids, settings, dev)

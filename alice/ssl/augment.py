@@ -49,9 +49,9 @@ def _flip_samples(out: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """Flip sample i of `out` (B, C, X, Y, Z) along axis a where flips[i, a] (B, 3) is True."""
     b = out.shape[0]
     for axis in range(3):
-        sel = flips[:, axis].to(out.device)
-        if sel.any():
-            out = torch.where(sel.view(b, 1, 1, 1, 1), out.flip(2 + axis), out)
+        sel = flips[:, axis]
+        if sel.any():  # read on the host, where the flips were drawn (no wait for the device)
+            out = torch.where(sel.to(out.device).view(b, 1, 1, 1, 1), out.flip(2 + axis), out)
     return out
 
 

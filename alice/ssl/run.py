@@ -123,7 +123,7 @@ def run_pretraining(run: str, encoder: str, data: str | Path, out: str | Path, s
                                       "window": manifest.get("settings", {}).get("window")},
                        checkpoint_every=settings["checkpoint_every"], grad_clip=settings["grad_clip"],
                        seed=settings["seed"], device=device or settings["device"], amp=settings["amp"],
-                       progress=progress, identity=identity)
+                       progress=progress, identity=identity, fast_path=settings.get("fast_path"))
     log.info("pretrained %s/%s: step %d/%d in %.1f s -> %s", run, encoder, summary["step"],
              summary["iterations"], summary["seconds"], summary["checkpoint"])
     return summary

@@ -28,13 +28,15 @@ Outputs in `out_dir`:
   target + heads), "optimizer", "scheduler", "scaler" (fp16 only), "rng", "world_size"}; all of it
   loads with `torch.load(weights_only=True)`. "step" counts the optimizer steps taken.
 - `log.csv`: one row per step: step (1-based, = steps taken), lr, loss, each term the method
-  returns (in its order), grad_norm (before clipping), seconds (wall time of the step); flushed
-  every step. On resume rows after the checkpoint's step are dropped, so the file equals the one of
+  returns (in its order), grad_norm (before clipping), seconds (wall time of the step: the host's
+  share of it when the loss is read every `fast_path.sync_every` > 1 steps); written as the host
+  reads the values (every step on a CPU, every `sync_every` steps on a GPU). On resume rows after the checkpoint's step are dropped, so the file equals the one of
   an uninterrupted run (apart from "seconds").
 
 Stops:
 - a non-finite loss (or gradient norm): `HarnessError` naming the step, the terms and the last
-  good checkpoint, which is left untouched;
+  good checkpoint, which is left untouched (with `fast_path.sync_every` > 1 the run stops at the
+  next read, and a checkpoint is written only right after a read);
 - SIGUSR1 / SIGTERM / SIGINT: the current step finishes, a checkpoint is written, and `Preempted`
   (exit code 75, EX_TEMPFAIL) is raised; the CLI returns it and a resubmission resumes.
 - a resume whose run identity (method and encoder config, crop, optimizer, clip, seed, the data,
@@ -61,9 +63,10 @@ import torch
 import torch.distributed as dist
 
 from alice.errors import ConfigError, HarnessError, InputError
+from alice.fastpath import FastPath, Prefetcher, optimizer_options, resolve_fast_path, set_attention
 from alice.runstate import EX_TEMPFAIL, NonFiniteLoss, Preempted, StopFlag, check_identity, rng_state, run_identity, set_rng_state
 from alice.ssl.registry import SSLMethod
-from alice.training import CsvLog, OptimizerStep, build_lr_scheduler, device_of, progress_bar, truncate_log
+from alice.training import CsvLog, OptimizerStep, PendingSteps, build_lr_scheduler, device_of, progress_bar, truncate_log
 
 __all__ = ["EX_TEMPFAIL", "NonFiniteLoss", "Preempted", "pretrain", "seed_everything", "step_seed"]
 
@@ -148,22 +151,34 @@ class _Batches:
 
     def __init__(self, factory: LoaderFactory, seed: int, start: int, device: torch.device):
         self.factory, self.seed, self.device = factory, seed, device
+        self.isolate = True
         self.it = self._open(start)
 
+    def _isolated(self):
+        return _isolated_rng(self.device) if self.isolate else contextlib.nullcontext()
+
     def _open(self, step: int) -> Iterator[Any]:
-        with _isolated_rng(self.device):
+        with self._isolated():
             return iter(self.factory(self.seed, step))
 
     def next(self, step: int) -> Any:
         for attempt in range(2):
             try:
-                with _isolated_rng(self.device):
+                with self._isolated():
                     return next(self.it)
             except StopIteration:
                 if attempt:
                     break
                 self.it = self._open(step)
         raise HarnessError(f"loader_factory(seed={self.seed}, start_step={step}) yielded no batch")
+
+    def prefetched(self, start: int, depth: int, pin: bool) -> Prefetcher:
+        """The batches of steps `start`, `start + 1`, ... cut `depth` ahead by a thread. The thread
+        cannot fork the global RNGs (the training step draws from them meanwhile): the factory's
+        batches must come from their own generators, as the data contract asks."""
+        self.isolate = False
+        steps = iter(range(start, 2**62))
+        return Prefetcher(lambda: self.next(next(steps)), depth, pin=pin)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -227,6 +242,7 @@ def pretrain(
     max_steps_this_run: int | None = None,
     step_callback: Callable[[int, Mapping[str, float]], None] | None = None,
     identity: Mapping[str, Any] | None = None,
+    fast_path: Mapping[str, Any] | FastPath | str | None = None,
 ) -> dict[str, Any]:
     """Pretrain `method` for `optim["iterations"]` optimizer steps; resume from `out_dir/resume.pt`.
 
@@ -238,6 +254,10 @@ def pretrain(
     built); with the method, its config, the encoder config, `preprocessing`, `optim`,
     `grad_clip`, `seed`, `amp` and the world size it forms the run identity that a resume must
     match (`alice.runstate.check_identity`).
+    `fast_path`: how the step runs on the device (alice.fastpath; `auto` by default): attention
+    kernel, fused AdamW, the host reading the loss every `sync_every` steps (log rows and the finite
+    check then come in bursts; checkpoints only right after a read), batches cut ahead in a thread,
+    a compiled forward. Not part of the run identity: it changes how, not what, a step computes.
     Returns {"step", "iterations", "finished", "checkpoint", "log", "last_loss", "seconds"}.
     """
     from alice.checkpoint import save_encoder_checkpoint
@@ -269,9 +289,12 @@ def pretrain(
         out_dir.mkdir(parents=True, exist_ok=True)
 
     method.to(dev)
+    fast = resolve_fast_path(fast_path, dev)
+    set_attention(method, fast.attention)
     amp_dtype = _amp_dtype(amp, dev)
     optimizer = torch.optim.AdamW(_param_groups(method, settings["weight_decay"]), lr=settings["lr"],
-                                  betas=tuple(settings["betas"]), weight_decay=settings["weight_decay"])
+                                  betas=tuple(settings["betas"]), weight_decay=settings["weight_decay"],
+                                  **optimizer_options(fast))
     scheduler = build_lr_scheduler(optimizer, settings["schedule"], settings["warmup_iterations"], total,
                                    settings["min_lr_ratio"])
     params = [p for p in method.parameters() if p.requires_grad]
@@ -305,6 +328,8 @@ def pretrain(
 
         model = DDP(method, device_ids=[dev.index] if dev.type == "cuda" else None,
                     find_unused_parameters=bool(getattr(method, "find_unused_parameters", False)))
+    if fast.compile:
+        model = torch.compile(model)
 
     def save(step: int) -> None:
         if not is_main:
@@ -335,44 +360,68 @@ def pretrain(
     last: dict[str, float] = {}
     stop_after = total if max_steps_this_run is None else min(total, start + int(max_steps_this_run))
     bar = None
+    source: Prefetcher | None = None
     try:
         if start >= total:
             log.info("%s already finished (%d steps) in %s", method_name, start, out_dir)
             return {"step": start, "iterations": total, "finished": True, "checkpoint": str(ckpt_path),
                     "log": str(log_path), "last_loss": None, "seconds": 0.0}
         batches = _Batches(loader_factory, seed + rank, start, dev)
+        if fast.prefetch:
+            source = batches.prefetched(start, fast.prefetch, pin=dev.type == "cuda")
+            next_batch = lambda _step: source.next()  # noqa: E731
+        else:
+            next_batch = batches.next
         bar = progress_bar(total, start, f"pretrain {method_name}", "step", progress and is_main)
+        pending = PendingSteps(distributed)
+
+        def emit(done: list[tuple[tuple[int, float, float], dict[str, float]]]) -> None:
+            """Write the log rows of steps whose values the host has read."""
+            nonlocal last
+            for (at, lr_at, secs), values in done:
+                values = dict(values)
+                grad_norm = values.pop("grad_norm", None)
+                if distributed:  # the log holds the mean over the processes
+                    mean = torch.tensor(list(values.values()), device=dev)
+                    dist.all_reduce(mean, op=dist.ReduceOp.SUM)
+                    values = dict(zip(values, (mean / world_size).tolist()))
+                row = {"step": at, "lr": lr_at, "loss": values.pop("loss"), **values,
+                       "grad_norm": grad_norm, "seconds": secs}
+                csv_log.write(row)
+                last = row
+                bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr_at:.3g}")
+                if step_callback is not None:
+                    step_callback(at, row)
+
         method.train()
         with StopFlag() as stop:
             while step < stop_after:
                 t0 = time.perf_counter()
-                batch = _to_device(batches.next(step), dev)
+                batch = _to_device(next_batch(step), dev)
                 _seed_step(seed, rank, step)
                 lr = optimizer_step.lr
                 with optimizer_step.autocast():
                     out = model(batch)
                 if not isinstance(out, Mapping) or "loss" not in out:
                     raise HarnessError(f"SSL method '{method_name}' forward must return a dict with 'loss'")
-                terms, grad_norm = optimizer_step(
-                    out["loss"], out, describe=lambda t, at=step + 1: _nonfinite(at, t, resume_path))
-                method.after_step(step, total)
-                step += 1
-
-                if distributed:  # the log holds the mean over the processes
-                    values = torch.tensor(list(terms.values()), device=dev)
-                    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-                    terms = dict(zip(terms, (values / world_size).tolist()))
-                row = {"step": step, "lr": lr, "loss": terms.pop("loss"), **terms,
-                       "grad_norm": grad_norm, "seconds": round(time.perf_counter() - t0, 4)}
-                csv_log.write(row)
-                last = row
+                describe = lambda t, at=step + 1: _nonfinite(at, t, resume_path)  # noqa: E731
+                if fast.sync_every == 1:  # read now: a non-finite loss stops before the weights move
+                    terms, grad_norm = optimizer_step(out["loss"], out, describe=describe)
+                    method.after_step(step, total)
+                    step += 1
+                    emit([((step, lr, round(time.perf_counter() - t0, 4)), {**terms, "grad_norm": grad_norm})])
+                else:
+                    names, values = optimizer_step.deferred(out["loss"], out)
+                    method.after_step(step, total)
+                    step += 1
+                    pending.add((step, lr, round(time.perf_counter() - t0, 4)), names, values, describe)
                 bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.3g}")
-                if step_callback is not None:
-                    step_callback(step, row)
 
                 stop_name = _agree_stop(stop.name, distributed, dev)
-                if step % checkpoint_every == 0 or step == stop_after or stop_name:
+                due = step % checkpoint_every == 0 or step == stop_after or stop_name
+                if due or len(pending) >= fast.sync_every:
+                    emit(pending.flush())  # before a checkpoint: only finite weights are saved
+                if due:
                     save(step)
                     if distributed:
                         dist.barrier()
@@ -380,6 +429,8 @@ def pretrain(
                     log.warning("preempted by %s after step %d; checkpoint %s", stop_name, step, resume_path)
                     raise Preempted(step, resume_path, stop_name)
     finally:
+        if source is not None:
+            source.close()
         csv_log.close()
         if bar is not None:
             bar.close()

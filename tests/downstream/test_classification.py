@@ -362,3 +362,21 @@ def test_interrupted_classifier_resumes_exactly(tiny_mosmed, tmp_path, cls_setti
     wb = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
+
+
+def test_loss_read_every_few_iterations_trains_the_same_classifier(tiny_mosmed, tmp_path, cls_settings, cls_encoder):
+    """alice.fastpath `sync_every` (3, across the validations every 2nd iteration): same weights, same log."""
+    cls_settings["optim"]["iterations"] = 7
+
+    def run(out, **kwargs):
+        return finetune_classifier(backbone="vit", method="rand_init", init="scratch", fold=0, label_fraction=1.0,
+                                   data_dir=tiny_mosmed, out_dir=out, settings=cls_settings,
+                                   encoder_config=cls_encoder, seed=0, progress=False, **kwargs)
+
+    a, b = run(tmp_path / "a"), run(tmp_path / "b", fast_path={"sync_every": 3})
+    assert a["selected_iteration"] == b["selected_iteration"]
+    wa = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
+

@@ -77,6 +77,18 @@ def test_sigterm_checkpoints_and_the_rerun_equals_an_uninterrupted_run(tiny_data
     _assert_same_run(reference, tmp_path)
 
 
+def test_loss_read_every_few_steps_gives_the_same_run_and_resumes_exactly(tiny_data, tmp_path, dx, reference):
+    """alice.fastpath `sync_every`: the rows come in bursts, the run and a stop between reads do not change."""
+    fast = {"sync_every": 5}
+    _run(tiny_data, tmp_path / "fast", dx, fast_path=fast)
+    _assert_same_run(reference, tmp_path / "fast")
+    with pytest.raises(Preempted):
+        _run(tiny_data, tmp_path / "stopped", dx, fast_path=fast, step_callback=_stop_at(SIGTERM_STEPS[0]))
+    assert len((tmp_path / "stopped" / "log.csv").read_text().splitlines()) == 1 + SIGTERM_STEPS[0]
+    _run(tiny_data, tmp_path / "stopped", dx, fast_path=fast)
+    _assert_same_run(reference, tmp_path / "stopped")
+
+
 KILLED = """
 import json, os, signal, sys
 from alice.downstream.segmentation import finetune

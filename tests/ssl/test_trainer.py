@@ -214,3 +214,26 @@ def test_outputs_honour_the_umask_also_after_a_resume(tmp_path, run):
         os.umask(old)
     for name in ("checkpoint.pt", "log.csv"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o664, name
+
+
+# ------------------------------------------------------------------ the fast path (alice.fastpath)
+def test_deferred_reads_and_prefetched_batches_train_the_same_run(tmp_path, run):
+    plain, _ = run(tmp_path / "plain")
+    fast, summary = run(tmp_path / "fast", checkpoint_every=6, fast_path={"sync_every": 4, "prefetch": 2})
+    assert summary["finished"]
+    _assert_same_state(plain.state_dict(), fast.state_dict(), "method")
+    assert _without_seconds(_rows(tmp_path / "plain" / "log.csv")) == _without_seconds(_rows(tmp_path / "fast" / "log.csv"))
+
+
+def test_deferred_reads_stop_at_the_next_read_and_keep_the_finite_checkpoint(tmp_path, run, make_method):
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at step 3"):
+        run(tmp_path, method=make_method(nan_at_call=3), fast_path={"sync_every": 4})
+    assert torch.load(tmp_path / "resume.pt", weights_only=True)["step"] == 2  # written after the read at step 2
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_compile_switch_routes_the_forward_through_torch_compile(tmp_path, run, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    method, summary = run(tmp_path, fast_path={"compile": True})
+    assert summary["finished"] and compiled == [method]
