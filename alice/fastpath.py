@@ -158,6 +158,16 @@ def maybe_compile(module: torch.nn.Module, fast: FastPath) -> Callable:
     return torch.compile(module) if fast.compile else module
 
 
+def from_host(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Numbers drawn on the host (augmentation parameters, masking noise: drawn there so a run
+    draws the same ones on any device) moved to `device` without waiting for it: a copy from
+    pageable memory makes the host wait for every queued kernel, one from pinned memory is queued
+    like a kernel. On a CPU it is `t.to(device, dtype)`."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t.to(device=device, dtype=dtype)
+
+
 # ---------------------------------------------------------------------------------- prefetch
 class Prefetcher:
     """`next()` hands out `produce()`'s results in order while a daemon thread makes the next

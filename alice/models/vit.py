@@ -19,6 +19,8 @@ import torch
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from torch import nn
 
+from alice.fastpath import from_host
+
 
 def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:
     if isinstance(v, int):
@@ -42,7 +44,7 @@ def random_masking(
     n_keep = int(n * (1.0 - mask_ratio))
     n_keep = max(n_keep, 1)
     noise = torch.rand(batch, n, generator=generator, device=generator.device if generator is not None else "cpu")
-    noise = noise.to(device)
+    noise = from_host(noise, device)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     ids_keep = ids_shuffle[:, :n_keep]

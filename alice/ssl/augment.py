@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from alice.fastpath import from_host
+
 
 @dataclass(frozen=True)
 class StrongAugmentConfig:
@@ -51,7 +53,7 @@ def _flip_samples(out: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     for axis in range(3):
         sel = flips[:, axis]
         if sel.any():  # read on the host, where the flips were drawn (no wait for the device)
-            out = torch.where(sel.to(out.device).view(b, 1, 1, 1, 1), out.flip(2 + axis), out)
+            out = torch.where(from_host(sel, out.device).view(b, 1, 1, 1, 1), out.flip(2 + axis), out)
     return out
 
 
@@ -60,7 +62,7 @@ def _gain_bias(out: torch.Tensor, scale: float, shift: float, generator) -> torc
     b = out.shape[0]
     gain = _uniform((b, 1, 1, 1, 1), 1 - scale, 1 + scale, generator)
     bias = _uniform((b, 1, 1, 1, 1), -shift, shift, generator)
-    return out * gain.to(out) + bias.to(out)
+    return out * from_host(gain, out.device, out.dtype) + from_host(bias, out.device, out.dtype)
 
 
 def _resample_boxes(x: torch.Tensor, frac: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
@@ -70,7 +72,7 @@ def _resample_boxes(x: torch.Tensor, frac: torch.Tensor, centre: torch.Tensor) -
     for row, axis in enumerate((2, 1, 0)):  # affine_grid's coordinate order is (Z, Y, X)
         theta[:, row, row] = frac[:, axis]
         theta[:, row, 3] = centre[:, axis]
-    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(from_host(theta, x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -100,7 +102,7 @@ def strong_augment(
     d, d_inv = torch.diag(half), torch.diag(1.0 / half)
     # output normalised coord -> voxel -> rotate/scale (sampling matrix = inverse transform) -> normalised
     a = d_inv @ (_rotation_matrices(angles) / scale) @ d
-    theta = torch.cat([a, torch.zeros(b, 3, 1)], dim=2).to(device=x.device, dtype=x.dtype)
+    theta = from_host(torch.cat([a, torch.zeros(b, 3, 1)], dim=2), x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     # --- flips
@@ -312,7 +314,7 @@ def random_cutout(x: torch.Tensor, generator: torch.Generator | None, config: Cu
         f = float(torch.rand((), generator=generator)) * config.max_fraction
         for box in _cutout_boxes(size, f, config, generator):
             shape = (c, *(sl.stop - sl.start for sl in box))
-            out[(i, slice(None), *box)] = torch.rand(shape, generator=generator).to(out)
+            out[(i, slice(None), *box)] = from_host(torch.rand(shape, generator=generator), out.device, out.dtype)
             cut[(i, slice(None), *box)] = True
         if config.swap and b > 1:
             j = (i + int(torch.randint(1, b, (), generator=generator))) % b
@@ -394,7 +396,7 @@ def intensity_augment(x: torch.Tensor, generator: torch.Generator | None,
     for v in x.float():
         if draw(config.noise_prob):
             std = float(_uniform((), *config.noise_std, generator))
-            v = v + torch.randn(v.shape, generator=generator).to(v) * std
+            v = v + from_host(torch.randn(v.shape, generator=generator), v.device, v.dtype) * std
         if draw(config.blur_prob):
             v = _gaussian_blur(v, float(_uniform((), *config.blur_sigma, generator)))
         if draw(config.brightness_prob):

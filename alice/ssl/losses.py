@@ -116,5 +116,5 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     logits = z @ z.t() / temperature
     self_pairs = torch.eye(2 * b, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_pairs, float("-inf"))
-    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    targets = torch.cat([torch.arange(b, 2 * b, device=z.device), torch.arange(0, b, device=z.device)])
     return F.cross_entropy(logits, targets)

@@ -29,6 +29,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+from alice.fastpath import from_host
 from torch import nn
 
 from alice.models.hierarchical import map_to_tokens, unit_mask_to_map
@@ -106,4 +108,4 @@ def sample_unit_masks(batch: int, n: int, ratio: float | Sequence[float], probab
     r = torch.rand(batch, generator=generator) * (hi - lo) + lo
     count = torch.clamp(torch.round(r * n), 1, n - 1).long() * masked.long()
     ranks = torch.argsort(torch.argsort(torch.rand(batch, n, generator=generator), dim=1), dim=1)
-    return (ranks < count.unsqueeze(1)).to(device)
+    return from_host(ranks < count.unsqueeze(1), torch.device(device))
