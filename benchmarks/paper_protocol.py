@@ -1,7 +1,7 @@
 """The paper protocol on a cluster: jobs per table, an estimate of its GPU-hours, and the disk and
 RAM of every stage.
 
-    python benchmarks/paper_protocol.py [--config config/paper.yaml] [--markdown]
+    python benchmarks/paper_protocol.py [--config config/paper.yaml] [--markdown] [--step-times gpu.jsonl]
 
 Runs Snakemake's dry run of the full protocol with the SLURM profile, once per table target
 (`results/tableN.tex`) and once for all of them with the default target:
@@ -18,14 +18,27 @@ size (phantom.counts.flare22.unlabeled in paper.yaml mirrors the real pool: 2,00
 
 GPU-hours per job = optimizer steps x step time x GPUs, from the paper's iterations and epochs in
 the config. Step times (one H200, bf16, batch 8; docs/facts.md "Measured step times"):
-  measured: Alice ViT-B pretraining step 30.7 ms, UNETR 83 ms, Swin UNETR 273 ms;
-  estimated (nnFormer, the classifiers, the Swin / nnFormer pretraining, the anatomical matcher,
-  inference): forward FLOPs of the harness's own networks at the paper's sizes, counted by
-  torch's FlopCounterMode on meta tensors (no compute), x 3 for a training step (forward +
-  backward), divided by the throughput those measurements imply for the same kind of network
-  (UNETR's for CNNs, Swin UNETR's for Swin and nnFormer, Alice ViT's for the ViT classifier).
+  measured, plain PyTorch (not the harness's loop): an Alice-shaped ViT-B pretraining step
+  30.7 ms, MONAI UNETR 83 ms, MONAI Swin UNETR 273 ms;
+  estimated (nnFormer, the CNN backbones, the classifiers, the Swin / nnFormer / CNN pretraining,
+  the anatomical matcher, inference): forward FLOPs of the harness's own networks at the paper's
+  sizes, counted by torch's FlopCounterMode on meta tensors (no compute), x 3 for a training step
+  (forward + backward; pretraining: x 8, two views forward + backward and two through a momentum
+  encoder), divided by the throughput those measurements imply for the same kind of network
+  (UNETR's for CNNs, Swin UNETR's for Swin and nnFormer, Alice ViT's for the ViT classifier);
+  nnU-Net (nnunetv2's own trainer: 1000 epochs x 250 iterations unless finetune.nnunet says
+  otherwise) at the step of its network kind, the nsunet3d backbone's.
+`--step-times FILE` (the JSON lines of benchmarks/gpu_pretrain.py): each harness row at the
+config's crop and batch replaces the constant or estimate of its step, the harness's own step
+with its data path (pretraining per method and encoder: `pretrain <method>/<encoder>`; a run id
+with ablation switches takes its method's; fine-tuning per backbone; the config's own fast path
+preferred when a step has several rows); rows at other sizes (a --tiny run) are left out, named.
+The output says which step times were measured and which estimated.
 Inference (validation passes, `evaluate`, `btcv_online`, embeddings) runs sliding windows over an
-assumed abdominal CT of 400 x 400 x 300 mm. Data loading, start-up and queueing are not counted.
+assumed abdominal CT of 400 x 400 x 300 mm. Data loading, start-up and queueing are not counted
+(a measured harness step counts its data path). A per-method table splits the hours of all tables
++ the default target by method and encoder: its pretraining runs, and the downstream jobs that
+start from them (fine-tuning, scoring, the MosMed classifiers, the low-label runs, BTCV online).
 
 Disk and RAM (`storage`), for the jobs of the last dry run (all tables + the default target), on
 the same assumed CT (source voxels 0.78 x 0.78 x 2.5 mm): every data cache (cases x voxels at the
@@ -33,17 +46,20 @@ dataset's spacing x its cache dtype, plus uint8 labels), the anatomy stage's own
 (`anatomy.data`), the matcher's model and embeddings (`alice.anatomy.learned.embedding_bytes`,
 float16; the per-volume figure is checked against the 200 MB budget), each pretraining run's
 checkpoint.pt (the encoder) and resume.pt (every weight and buffer plus AdamW's two moments), and
-each fine-tuning job's model files. RAM per job counts the arrays the job itself holds: one case
-being prepared (source and resampled image and label as float32), a batch of memory-mapped volumes
-copied to float32, the matcher's coarse maps, the whole-volume forward of the embedding network
-(every layer's float32 output: an upper bound). Page cache of the memory-mapped caches is not
-counted (shared between jobs, reclaimable).
+each fine-tuning job's model files (a pretraining run's sizes from its method built on the meta
+device: the methods of one encoder differ in their heads and queues, so a row gives their range).
+RAM per job counts the arrays the job itself holds: one case being prepared (source and resampled
+image and label as float32), a batch of memory-mapped volumes copied to float32, the matcher's
+coarse maps, the whole-volume forward of the embedding network (every layer's float32 output: an
+upper bound). Page cache of the memory-mapped caches is not counted (shared between jobs,
+reclaimable).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import math
 import os
 import re
@@ -51,6 +67,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -115,15 +132,20 @@ def windows(shape_vox, roi, overlap: float) -> int:
 
 
 class CostModel:
-    """Step times (ms) and GPU-hours per job of the paper config."""
+    """Step times (ms) and GPU-hours per job of the paper config; `measured` (read_step_times)
+    replaces the estimates of the steps it has."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, measured: Mapping[str, Any] | None = None):
         from alice.anatomy.model import AnatomyNet, AnatomyNetConfig
         from alice.downstream.networks import (build_classification_network, build_segmentation_network,
                                                encoder_of)
 
         self.c = config
         ft = config["finetune"]
+        # how each step time was obtained: key of step_ms (or "pretrain <method>/<encoder>") -> text
+        self.source: dict[str, str] = {"unetr": "measured, plain MONAI step",
+                                       "swin_unetr": "measured, plain MONAI step",
+                                       "pretrain_vit": "measured, plain PyTorch Alice-shaped step"}
         seg = {b: build_segmentation_network(b, 14, ft[b], cfg.encoder_config(config, cfg.backbone_encoder(b)))
                for b in ("unetr", "swin_unetr", "nnformer")}
         self.params = {b: n_params(net) for b, net in seg.items()}  # storage(): model files
@@ -135,6 +157,7 @@ class CostModel:
                        "resnet3d": t_unetr, "anatomy": t_unetr, "vit": ALICE_VIT_TFLOPS}
         self.step_ms = {"unetr": UNETR_STEP_MS, "swin_unetr": SWIN_UNETR_STEP_MS,
                         "nnformer": BATCH * 3 * self.fwd["nnformer"] / t_swin}
+        self.source["nnformer"] = "estimated, FLOPs at Swin UNETR's throughput"
         self.notes = [f"nnFormer step {self.step_ms['nnformer']:.0f} ms = Swin UNETR's {SWIN_UNETR_STEP_MS:.0f} ms x "
                       f"FLOP ratio {self.fwd['nnformer']:.0f}/{self.fwd['swin_unetr']:.0f} GFLOP "
                       f"({ft['nnformer']['crop']} vs {ft['swin_unetr']['crop']}); at UNETR's throughput it "
@@ -149,6 +172,7 @@ class CostModel:
             self.params[f"cls_{b}"] = n_params(net)
             self.fwd[f"cls_{b}"] = forward_gflops(net, size)
             self.step_ms[f"cls_{b}"] = BATCH * 3 * self.fwd[f"cls_{b}"] / self.tflops[b]
+            self.source[f"cls_{b}"] = f"estimated, FLOPs at {'Alice ViT' if b == 'vit' else 'UNETR'}'s throughput"
         # pretraining of the hierarchical encoders (SimMIM: every voxel enters the online encoder):
         # 2 views forward + backward and 2 intact views through the EMA target = 8 encoder forwards
         pre = config["pretrain"]
@@ -158,8 +182,10 @@ class CostModel:
             net = build_segmentation_network(bb, 14, {**ft[bb], "crop": crop}, cfg.encoder_config(config, enc))
             e = forward_gflops(encoder_of(net, bb), crop)
             self.step_ms[f"pretrain_{enc}"] = pre["optim"]["batch_size"] * 8 * e / self.tflops[bb]
+            self.source[f"pretrain_{enc}"] = "estimated, 8 encoder forwards at Swin UNETR's throughput"
         self.notes.append(f"Swin / nnFormer pretraining step = batch x 8 encoder forwards at {pre['crop']['swin']} "
                           f"/ Swin UNETR's throughput ({t_swin:.0f} TFLOP/s)")
+        self._convolutional(config, t_unetr)
         # learned anatomical matcher: two views per sample
         anat = config["anatomy"]["train"]
         net = AnatomyNet(AnatomyNetConfig.from_dict(anat["model"]))
@@ -167,7 +193,77 @@ class CostModel:
         self.anatomy_activations = inference_activation_bytes(net, self.case_voxels_at(config["anatomy"]["data"]["spacing"]))
         self.fwd["anatomy"] = forward_gflops(net, anat["pairs"]["crop"])
         self.step_ms["anatomy"] = anat["batch_size"] * 2 * 3 * self.fwd["anatomy"] / t_unetr
+        self.source["anatomy"] = "estimated, FLOPs at UNETR's throughput"
         self.anatomy_crop = anat["pairs"]["crop"]
+        self.pretrain_measured: dict[tuple[str, str], tuple[float, str]] = {}  # (ms, device)
+        if measured:
+            self._measured(measured)
+
+    def _convolutional(self, config: dict, t_unetr: float) -> None:
+        """The CNN family (Table 2): pretraining of every CNN encoder the config pretrains (batch x
+        8 forwards of the network the methods pretrain, as for Swin / nnFormer: two views forward +
+        backward and two through a momentum encoder) and fine-tuning of every CNN backbone the
+        config reproduces (batch x 3 forwards), all at UNETR's throughput (a convolutional
+        network's); nnU-Net (nnunetv2's own trainer) at the step of its network kind, nsunet3d."""
+        from alice.downstream.networks import BACKBONES, build_segmentation_network
+        from alice.models.cnn import build_cnn
+        from alice.models.configs import CNN_ENCODERS
+
+        pre, ft = config["pretrain"], config["finetune"]
+        for enc in CNN_ENCODERS:
+            if enc in pre["crop"] and enc in pre["encoders"]:
+                e = forward_gflops(build_cnn(cfg.encoder_config(config, enc)), pre["crop"][enc])
+                self.fwd[f"pretrain_{enc}"] = e
+                self.step_ms[f"pretrain_{enc}"] = pre["optim"]["batch_size"] * 8 * e / t_unetr
+                self.source[f"pretrain_{enc}"] = "estimated, 8 network forwards at UNETR's throughput"
+        backbones = list(config["reproduce"]["backbones"])
+        if "nnunet" in backbones:
+            backbones.append("nsunet3d")  # nnU-Net's network kind: its step stands for nnU-Net's
+        for b in backbones:
+            spec = BACKBONES.get(b)
+            if b in self.step_ms or spec is None or spec.task != "segmentation" or not spec.build_by_harness:
+                continue
+            net = build_segmentation_network(b, 14, ft[b], cfg.encoder_config(config, spec.encoder))
+            self.params[b] = n_params(net)
+            self.fwd[b] = forward_gflops(net, ft[b]["crop"])
+            self.tflops[b] = t_unetr
+            self.step_ms[b] = ft[b]["optim"]["batch_size"] * 3 * self.fwd[b] / t_unetr
+            self.source[b] = "estimated, FLOPs at UNETR's throughput"
+        if "nnunet" in config["reproduce"]["backbones"] and "nsunet3d" in self.step_ms:
+            self.fwd["nnunet"], self.tflops["nnunet"] = self.fwd["nsunet3d"], t_unetr
+            self.step_ms["nnunet"] = self.step_ms["nsunet3d"]
+            self.source["nnunet"] = "estimated, nsunet3d's step (nnU-Net's U-Net at finetune.nsunet3d's crop and batch)"
+
+    def _measured(self, measured: Mapping[str, Any]) -> None:
+        """Harness step times of gpu_pretrain.py rows in place of the estimates."""
+        for (method, encoder), row in measured["pretrain"].items():
+            self.pretrain_measured[(method, encoder)] = (row["harness_ms"], row["device"])
+        for backbone, row in measured["finetune"].items():
+            self.step_ms[backbone] = row["harness_ms"]
+            self.source[backbone] = f"measured, harness step ({row['device']})"
+
+    def online_models(self, method: str) -> tuple[str, int]:
+        """(backbone, number of models) behind `method`'s BTCV submission: its Table 3 offline
+        cell's models (alice.tables.online), .../{run}/{backbone}/fold{k}/model.pt."""
+        from alice.tables.online import online_models
+
+        paths = online_models(self.c, method)
+        return Path(paths[0]).parts[-3], len(paths)
+
+    def pretrain_ms(self, run: str, encoder: str) -> float:
+        """One pretraining step of run `run` (a method or a variant run id: its method's step)."""
+        measured = self.pretrain_measured.get((run.split("__")[0], encoder))
+        return measured[0] if measured is not None else self.step_ms[f"pretrain_{encoder}"]
+
+    def step_sources(self) -> tuple[list[str], list[str]]:
+        """(measured, estimated) step times, as "name ms (how)" lines."""
+        measured = [f"pretrain {m}/{e} {ms:.0f} ms (measured, harness step ({device}))"
+                    for (m, e), (ms, device) in sorted(self.pretrain_measured.items())]
+        estimated = []
+        for key, ms in self.step_ms.items():
+            how = self.source.get(key, "estimated")
+            (measured if how.startswith("measured") else estimated).append(f"{key} {ms:.0f} ms ({how})")
+        return measured, estimated
 
     # -- inference
     @staticmethod
@@ -195,7 +291,7 @@ class CostModel:
         if rule == "pretrain":
             steps = c["pretrain"]["optim"]["iterations"]
             gpus = max(1, int(c["pretrain"].get("gpus") or 0))
-            return steps * self.step_ms[f"pretrain_{wc['encoder']}"] * gpus / 3.6e6
+            return steps * self.pretrain_ms(wc["method"], wc["encoder"]) * gpus / 3.6e6
         if rule == "finetune":
             s = c["finetune"][wc["backbone"]]
             n_train, n_val = self.labeled_train(wc["dataset"])
@@ -204,13 +300,26 @@ class CostModel:
             validations = o["epochs"] // s["val_every"]
             ms = steps * self.step_ms[wc["backbone"]] + validations * n_val * self.predict_ms(wc["dataset"], wc["backbone"])
             return ms / 3.6e6
+        if rule == "finetune_low_label":  # fold `steps_of_fold`'s optimizer steps, then the offline test set
+            s = c["finetune"][wc["backbone"]]
+            o = s["optim"]
+            n_train = self.labeled_train("flare22")[0]
+            steps = o["epochs"] * math.ceil(n_train * s["samples_per_volume"] / o["batch_size"])
+            n_test = len(c["datasets"]["flare22"]["offline_test"])
+            return (steps * self.step_ms[wc["backbone"]] + n_test * self.predict_ms("flare22", wc["backbone"])) / 3.6e6
+        if rule == "nnunet":  # nnU-Net's default trainer: 1000 epochs x 250 iterations, then the offline test
+            own = c["finetune"]["nnunet"]
+            steps = (own.get("epochs") or 1000) * (own.get("iterations_per_epoch") or 250)
+            n = (len(c["datasets"]["flare22"]["offline_test"]) if wc["dataset"] == "flare22"
+                 else self.labeled_train(wc["dataset"])[1])
+            return (steps * self.step_ms["nnunet"] + n * self.predict_ms(wc["dataset"], "nsunet3d")) / 3.6e6
         if rule == "evaluate":
             n = (len(c["datasets"]["flare22"]["offline_test"]) if wc["dataset"] == "flare22"
                  else self.labeled_train(wc["dataset"])[1])
             return n * self.predict_ms(wc["dataset"], wc["backbone"]) / 3.6e6
         if rule == "btcv_online":
-            models = 5 if c["online_test"]["models"] == "all_folds" else 1
-            return c["phantom"]["counts"]["btcv"]["test"] * models * self.predict_ms("btcv", "nnformer") / 3.6e6
+            backbone, models = self.online_models(wc["method"])
+            return c["phantom"]["counts"]["btcv"]["test"] * models * self.predict_ms("btcv", backbone) / 3.6e6
         if rule == "finetune_classifier":
             trainings = len(c["datasets"]["mosmed"]["label_fractions"])
             return trainings * c["classification"]["optim"]["iterations"] * self.step_ms[f"cls_{wc['backbone']}"] / 3.6e6
@@ -222,10 +331,43 @@ class CostModel:
         return 0.0  # CPU jobs: data stage, tables, figures
 
 
+def read_step_times(path: str | Path, config: dict) -> tuple[dict[str, dict], list[str]]:
+    """The harness rows of benchmarks/gpu_pretrain.py's JSON lines that fit `config` (the crop and
+    batch it pretrains, resp. fine-tunes, with): ({"pretrain": {(method, encoder): row}, "finetune":
+    {backbone: row}}, one line per row left out and why). Of several rows of one step the config's
+    own fast path wins (variant "on", or "compile" when the config compiles), then the last."""
+    wanted = "compile" if (config.get("fast_path") or {}).get("compile") is True else "on"
+    found: dict[str, dict] = {"pretrain": {}, "finetune": {}}
+    skipped = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        kind = row.get("kind")
+        if kind == "pretrain":
+            key, name = (row["method"], row["encoder"]), f"pretrain {row['method']}/{row['encoder']}"
+            crop = config["pretrain"]["crop"].get(row["encoder"])
+            batch = config["pretrain"]["optim"]["batch_size"]
+        elif kind == "finetune":
+            key, name = row["backbone"], row["backbone"]
+            section = config["finetune"].get(row["backbone"]) or {}
+            crop, batch = section.get("crop"), (section.get("optim") or {}).get("batch_size")
+        else:
+            continue
+        if list(row["crop"]) != list(crop or []) or row["batch"] != batch:
+            skipped.append(f"line {n} ({name}): crop {row['crop']} batch {row['batch']}, the config's "
+                           f"{crop} batch {batch}")
+            continue
+        held = found[kind].get(key)
+        if held is None or row["fast_path"].get("variant") == wanted or held["fast_path"].get("variant") != wanted:
+            found[kind][key] = row
+    return found, skipped
+
+
 # GPU rules by what they cost (the rest run on CPUs: data stage, tables, figures)
 GROUP = {"pretrain": "pretraining", "finetune": "downstream", "evaluate": "downstream",
-         "finetune_classifier": "downstream", "btcv_online": "downstream",
-         "anatomy_train": "matcher", "anatomy_embed": "matcher"}
+         "finetune_classifier": "downstream", "btcv_online": "downstream", "finetune_low_label": "downstream",
+         "nnunet": "downstream", "anatomy_train": "matcher", "anatomy_embed": "matcher"}
 JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 
 
@@ -247,6 +389,44 @@ def dry_run(targets: list[str], configfile: str) -> list[tuple[str, dict]]:
         elif jobs and line.strip().startswith("wildcards:"):
             jobs[-1][1].update(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
     return jobs
+
+
+def method_hours(model: CostModel, jobs: list[tuple[str, dict]]) -> list[list[str]]:
+    """Rows (method, encoder, pretraining runs, GPU-h pretraining, downstream jobs, GPU-h
+    downstream, GPU-h total) of a dry run's GPU jobs: a pretraining run under its method and
+    encoder, a downstream job under the method it starts from and its backbone's encoder; the
+    matcher (training and embeddings), which mines the crops of the runs that need it, in a row of
+    its own, as pretraining."""
+    from alice.downstream.networks import encoder_name_of
+
+    pre, down = Counter(), Counter()
+    runs, n_down = Counter(), Counter()
+    for rule, wc in jobs:
+        group = GROUP.get(rule)
+        if group is None:
+            continue
+        hours = model.gpu_hours(rule, wc)
+        if group == "matcher":
+            key = ("(matcher)", "-")
+        elif rule == "nnunet":
+            key = ("nnunet", "-")
+        elif group == "pretraining":
+            key = (wc["method"].split("__")[0], wc["encoder"])
+        else:
+            backbone = wc["backbone"] if "backbone" in wc else model.online_models(wc["method"])[0]
+            key = (wc["method"].split("__")[0], encoder_name_of(backbone) or "-")
+        if group in ("pretraining", "matcher"):
+            pre[key] += hours
+            runs[key] += group == "pretraining"
+        else:
+            down[key] += hours
+            n_down[key] += 1
+    keys = sorted(set(pre) | set(down), key=lambda k: (k[0].startswith("("), k))
+    rows = [[m, e, str(runs[(m, e)]), f"{pre[(m, e)]:,.1f}", str(n_down[(m, e)]), f"{down[(m, e)]:,.1f}",
+             f"{pre[(m, e)] + down[(m, e)]:,.1f}"] for m, e in keys]
+    rows.append(["total", "", str(sum(runs.values())), f"{sum(pre.values()):,.0f}", str(sum(n_down.values())),
+                 f"{sum(down.values()):,.0f}", f"{sum(pre.values()) + sum(down.values()):,.0f}"])
+    return rows
 
 
 def pool_train_size(config: dict) -> int:
@@ -306,11 +486,39 @@ def _cache_rows(config: dict, model: CostModel) -> list[list[str]]:
     return rows
 
 
+def _mb_range(values: list[float]) -> str:
+    lo, hi = min(values) / 1e6, max(values) / 1e6
+    return f"{lo:,.0f} MB" if round(lo) == round(hi) else f"{lo:,.0f}-{hi:,.0f} MB"
+
+
+_RUN_STATE: dict[tuple[str, str], tuple[int, int]] = {}
+
+
+def run_state_bytes(config: dict, run: str, encoder: str) -> tuple[int, int]:
+    """(checkpoint.pt, resume.pt) bytes of pretraining run `run` on `encoder`, float32: the
+    transferable weights, resp. every weight and buffer plus AdamW's two moments of the trainable
+    ones. The method is built on the meta device (no memory, no compute) where it allows."""
+    from alice.ssl.registry import build_method
+
+    def count(device: str) -> tuple[int, int]:
+        s = cfg.pretrain_settings(config, run, encoder)
+        with torch.device(device):
+            net = build_method(s["method"], s["method_config"], s["encoder"], s["crop"])
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        ckpt = sum(v.numel() for v in net.encoder_state_dict().values()) * 4
+        return ckpt, (n_params(net) + 2 * trainable) * 4
+
+    if (run, encoder) not in _RUN_STATE:
+        try:
+            _RUN_STATE[(run, encoder)] = count("meta")
+        except Exception:  # noqa: BLE001 - a method that computes on its tensors while it is built
+            _RUN_STATE[(run, encoder)] = count("cpu")
+    return _RUN_STATE[(run, encoder)]
+
+
 def storage(config: dict, model: CostModel, jobs: list[tuple[str, dict]], embeds: int) -> list[list[str]]:
     """Rows (stage, what, per item, items, disk GB, RAM GB per job) at the config's scale for the
     jobs of a dry run (model files and logs per fine-tuning job; one checkpoint per pretraining run)."""
-    from alice.ssl.registry import build_method
-
     rows = _cache_rows(config, model)
     anat = config["anatomy"]["train"]
     a = anatomy_volume_bytes(config)
@@ -329,21 +537,15 @@ def storage(config: dict, model: CostModel, jobs: list[tuple[str, dict]], embeds
     pre = config["pretrain"]
     cache = MATCHER_CACHE
     coarse_f32 = a["coarse"] * 2
-    crops = {}
     for encoder in sorted({e for _, e in runs}):
-        s = cfg.pretrain_settings(config, "alice", encoder)
-        net = build_method("alice", s["method_config"], s["encoder"], s["crop"])
-        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        ckpt = sum(p.numel() for p in net.encoder.parameters()) * 4
-        resume = (n_params(net) + 2 * trainable) * 4
-        del net
-        n = sum(e == encoder for _, e in runs)
+        sizes = [run_state_bytes(config, run, encoder) for run, e in runs if e == encoder]
+        n = len(sizes)
         crop_bytes = pre["optim"]["batch_size"] * 2 * math.prod(pre["crop"][encoder]) * 4
-        crops[encoder] = crop_bytes
         gpus = max(1, int(pre.get("gpus") or 0))
-        rows.append([f"pretrain ({encoder})", f"checkpoint.pt {ckpt / 1e6:,.0f} MB + resume.pt {resume / 1e6:,.0f} MB",
-                     f"{(ckpt + resume) / 1e6:,.0f} MB", f"{n} run{'s' * (n != 1)}",
-                     f"{n * (ckpt + resume) / GB:,.1f}", f"{gpus * (cache * coarse_f32 + crop_bytes) / GB:.2f}"])
+        rows.append([f"pretrain ({encoder})", f"checkpoint.pt {_mb_range([c for c, _ in sizes])} + resume.pt "
+                     f"{_mb_range([r for _, r in sizes])}", _mb_range([c + r for c, r in sizes]),
+                     f"{n} run{'s' * (n != 1)}", f"{sum(c + r for c, r in sizes) / GB:,.1f}",
+                     f"{gpus * (cache * coarse_f32 + crop_bytes) / GB:.2f}"])
     # fine-tuning: one model file per job; RAM: a training volume and its label as float32 (the
     # caches are memory-mapped); classification: a batch of memory-mapped volumes as float32
     ft = Counter((wc["dataset"], wc["backbone"]) for rule, wc in jobs if rule == "finetune")
@@ -380,10 +582,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/paper.yaml")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--step-times", default=None, metavar="FILE",
+                        help="JSON lines of benchmarks/gpu_pretrain.py: its harness step times replace the estimates")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = cfg.load_config(REPO / args.config)
-    model = CostModel(config)
+    measured, skipped = read_step_times(args.step_times, config) if args.step_times else (None, [])
+    model = CostModel(config, measured)
     embeds = pool_train_size(config)
 
     targets = {t: [f"results/{t}.tex"] for t in sorted(table_ids(), key=lambda t: int(t[5:]))}
@@ -401,20 +606,36 @@ def main() -> None:
         for rule, wc in jobs:
             hours[GROUP.get(rule, "cpu")] += model.gpu_hours(rule, wc)
         gpu_jobs = sum(n for r, n in rules.items() if r in GROUP)
-        runs = sorted({f"{wc['method']}/{wc['encoder']}" for rule, wc in jobs if rule == "pretrain"})
+        encoders: dict[str, set] = {}  # run id -> its encoders
+        for rule, wc in jobs:
+            if rule == "pretrain":
+                encoders.setdefault(wc["method"], set()).add(wc["encoder"])
+        runs = [f"{run}/{'+'.join(sorted(e))}" for run, e in sorted(encoders.items())]
         rows.append([name, str(sum(rules.values())), str(gpu_jobs), str(rules["pretrain"]),
                      str(rules["finetune"] + rules["finetune_classifier"])]
                     + [f"{hours[g]:,.0f}" for g in ("pretraining", "downstream", "matcher")]
                     + [f"{sum(hours.values()):,.0f}", ", ".join(runs)])
 
     header = ["target", "jobs", "GPU jobs", "pretraining runs", "fine-tuning jobs", "GPU-h pretraining",
-              "GPU-h fine-tuning + scoring", "GPU-h matcher", "GPU-h total", "pretraining runs (run/encoder)"]
+              "GPU-h fine-tuning + scoring", "GPU-h matcher", "GPU-h total", "pretraining runs (run/encoders)"]
     print_rows(header, rows, args.markdown)
-    print("\nstep times (ms, one H200, batch 8): " + ", ".join(f"{k} {v:.0f}" for k, v in model.step_ms.items()))
+    measured_lines, estimated_lines = model.step_sources()
+    print("\nstep times (one GPU, the config's batch; the constants: one H200, "
+          f"docs/facts.md \"Measured step times\"{'; ' + args.step_times if args.step_times else ''}):")
+    print("- measured: " + ("; ".join(measured_lines) or "none"))
+    print("- estimated: " + "; ".join(estimated_lines))
+    print("- pretraining runs of a method without a measured step take their encoder's pretrain_<encoder> step")
+    for line in skipped:
+        print(f"- left out of {args.step_times}: {line}")
     for note in model.notes:
         print("- " + note)
     print(f"- added to a dry run that has pretraining: anatomy_train 1 and anatomy_embed {embeds} "
           "(one per pool training volume; known once the pool's folds.json exists)")
+
+    print("\nGPU-hours per method (all tables + default target; a run id's ablation switches count "
+          "with its method; downstream: fine-tuning, scoring, classifiers, low-label runs, BTCV online):")
+    print_rows(["method", "encoder", "pretraining runs", "GPU-h pretraining", "downstream jobs",
+                "GPU-h downstream", "GPU-h total"], method_hours(model, jobs), args.markdown)
 
     # disk and RAM of every stage, for the last target's jobs (all tables + the default target)
     a = anatomy_volume_bytes(config)
