@@ -138,8 +138,8 @@ def set_attention(module: torch.nn.Module, attention: str) -> int:
     count = 0
     for m in module.modules():
         if isinstance(m, SABlock):
-            if sdpa and (m.save_attn or m.rel_positional_embedding is not None):
-                continue  # the kernel cannot give what these need
+            if sdpa and (m.save_attn or m.rel_positional_embedding is not None or m.dropout_rate > 0):
+                continue  # the kernel cannot give what these need (MONAI's kernel path drops out in eval too)
             m.use_flash_attention = sdpa
             count += 1
         elif isinstance(m, plain):
