@@ -20,6 +20,7 @@ import yaml
 from alice.config import REPO_ROOT
 
 RUN = Path("results/finetune/flare22/rand_init/unetr/fold0")
+EPOCHS = 12  # x 4 steps: the signal lands after the first epoch, 44 steps before the end
 
 
 def env() -> dict:
@@ -32,7 +33,7 @@ def tiny_config(dx) -> dict:
     config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
     config["pretrain"]["encoders"]["vit"] = {k: v for k, v in dx.ENCODER.items() if k != "name"}
     settings = {**dx.SETTINGS, "samples_per_volume": 2, "val_every": 50}
-    settings["optim"] = {**dx.SETTINGS["optim"], "batch_size": 1, "epochs": 30}  # 120 steps
+    settings["optim"] = {**dx.SETTINGS["optim"], "batch_size": 1, "epochs": EPOCHS}
     config["finetune"]["unetr"] = settings
     config["finetune"]["threads"] = 1
     return config
@@ -83,11 +84,11 @@ def test_finetune_rule_command_preempts_and_resumes_exactly(tmp_path, tiny_data,
     assert proc.wait(timeout=120) == 75, stderr_of(workdir)
     assert "SIGTERM received" in stderr_of(workdir)
     stopped = torch.load(workdir / RUN / "resume.pt", weights_only=True)["step"]
-    assert 4 <= stopped < 120 and not (workdir / RUN / "model.pt").exists()
+    assert 4 <= stopped < 4 * EPOCHS and not (workdir / RUN / "model.pt").exists()
     (workdir / RUN / "log.csv").unlink()  # Snakemake removes the failed job's declared outputs
 
     assert start(workdir, command).wait(timeout=300) == 0, stderr_of(workdir)
-    assert f"at step {stopped}/120" in stderr_of(workdir)
+    assert f"at step {stopped}/{4 * EPOCHS}" in stderr_of(workdir)
     assert not (workdir / RUN / "resume.pt").exists()
     a = torch.load(runs["straight"] / RUN / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(workdir / RUN / "model.pt", weights_only=True)["state_dict"]
