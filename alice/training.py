@@ -189,6 +189,17 @@ class PendingSteps:
             describe: Callable[[dict[str, float]], str]) -> None:
         self.items.append((info, names, values, describe))
 
+    def step(self, optimizer_step: OptimizerStep, info: Any, loss: torch.Tensor,
+             terms: Mapping[str, torch.Tensor] | None = None, *, describe: Callable[[dict[str, float]], str],
+             read_now: bool) -> list[tuple[Any, dict[str, float]]]:
+        """One optimizer step of a loop: read at once (`read_now`: the loss checked before the
+        weights move) -> [(info, values)], or kept on the device until `flush` -> []."""
+        if read_now:
+            floats, grad_norm = optimizer_step(loss, terms, describe=describe)
+            return [(info, {**floats, "grad_norm": grad_norm})]
+        self.add(info, *optimizer_step.deferred(loss, terms), describe)
+        return []
+
     def flush(self) -> list[tuple[Any, dict[str, float]]]:
         """[(info, {name: value})] of every pending step, oldest first; empties the list."""
         if not self.items:

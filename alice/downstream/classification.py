@@ -463,11 +463,8 @@ def finetune_classifier(
                 loss = loss_fn(logits.float(), y)
                 describe = lambda t, at=it: (  # noqa: E731
                     f"{out_dir}: loss is {t['loss']} at iteration {at}; lower classification.optim.lr?")
-                if fast.sync_every == 1:
-                    terms, _ = optimizer_step(loss, describe=describe)
-                    record([((it, lr), terms)])
-                else:
-                    pending.add((it, lr), *optimizer_step.deferred(loss), describe)
+                record(pending.step(optimizer_step, (it, lr), loss, describe=describe,
+                                    read_now=fast.sync_every == 1))
                 train_seconds += time.perf_counter() - t_it
                 validating = cfg["selection"] == "best_val" and (it % cfg["val_every"] == 0 or it == total)
                 if validating or it == total or len(pending) >= fast.sync_every:

@@ -362,11 +362,8 @@ def finetune(
                         f"{out_dir}: loss is {t['loss']} at step {at} (epoch {ep}); lower optim.lr?")
                     step += 1
                     in_epoch += 1
-                    if fast.sync_every == 1:
-                        terms, _ = optimizer_step(loss, describe=describe)
-                        record([((epoch, step, lr), terms)])
-                    else:
-                        pending.add((epoch, step, lr), *optimizer_step.deferred(loss), describe)
+                    record(pending.step(optimizer_step, (epoch, step, lr), loss, describe=describe,
+                                        read_now=fast.sync_every == 1))
                     bar.update(1)
                     if step_callback is not None:
                         step_callback(step)

@@ -30,7 +30,8 @@ Outputs in `out_dir`:
 - `log.csv`: one row per step: step (1-based, = steps taken), lr, loss, each term the method
   returns (in its order), grad_norm (before clipping), seconds (wall time of the step: the host's
   share of it when the loss is read every `fast_path.sync_every` > 1 steps); written as the host
-  reads the values (every step on a CPU, every `sync_every` steps on a GPU). On resume rows after the checkpoint's step are dropped, so the file equals the one of
+  reads the values (every step on a CPU, every `sync_every` steps on a GPU). On resume rows after
+  the checkpoint's step are dropped, so the file equals the one of
   an uninterrupted run (apart from "seconds").
 
 Stops:
@@ -405,16 +406,11 @@ def pretrain(
                 if not isinstance(out, Mapping) or "loss" not in out:
                     raise HarnessError(f"SSL method '{method_name}' forward must return a dict with 'loss'")
                 describe = lambda t, at=step + 1: _nonfinite(at, t, resume_path)  # noqa: E731
-                if fast.sync_every == 1:  # read now: a non-finite loss stops before the weights move
-                    terms, grad_norm = optimizer_step(out["loss"], out, describe=describe)
-                    method.after_step(step, total)
-                    step += 1
-                    emit([((step, lr, round(time.perf_counter() - t0, 4)), {**terms, "grad_norm": grad_norm})])
-                else:
-                    names, values = optimizer_step.deferred(out["loss"], out)
-                    method.after_step(step, total)
-                    step += 1
-                    pending.add((step, lr, round(time.perf_counter() - t0, 4)), names, values, describe)
+                done = pending.step(optimizer_step, (step + 1, lr, round(time.perf_counter() - t0, 4)),
+                                    out["loss"], out, describe=describe, read_now=fast.sync_every == 1)
+                method.after_step(step, total)
+                step += 1
+                emit(done)
                 bar.update(1)
 
                 stop_name = _agree_stop(stop.name, distributed, dev)
